@@ -1,0 +1,485 @@
+//! From a loaded [`Pipeline`] to a validated DAG of stage *instances* (petgraph).
+//!
+//! Checks: every reference names a stage; the producer's artifact type is one the input
+//! accepts; per-fold stages name a split that defines folds; fold counts agree; stage
+//! params pass their own validation (e.g. paths stay inside the workspace); no cycles
+//! (reported with their path).
+//!
+//! Expansion: a per-fold stage becomes `name@fold0` … `name@fold{k-1}`. An edge between
+//! two per-fold stages joins equal folds; a single stage reading a per-fold stage depends
+//! on every fold; a per-fold stage reading a single stage has that stage as input in every
+//! fold.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use serde::Serialize;
+
+use crate::diag::{did_you_mean, Code, Diagnostic};
+use crate::spec::{find_string_lit, Pipeline, StageDecl};
+use crate::stage::{FanOut, InputSource, PortType};
+
+/// One node of the DAG.
+#[derive(Clone, Debug, Serialize)]
+pub struct Instance {
+    /// `name` or `name@foldK`.
+    pub id: String,
+    pub stage: String,
+    #[serde(skip)]
+    pub stage_index: usize,
+    pub fold: Option<u32>,
+}
+
+/// A stage input resolved to a workspace path.
+#[derive(Clone, Debug)]
+pub struct PathInput {
+    pub port: String,
+    pub rel: String,
+}
+
+/// The validated instance graph.
+#[derive(Debug)]
+pub struct Dag {
+    pub pipeline: Pipeline,
+    /// Edge weight: the consumer's port.
+    pub graph: DiGraph<Instance, String>,
+    /// Topological order.
+    pub order: Vec<NodeIndex>,
+    pub by_id: HashMap<String, NodeIndex>,
+}
+
+impl Dag {
+    pub fn instance(&self, n: NodeIndex) -> &Instance {
+        &self.graph[n]
+    }
+    pub fn decl(&self, n: NodeIndex) -> &StageDecl {
+        &self.pipeline.stages[self.graph[n].stage_index]
+    }
+    /// Upstream instances of `n` with the port they feed.
+    pub fn inputs_of(&self, n: NodeIndex) -> Vec<(String, NodeIndex)> {
+        let mut v: Vec<(String, NodeIndex)> = self
+            .graph
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| (e.weight().clone(), e.source()))
+            .collect();
+        v.sort_by(|a, b| (a.0.as_str(), self.graph[a.1].fold).cmp(&(b.0.as_str(), self.graph[b.1].fold)));
+        v
+    }
+    /// Workspace path inputs of `n`.
+    pub fn paths_of(&self, n: NodeIndex) -> Vec<PathInput> {
+        self.decl(n)
+            .config
+            .inputs()
+            .into_iter()
+            .filter_map(|i| match i.source {
+                InputSource::Path(p) => Some(PathInput { port: i.port, rel: p }),
+                InputSource::Stage(_) => None,
+            })
+            .collect()
+    }
+    /// Every instance downstream of (and including) the given ones.
+    pub fn downstream(&self, roots: &[NodeIndex]) -> Vec<NodeIndex> {
+        let mut seen = vec![false; self.graph.node_count()];
+        let mut stack: Vec<NodeIndex> = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut seen[n.index()], true) {
+                continue;
+            }
+            stack.extend(self.graph.neighbors_directed(n, Direction::Outgoing));
+        }
+        self.order.iter().copied().filter(|n| seen[n.index()]).collect()
+    }
+}
+
+fn fold_count(p: &Pipeline, d: &StageDecl) -> Option<u32> {
+    match d.config.fan_out() {
+        FanOut::Single => None,
+        FanOut::Foreach(n) => Some(n),
+        FanOut::PerFold { split } => p.stage(&split).and_then(|s| s.config.fold_count()),
+    }
+}
+
+fn ref_span(d: &StageDecl, name: &str) -> (usize, usize) {
+    find_string_lit(&d.src.text, name, d.span.0 + d.span.1).unwrap_or(d.span)
+}
+
+/// Validate the pipeline and expand it into the instance DAG.
+pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+
+    // Stage-level checks and edges.
+    let mut stage_edges: Vec<(usize, usize, String)> = Vec::new(); // (producer, consumer, port)
+    for (ci, d) in p.stages.iter().enumerate() {
+        for prob in d.config.validate() {
+            let span = prob
+                .needle
+                .as_deref()
+                .and_then(|n| find_string_lit(&d.src.text, n, d.span.0))
+                .unwrap_or(d.span);
+            diags.push(
+                Diagnostic::at(prob.code, &d.src, span, format!("stage `{}`: {}", d.name, prob.message))
+                    .help_opt(prob.help),
+            );
+        }
+        if let FanOut::PerFold { split } = d.config.fan_out() {
+            match p.stage(&split) {
+                None => diags.push(
+                    Diagnostic::at(
+                        Code::MissingReference,
+                        &d.src,
+                        ref_span(d, &split),
+                        format!(
+                            "stage `{}` is split by `{split}`, which is not a stage of this pipeline",
+                            d.name
+                        ),
+                    )
+                    .help_opt(did_you_mean(&split, names.iter().copied())),
+                ),
+                Some(s) if s.config.fold_count().is_none() => diags.push(Diagnostic::at(
+                    Code::TypeMismatch,
+                    &d.src,
+                    ref_span(d, &split),
+                    format!(
+                        "stage `{}` expands per fold of `{split}`, but `{split}` ({}) defines no folds",
+                        d.name, s.kind.name
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        for input in d.config.inputs() {
+            let InputSource::Stage(from) = &input.source else {
+                continue;
+            };
+            let Some(&pi) = index.get(from.as_str()) else {
+                let others = names.iter().copied().filter(|n| *n != d.name);
+                diags.push(
+                    Diagnostic::at(
+                        Code::MissingReference,
+                        &d.src,
+                        ref_span(d, from),
+                        format!(
+                            "stage `{}` reads `{from}` (param `{}`), which is not a stage of this pipeline",
+                            d.name, input.port
+                        ),
+                    )
+                    .label("no such stage")
+                    .help_opt(did_you_mean(from, others)),
+                );
+                continue;
+            };
+            let prod = &p.stages[pi];
+            let out = prod.config.output();
+            if !input.accepts.contains(&PortType::ANY) && !input.accepts.contains(&out) {
+                let acc: Vec<String> = input.accepts.iter().map(|t| t.to_string()).collect();
+                diags.push(
+                    Diagnostic::at(
+                        Code::TypeMismatch,
+                        &d.src,
+                        ref_span(d, from),
+                        format!(
+                            "stage `{}` param `{}` expects {}, but `{from}` ({}) produces {out}",
+                            d.name,
+                            input.port,
+                            acc.join(" or "),
+                            prod.kind.name
+                        ),
+                    )
+                    .label(format!("produces {out}")),
+                );
+                continue;
+            }
+            stage_edges.push((pi, ci, input.port.clone()));
+        }
+    }
+
+    // Cycles, named by their path.
+    if let Some(cycle) = find_cycle(p.stages.len(), &stage_edges) {
+        let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+        let first = &p.stages[cycle[0]];
+        diags.push(
+            Diagnostic::at(
+                Code::Cycle,
+                &first.src,
+                first.span,
+                format!("cycle: {}", path.join(" -> ")),
+            )
+            .label("this stage depends on itself")
+            .help("a stage cannot (indirectly) read its own output; remove one of these references"),
+        );
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+
+    // Expand into instances.
+    let mut graph: DiGraph<Instance, String> = DiGraph::new();
+    let mut nodes: Vec<Vec<NodeIndex>> = Vec::new();
+    let mut folds: Vec<Option<u32>> = Vec::new();
+    let mut by_id = HashMap::new();
+    for (si, d) in p.stages.iter().enumerate() {
+        let fc = fold_count(&p, d);
+        let mut v = Vec::new();
+        match fc {
+            None => v.push(graph.add_node(Instance {
+                id: d.name.clone(),
+                stage: d.name.clone(),
+                stage_index: si,
+                fold: None,
+            })),
+            Some(k) => {
+                for f in 0..k {
+                    let id = format!("{}@fold{f}", d.name);
+                    v.push(graph.add_node(Instance {
+                        id,
+                        stage: d.name.clone(),
+                        stage_index: si,
+                        fold: Some(f),
+                    }));
+                }
+            }
+        }
+        for n in &v {
+            by_id.insert(graph[*n].id.clone(), *n);
+        }
+        nodes.push(v);
+        folds.push(fc);
+    }
+    for (pi, ci, port) in &stage_edges {
+        match (folds[*pi], folds[*ci]) {
+            (Some(a), Some(b)) if a != b => {
+                let d = &p.stages[*ci];
+                diags.push(Diagnostic::at(
+                    Code::FoldMismatch,
+                    &d.src,
+                    ref_span(d, &p.stages[*pi].name),
+                    format!(
+                        "stage `{}` has {b} folds but reads `{}`, which has {a}",
+                        d.name, p.stages[*pi].name
+                    ),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                for (a, b) in nodes[*pi].iter().zip(&nodes[*ci]) {
+                    graph.add_edge(*a, *b, port.clone());
+                }
+            }
+            _ => {
+                for a in &nodes[*pi] {
+                    for b in &nodes[*ci] {
+                        graph.add_edge(*a, *b, port.clone());
+                    }
+                }
+            }
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let order = stable_toposort(&graph);
+    Ok(Dag {
+        pipeline: p,
+        graph,
+        order,
+        by_id,
+    })
+}
+
+/// Kahn's algorithm, always taking the ready instance declared first (then lowest fold):
+/// the order `flow dag`, `status` and `run` print is the file's order where it can be.
+fn stable_toposort(g: &DiGraph<Instance, String>) -> Vec<NodeIndex> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indeg: Vec<usize> = g
+        .node_indices()
+        .map(|n| g.edges_directed(n, Direction::Incoming).count())
+        .collect();
+    let prio = |n: NodeIndex| Reverse((g[n].stage_index, g[n].fold, n.index()));
+    let mut heap: BinaryHeap<(Reverse<(usize, Option<u32>, usize)>, NodeIndex)> = g
+        .node_indices()
+        .filter(|n| indeg[n.index()] == 0)
+        .map(|n| (prio(n), n))
+        .collect();
+    let mut order = Vec::with_capacity(g.node_count());
+    while let Some((_, n)) = heap.pop() {
+        order.push(n);
+        for e in g.edges_directed(n, Direction::Outgoing) {
+            let m = e.target();
+            indeg[m.index()] -= 1;
+            if indeg[m.index()] == 0 {
+                heap.push((prio(m), m));
+            }
+        }
+    }
+    assert_eq!(order.len(), g.node_count(), "stage graph was checked for cycles");
+    order
+}
+
+/// A cycle in the stage graph as a path `[a, b, …, a]`, if any.
+fn find_cycle(n: usize, edges: &[(usize, usize, String)]) -> Option<Vec<usize>> {
+    let mut adj = vec![Vec::new(); n];
+    for (a, b, _) in edges {
+        adj[*a].push(*b);
+    }
+    // 0 = unvisited, 1 = on stack, 2 = done
+    let mut state = vec![0u8; n];
+    let mut stack: Vec<usize> = Vec::new();
+    fn dfs(u: usize, adj: &[Vec<usize>], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+        state[u] = 1;
+        stack.push(u);
+        for &v in &adj[u] {
+            if state[v] == 1 {
+                let pos = stack.iter().position(|&x| x == v).expect("on stack");
+                let mut c = stack[pos..].to_vec();
+                c.push(v);
+                return Some(c);
+            }
+            if state[v] == 0 {
+                if let Some(c) = dfs(v, adj, state, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        state[u] = 2;
+        None
+    }
+    for u in 0..n {
+        if state[u] == 0 {
+            if let Some(c) = dfs(u, &adj, &mut state, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// `flow dag` output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+impl Dag {
+    pub fn render(&self, fmt: DagFormat) -> String {
+        let mut s = String::new();
+        match fmt {
+            DagFormat::Text => {
+                let _ = writeln!(
+                    s,
+                    "{} ({} stages, {} instances)",
+                    self.pipeline.name,
+                    self.pipeline.stages.len(),
+                    self.graph.node_count()
+                );
+                for &n in &self.order {
+                    let inst = &self.graph[n];
+                    let kind = self.decl(n).kind.name;
+                    let ins = self.inputs_of(n);
+                    let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                    for (port, m) in &ins {
+                        grouped.entry(port.clone()).or_default().push(self.graph[*m].id.clone());
+                    }
+                    let mut deps: Vec<String> = grouped
+                        .into_iter()
+                        .map(|(p, v)| format!("{p}: {}", compact(&v)))
+                        .collect();
+                    for pi in self.paths_of(n) {
+                        deps.push(format!("{}: ./{}", pi.port, pi.rel));
+                    }
+                    if deps.is_empty() {
+                        let _ = writeln!(s, "  {} [{kind}]", inst.id);
+                    } else {
+                        let _ = writeln!(s, "  {} [{kind}] <- {}", inst.id, deps.join(", "));
+                    }
+                }
+            }
+            DagFormat::Dot => {
+                let _ = writeln!(
+                    s,
+                    "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded];",
+                    esc(&self.pipeline.name)
+                );
+                for &n in &self.order {
+                    let i = &self.graph[n];
+                    let _ = writeln!(
+                        s,
+                        "  \"{}\" [label=\"{}\\n{}\"];",
+                        esc(&i.id),
+                        esc(&i.id),
+                        self.decl(n).kind.name
+                    );
+                }
+                for e in self.graph.edge_references() {
+                    let _ = writeln!(
+                        s,
+                        "  \"{}\" -> \"{}\" [label=\"{}\"];",
+                        esc(&self.graph[e.source()].id),
+                        esc(&self.graph[e.target()].id),
+                        esc(e.weight())
+                    );
+                }
+                s.push_str("}\n");
+            }
+            DagFormat::Mermaid => {
+                s.push_str("flowchart LR\n");
+                let mid = |id: &str| id.replace('@', "_at_").replace('-', "_");
+                for &n in &self.order {
+                    let i = &self.graph[n];
+                    let _ = writeln!(s, "  {}[\"{}<br/>{}\"]", mid(&i.id), i.id, self.decl(n).kind.name);
+                }
+                for e in self.graph.edge_references() {
+                    let _ = writeln!(
+                        s,
+                        "  {} -->|{}| {}",
+                        mid(&self.graph[e.source()].id),
+                        e.weight(),
+                        mid(&self.graph[e.target()].id)
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    /// Nodes and edges for `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let nodes: Vec<serde_json::Value> = self
+            .order
+            .iter()
+            .map(|&n| {
+                let i = &self.graph[n];
+                serde_json::json!({"id": i.id, "stage": i.stage, "kind": self.decl(n).kind.name, "fold": i.fold})
+            })
+            .collect();
+        let edges: Vec<serde_json::Value> = self
+            .graph
+            .edge_references()
+            .map(|e| serde_json::json!({"from": self.graph[e.source()].id, "to": self.graph[e.target()].id, "port": e.weight()}))
+            .collect();
+        serde_json::json!({"pipeline": self.pipeline.name, "nodes": nodes, "edges": edges})
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// `train@fold0, train@fold1, …` → `train@fold{0..4}`.
+fn compact(ids: &[String]) -> String {
+    if ids.len() > 2 {
+        if let Some((base, _)) = ids[0].split_once('@') {
+            if ids.iter().all(|i| i.split_once('@').map(|x| x.0) == Some(base)) {
+                return format!("{base}@fold{{0..{}}}", ids.len() - 1);
+            }
+        }
+    }
+    ids.join(", ")
+}

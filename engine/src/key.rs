@@ -1,0 +1,244 @@
+//! Stage keys: the identity of a stage instance's output.
+//!
+//! `key = blake3("flow-key-v1\n" ++ canonical_json(doc))`, where `doc` is
+//!
+//! ```text
+//! { "kind":    stage kind name ("Train"),
+//!   "version": the kind's implementation version,
+//!   "fold":    fold index of the instance, or null,
+//!   "params":  StageConfig::key_params() — typed params after `defaults` were applied,
+//!   "inputs":  [ { "port": "data", "fold": k|null, "hash": <output tree hash of producer> } ... ]
+//!              sorted by (port, fold),
+//!   "paths":   [ { "port": "inputs[0]", "path": "ds", "hash": <content digest> } ... ] sorted,
+//!   "env":     { "libtorch": "2.13.0", ... }  — StageConfig::env_facts() }
+//! ```
+//! `canonical_json`: objects with keys sorted by bytes, no whitespace, strings JSON-escaped,
+//! integers in decimal, floats in shortest round-trip form (so `1e-4` and `0.0001` are one
+//! value).
+//!
+//! What goes in: only what can change the bytes a stage writes. Upstream stages enter by the
+//! *content hash of their outputs*, never by their keys or names — so renaming a stage keeps
+//! keys, and a rerun that reproduces identical bytes leaves every downstream key unchanged
+//! (early cutoff).
+//!
+//! What must never go in: absolute paths, mtimes, host names, user names, thread counts,
+//! `--jobs`, log levels, GPU/device indices, stage names, the pipeline's name or file, the
+//! order stages are declared in. Workspace paths enter as written (relative) plus their
+//! content digest. Changing this encoding changes every key: bump `KEY_FORMAT` and the
+//! golden tests in `tests/golden_keys.rs` together.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Version tag of the key encoding.
+pub const KEY_FORMAT: &str = "flow-key-v1";
+
+/// One stage input's contribution to a key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct KeyInput {
+    pub port: String,
+    pub fold: Option<u32>,
+    pub hash: String,
+}
+
+/// One workspace path's contribution to a key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct KeyPath {
+    pub port: String,
+    pub path: String,
+    pub hash: String,
+}
+
+/// Everything a key is computed from. Also stored in run records, so `flow status` can say
+/// which part changed.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct KeyDoc {
+    pub kind: String,
+    pub version: u32,
+    pub fold: Option<u32>,
+    pub params: Value,
+    pub inputs: Vec<KeyInputRec>,
+    pub paths: Vec<KeyPathRec>,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// Serialized form of [`KeyInput`] (with the producer's instance name for humans; the name
+/// is *not* hashed).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct KeyInputRec {
+    pub port: String,
+    pub fold: Option<u32>,
+    pub hash: String,
+    #[serde(default)]
+    pub from: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct KeyPathRec {
+    pub port: String,
+    pub path: String,
+    pub hash: String,
+}
+
+impl KeyDoc {
+    /// The canonical document that is hashed (producer names dropped, lists sorted).
+    pub fn canonical_value(&self) -> Value {
+        let mut inputs: Vec<KeyInput> = self
+            .inputs
+            .iter()
+            .map(|i| KeyInput {
+                port: i.port.clone(),
+                fold: i.fold,
+                hash: i.hash.clone(),
+            })
+            .collect();
+        inputs.sort();
+        let mut paths: Vec<KeyPath> = self
+            .paths
+            .iter()
+            .map(|p| KeyPath {
+                port: p.port.clone(),
+                path: p.path.clone(),
+                hash: p.hash.clone(),
+            })
+            .collect();
+        paths.sort();
+        serde_json::json!({
+            "kind": self.kind,
+            "version": self.version,
+            "fold": self.fold,
+            "params": self.params,
+            "inputs": inputs,
+            "paths": paths,
+            "env": self.env,
+        })
+    }
+
+    /// The key: 64 hex chars.
+    pub fn key(&self) -> String {
+        key_of(&self.canonical_value())
+    }
+}
+
+/// blake3 over the tagged canonical encoding.
+pub fn key_of(doc: &Value) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(KEY_FORMAT.as_bytes());
+    h.update(b"\n");
+    h.update(canonical_json(doc).as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+/// Deterministic JSON: sorted object keys, no whitespace.
+pub fn canonical_json(v: &Value) -> String {
+    let mut s = String::new();
+    write_canonical(v, &mut s);
+    s
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(k).expect("string"));
+                out.push(':');
+                write_canonical(&m[*k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                if f.fract() == 0.0 && f.abs() < 1e15 {
+                    // 3.0 and 3 are the same param value.
+                    out.push_str(&format!("{}", f as i64));
+                } else {
+                    out.push_str(&format!("{f:e}"));
+                }
+            } else {
+                out.push_str(&n.to_string());
+            }
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_sorts_keys_and_normalises_floats() {
+        let a = json!({"b": 1, "a": {"y": 0.0001, "x": [1, 2.0]}});
+        let b = json!({"a": {"x": [1, 2], "y": 1e-4}, "b": 1});
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":[1,2],"y":1e-4},"b":1}"#);
+        assert_ne!(key_of(&a), key_of(&json!({"b": 2})));
+    }
+
+    fn doc() -> KeyDoc {
+        KeyDoc {
+            kind: "Train".into(),
+            version: 3,
+            fold: Some(2),
+            params: json!({"lr": 0.0003, "epochs": 6, "model": "ResNet18"}),
+            inputs: vec![
+                KeyInputRec {
+                    port: "split".into(),
+                    fold: None,
+                    hash: "aa".repeat(32),
+                    from: "split".into(),
+                },
+                KeyInputRec {
+                    port: "data".into(),
+                    fold: None,
+                    hash: "bb".repeat(32),
+                    from: "preprocess".into(),
+                },
+            ],
+            paths: vec![],
+            env: [("libtorch".to_string(), "2.13.0".to_string())].into_iter().collect(),
+        }
+    }
+
+    /// Pins the encoding. Changing it invalidates every cache: bump KEY_FORMAT with it.
+    #[test]
+    fn golden_key() {
+        assert_eq!(
+            doc().key(),
+            "c14ccf9c52593d2605d572dda3eb468e0000446ebd5a78c56656cdded24670df"
+        );
+    }
+
+    #[test]
+    fn names_and_order_do_not_enter_the_key_but_content_does() {
+        let mut d = doc();
+        d.inputs.reverse();
+        d.inputs[0].from = "renamed".into();
+        assert_eq!(d.key(), doc().key());
+        d.inputs[0].hash = "cc".repeat(32);
+        assert_ne!(d.key(), doc().key());
+        let mut e = doc();
+        e.fold = Some(1);
+        assert_ne!(e.key(), doc().key());
+        let mut v = doc();
+        v.version = 4;
+        assert_ne!(v.key(), doc().key());
+    }
+}

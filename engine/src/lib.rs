@@ -1,0 +1,24 @@
+//! flow's engine: pipeline spec (RON) → validated DAG of stage instances → content keys →
+//! plan (fresh / stale, and why) → parallel, cached execution. Knows nothing of torch or
+//! images: stage kinds come from a [`Registry`] filled by the `stages` crate.
+
+pub mod dag;
+pub mod diag;
+pub mod key;
+pub mod plan;
+pub mod run;
+pub mod spec;
+pub mod stage;
+
+pub use dag::{build_dag, Dag, DagFormat, Instance};
+pub use diag::{Code, Diagnostic, SourceFile};
+pub use plan::{DirtyReason, InstanceStatus, RunRecord, State};
+pub use run::{run, RunEvent, RunOptions, RunSummary};
+pub use spec::{load_pipeline, Pipeline, StageDecl};
+pub use stage::*;
+
+/// Load, validate and expand a pipeline file.
+pub fn load_dag(path: &std::path::Path, registry: &Registry) -> Result<Dag, Vec<Diagnostic>> {
+    let p = load_pipeline(path, registry)?;
+    build_dag(p)
+}

@@ -1,0 +1,416 @@
+//! Planning: for each stage instance, is it fresh, stale or never run — and why.
+//!
+//! A stage instance is *fresh* when a run record exists for its key and the record's output
+//! objects are all present with their recorded sizes. Its key needs its inputs' output
+//! hashes; when an upstream instance is not fresh, the downstream key is unknown until the
+//! upstream reruns (it may reproduce identical bytes: early cutoff), so such an instance is
+//! reported stale with reason [`DirtyReason::UpstreamPending`], plus whatever changed in its
+//! own params. Reasons come from diffing the key document against the one of the last run
+//! of the same instance in the same pipeline.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use flow_cache::{FileStateCache, Hash, Store, Tree};
+use petgraph::graph::NodeIndex;
+use serde::{Deserialize, Serialize};
+
+use crate::dag::Dag;
+use crate::key::{KeyDoc, KeyInputRec, KeyPathRec};
+
+/// What `runs/<key>.json` holds. Written last, after every output object is in place.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub key: String,
+    pub pipeline: String,
+    pub instance: String,
+    pub doc: KeyDoc,
+    /// Tree hash of the outputs.
+    pub output: Hash,
+    pub tree: Tree,
+    pub started_unix: f64,
+    pub duration_s: f64,
+    pub host: String,
+    pub flow_version: String,
+}
+
+/// Pointer to the last run of an instance of a pipeline (for "why is this stale").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LastRun {
+    pub key: String,
+}
+
+pub fn last_run_name(pipeline: &str, instance: &str) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_@.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    format!("last/{}/{}", clean(pipeline), clean(instance))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Fresh,
+    Stale,
+    NeverRun,
+}
+
+/// Why an instance must run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum DirtyReason {
+    NeverRun,
+    ParamChanged { name: String, old: String, new: String },
+    ParamAdded { name: String, new: String },
+    ParamRemoved { name: String, old: String },
+    InputChanged { port: String, from: String },
+    InputsChanged { port: String, before: usize, now: usize },
+    UpstreamPending { from: Vec<String> },
+    PathChanged { path: String },
+    PathMissing { path: String },
+    VersionChanged { old: u32, new: u32 },
+    EnvChanged { name: String, old: String, new: String },
+    OutputsBad { detail: String },
+    NotCached,
+}
+
+impl fmt::Display for DirtyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirtyReason::NeverRun => write!(f, "never run"),
+            DirtyReason::ParamChanged { name, old, new } => write!(f, "param {name} changed: {old} -> {new}"),
+            DirtyReason::ParamAdded { name, new } => write!(f, "param {name} set: {new}"),
+            DirtyReason::ParamRemoved { name, old } => write!(f, "param {name} unset (was {old})"),
+            DirtyReason::InputChanged { port, from } => write!(f, "input {from} changed (param {port})"),
+            DirtyReason::InputsChanged { port, before, now } => {
+                write!(f, "inputs of {port} changed: {before} -> {now}")
+            }
+            DirtyReason::UpstreamPending { from } => write!(f, "upstream will run first: {}", from.join(", ")),
+            DirtyReason::PathChanged { path } => write!(f, "workspace path {path} changed"),
+            DirtyReason::PathMissing { path } => write!(f, "workspace path {path} does not exist"),
+            DirtyReason::VersionChanged { old, new } => write!(f, "stage version changed: {old} -> {new}"),
+            DirtyReason::EnvChanged { name, old, new } => write!(f, "{name} changed: {old} -> {new}"),
+            DirtyReason::OutputsBad { detail } => write!(f, "cached outputs unusable: {detail}"),
+            DirtyReason::NotCached => write!(f, "no cached result for these inputs"),
+        }
+    }
+}
+
+/// The status of one instance.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceStatus {
+    pub stage: String,
+    pub state: State,
+    pub reasons: Vec<String>,
+    #[serde(skip)]
+    pub reason_kinds: Vec<DirtyReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Digests of workspace paths (content, via the stat cache).
+pub type PathDigests = HashMap<String, Result<Hash, String>>;
+
+/// Digest every workspace path the DAG reads. Unchanged files are not re-read.
+pub fn digest_paths(dag: &Dag, workspace: &Path, fsc: &mut FileStateCache) -> PathDigests {
+    let mut rels = BTreeSet::new();
+    for &n in &dag.order {
+        for p in dag.paths_of(n) {
+            rels.insert(p.rel);
+        }
+    }
+    let mut out = HashMap::new();
+    for rel in rels {
+        let abs = workspace.join(&rel);
+        let d = if abs.exists() {
+            fsc.digest_path(&abs).map(|d| d.hash).map_err(|e| e.to_string())
+        } else {
+            Err(format!("workspace path `{rel}` does not exist"))
+        };
+        out.insert(rel, d);
+    }
+    out
+}
+
+/// Build the key document of `n`, given its upstream outputs. `Err` lists the upstream
+/// instances whose output is not known yet (or a missing path).
+pub fn key_doc(
+    dag: &Dag,
+    n: NodeIndex,
+    outputs: &HashMap<NodeIndex, Hash>,
+    paths: &PathDigests,
+) -> Result<KeyDoc, Vec<DirtyReason>> {
+    let decl = dag.decl(n);
+    let inst = dag.instance(n);
+    let mut pending = Vec::new();
+    let mut inputs = Vec::new();
+    for (port, m) in dag.inputs_of(n) {
+        match outputs.get(&m) {
+            Some(h) => inputs.push(KeyInputRec {
+                port,
+                fold: dag.instance(m).fold,
+                hash: h.to_hex(),
+                from: dag.instance(m).id.clone(),
+            }),
+            None => pending.push(dag.instance(m).id.clone()),
+        }
+    }
+    let mut missing = Vec::new();
+    let mut prec = Vec::new();
+    for p in dag.paths_of(n) {
+        match paths.get(&p.rel) {
+            Some(Ok(h)) => prec.push(KeyPathRec {
+                port: p.port,
+                path: p.rel,
+                hash: h.to_hex(),
+            }),
+            _ => missing.push(DirtyReason::PathMissing { path: p.rel }),
+        }
+    }
+    if !pending.is_empty() || !missing.is_empty() {
+        let mut r = missing;
+        if !pending.is_empty() {
+            r.push(DirtyReason::UpstreamPending { from: pending });
+        }
+        return Err(r);
+    }
+    inputs.sort();
+    prec.sort();
+    Ok(KeyDoc {
+        kind: decl.kind.name.to_string(),
+        version: decl.kind.version,
+        fold: inst.fold,
+        params: decl.config.key_params(),
+        inputs,
+        paths: prec,
+        env: decl.config.env_facts().into_iter().collect(),
+    })
+}
+
+/// The record for `key` if its outputs are intact; otherwise why not.
+pub fn lookup(store: &Store, key: &str) -> Result<RunRecord, DirtyReason> {
+    match store.read_record::<RunRecord>(key) {
+        Ok(Some(rec)) => {
+            let problems = store.check_tree(&rec.tree);
+            if problems.is_empty() && store.has_object(&rec.output) {
+                Ok(rec)
+            } else if let Some(p) = problems.first() {
+                Err(DirtyReason::OutputsBad {
+                    detail: format!("{} ({})", p.path, p.what),
+                })
+            } else {
+                Err(DirtyReason::OutputsBad {
+                    detail: "output manifest missing".into(),
+                })
+            }
+        }
+        Ok(None) => Err(DirtyReason::NotCached),
+        Err(e) => Err(DirtyReason::OutputsBad { detail: e.to_string() }),
+    }
+}
+
+fn show(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Diff two key documents into reasons. `new_params` etc. come from the current config;
+/// `new` may be partial (no inputs known) when upstream is pending.
+pub fn diff_docs(
+    old: &KeyDoc,
+    new_kind: (&str, u32),
+    new_params: &serde_json::Value,
+    new_env: &BTreeMap<String, String>,
+    new: Option<&KeyDoc>,
+) -> Vec<DirtyReason> {
+    let mut r = Vec::new();
+    if old.version != new_kind.1 || old.kind != new_kind.0 {
+        r.push(DirtyReason::VersionChanged {
+            old: old.version,
+            new: new_kind.1,
+        });
+    }
+    flatten_diff("", &old.params, new_params, &mut r);
+    for (k, v) in new_env {
+        match old.env.get(k) {
+            Some(o) if o != v => r.push(DirtyReason::EnvChanged {
+                name: k.clone(),
+                old: o.clone(),
+                new: v.clone(),
+            }),
+            None => r.push(DirtyReason::EnvChanged {
+                name: k.clone(),
+                old: "-".into(),
+                new: v.clone(),
+            }),
+            _ => {}
+        }
+    }
+    if let Some(new) = new {
+        let ports: BTreeSet<&str> = old.inputs.iter().chain(&new.inputs).map(|i| i.port.as_str()).collect();
+        for port in ports {
+            let o: Vec<&KeyInputRec> = old.inputs.iter().filter(|i| i.port == port).collect();
+            let n: Vec<&KeyInputRec> = new.inputs.iter().filter(|i| i.port == port).collect();
+            if o.len() != n.len() {
+                r.push(DirtyReason::InputsChanged {
+                    port: port.into(),
+                    before: o.len(),
+                    now: n.len(),
+                });
+                continue;
+            }
+            for (a, b) in o.iter().zip(&n) {
+                if a.hash != b.hash || a.fold != b.fold {
+                    r.push(DirtyReason::InputChanged {
+                        port: port.into(),
+                        from: b.from.clone(),
+                    });
+                }
+            }
+        }
+        for p in &new.paths {
+            match old.paths.iter().find(|q| q.path == p.path) {
+                Some(q) if q.hash == p.hash => {}
+                _ => r.push(DirtyReason::PathChanged { path: p.path.clone() }),
+            }
+        }
+    }
+    r
+}
+
+fn flatten_diff(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, r: &mut Vec<DirtyReason>) {
+    use serde_json::Value::Object;
+    match (old, new) {
+        (Object(a), Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => flatten_diff(&name, x, y, r),
+                    (None, Some(y)) if !y.is_null() => r.push(DirtyReason::ParamAdded { name, new: show(y) }),
+                    (Some(x), None) if !x.is_null() => r.push(DirtyReason::ParamRemoved { name, old: show(x) }),
+                    _ => {}
+                }
+            }
+        }
+        (a, b) => {
+            if crate::key::canonical_json(a) != crate::key::canonical_json(b) {
+                r.push(DirtyReason::ParamChanged {
+                    name: prefix.to_string(),
+                    old: show(a),
+                    new: show(b),
+                });
+            }
+        }
+    }
+}
+
+/// Reasons for an instance that is not fresh.
+pub fn explain(
+    store: &Store,
+    dag: &Dag,
+    n: NodeIndex,
+    doc: Result<&KeyDoc, &[DirtyReason]>,
+    miss: Option<DirtyReason>,
+) -> (State, Vec<DirtyReason>) {
+    let decl = dag.decl(n);
+    let last: Option<RunRecord> = store
+        .read_meta::<LastRun>(&last_run_name(&dag.pipeline.name, &dag.instance(n).id))
+        .ok()
+        .flatten()
+        .and_then(|l| store.read_record::<RunRecord>(&l.key).ok().flatten());
+    let params = decl.config.key_params();
+    let env: BTreeMap<String, String> = decl.config.env_facts().into_iter().collect();
+    let mut reasons = Vec::new();
+    let state = match &last {
+        None => {
+            reasons.push(DirtyReason::NeverRun);
+            State::NeverRun
+        }
+        Some(l) => {
+            reasons.extend(diff_docs(
+                &l.doc,
+                (decl.kind.name, decl.kind.version),
+                &params,
+                &env,
+                doc.ok(),
+            ));
+            State::Stale
+        }
+    };
+    if let Err(pre) = doc {
+        for p in pre {
+            if !reasons.contains(p) {
+                reasons.push(p.clone());
+            }
+        }
+    }
+    if let Some(m) = miss {
+        if state == State::Stale && (reasons.is_empty() || matches!(m, DirtyReason::OutputsBad { .. })) {
+            reasons.push(m);
+        }
+    }
+    (state, reasons)
+}
+
+/// Status of every instance without running anything (`flow status`).
+pub fn status(dag: &Dag, store: &Store, paths: &PathDigests) -> Vec<InstanceStatus> {
+    let mut outputs: HashMap<NodeIndex, Hash> = HashMap::new();
+    let mut res = Vec::new();
+    for &n in &dag.order {
+        let id = dag.instance(n).id.clone();
+        match key_doc(dag, n, &outputs, paths) {
+            Ok(doc) => {
+                let key = doc.key();
+                match lookup(store, &key) {
+                    Ok(rec) => {
+                        outputs.insert(n, rec.output);
+                        res.push(InstanceStatus {
+                            stage: id,
+                            state: State::Fresh,
+                            reasons: vec![],
+                            reason_kinds: vec![],
+                            key: Some(key),
+                        });
+                    }
+                    Err(miss) => {
+                        let (state, reasons) = explain(store, dag, n, Ok(&doc), Some(miss));
+                        res.push(InstanceStatus {
+                            stage: id,
+                            state,
+                            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+                            reason_kinds: reasons,
+                            key: Some(key),
+                        });
+                    }
+                }
+            }
+            Err(pre) => {
+                let (state, reasons) = explain(store, dag, n, Err(&pre), None);
+                res.push(InstanceStatus {
+                    stage: id,
+                    state,
+                    reasons: reasons.iter().map(|r| r.to_string()).collect(),
+                    reason_kinds: reasons,
+                    key: None,
+                });
+            }
+        }
+    }
+    res
+}

@@ -1,0 +1,574 @@
+//! The scheduler: runs stale instances in parallel on a crossbeam worker pool, within a CPU
+//! and GPU budget, reusing every instance whose key has a valid run record.
+//!
+//! Keys are computed just in time, when all of an instance's inputs are done, from their
+//! *output* hashes — so an upstream rerun that reproduces identical bytes makes the
+//! downstream key equal to the cached one (early cutoff).
+//!
+//! Publishing an instance: the stage writes into a private tmp dir; the engine moves each
+//! file into the content-addressed store, stores the tree manifest, and writes the run
+//! record *last* (atomic rename + fsync). A crash at any point before the record leaves only
+//! unreferenced tmp files or objects, never a record pointing at partial output.
+//! On the first failure nothing new is started (unless `keep_going`), running instances
+//! finish, and every finished instance stays cached.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel;
+use flow_cache::{Hash, Materialize, Store, Tree};
+use petgraph::graph::NodeIndex;
+use serde::Serialize;
+
+use crate::dag::Dag;
+use crate::key::KeyDoc;
+use crate::plan::{key_doc, last_run_name, lookup, LastRun, PathDigests, RunRecord};
+use crate::stage::{ExecCtx, ResolvedInput, ResolvedPath, StageError};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Instances running at once.
+    pub jobs: usize,
+    /// CPU threads to share among running instances.
+    pub cpus: usize,
+    /// GPU indices available (one per running GPU instance).
+    pub gpus: Vec<usize>,
+    pub workspace: PathBuf,
+    /// `out/` root; each stage's outputs appear under `out/<pipeline>/<stage>/[foldK/]`.
+    pub out_root: Option<PathBuf>,
+    /// Run only these instances and what they need (`None` = everything).
+    pub targets: Option<Vec<String>>,
+    /// Keep starting independent instances after a failure.
+    pub keep_going: bool,
+}
+
+/// Progress events for the UI.
+#[derive(Clone, Debug)]
+pub enum RunEvent {
+    Planned {
+        total: usize,
+    },
+    Cached {
+        id: String,
+    },
+    Started {
+        id: String,
+        key: String,
+        threads: usize,
+        gpu: Option<usize>,
+    },
+    Progress {
+        id: String,
+        frac: f64,
+        msg: String,
+    },
+    Finished {
+        id: String,
+        secs: f64,
+    },
+    Failed {
+        id: String,
+        error: String,
+        log: PathBuf,
+    },
+    Skipped {
+        id: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub stage: String,
+    pub error: String,
+    pub log: PathBuf,
+}
+
+/// What `flow run --json` prints.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunSummary {
+    pub pipeline: String,
+    pub executed: Vec<String>,
+    pub cached: Vec<String>,
+    pub failed: Vec<Failure>,
+    /// Not started because of a failure or cancellation.
+    pub skipped: Vec<String>,
+    pub cancelled: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Cache(#[from] flow_cache::CacheError),
+    #[error("{0}")]
+    Other(String),
+}
+
+struct Job {
+    node: NodeIndex,
+    id: String,
+    key: String,
+    doc: KeyDoc,
+    inputs: Vec<(String, String, Option<u32>, Tree)>,
+    threads: usize,
+    gpu: Option<usize>,
+}
+
+struct Done {
+    node: NodeIndex,
+    threads: usize,
+    gpu: Option<usize>,
+    result: Result<RunRecord, StageError>,
+    secs: f64,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Run the DAG. `paths` are the workspace path digests ([`crate::plan::digest_paths`]).
+pub fn run(
+    dag: &Dag,
+    store: &Store,
+    paths: &PathDigests,
+    opts: &RunOptions,
+    cancel: &AtomicBool,
+    on_event: &(dyn Fn(RunEvent) + Sync),
+) -> Result<RunSummary, EngineError> {
+    let t0 = Instant::now();
+    let mut summary = RunSummary {
+        pipeline: dag.pipeline.name.clone(),
+        ..Default::default()
+    };
+
+    // Which instances to consider.
+    let wanted: Vec<bool> = match &opts.targets {
+        None => vec![true; dag.graph.node_count()],
+        Some(t) => {
+            let mut w = vec![false; dag.graph.node_count()];
+            let mut stack: Vec<NodeIndex> = Vec::new();
+            for id in t {
+                for (iid, n) in &dag.by_id {
+                    if iid == id || dag.instance(*n).stage == *id {
+                        stack.push(*n);
+                    }
+                }
+            }
+            while let Some(n) = stack.pop() {
+                if !std::mem::replace(&mut w[n.index()], true) {
+                    stack.extend(dag.graph.neighbors_directed(n, petgraph::Direction::Incoming));
+                }
+            }
+            w
+        }
+    };
+    let total = wanted.iter().filter(|w| **w).count();
+    on_event(RunEvent::Planned { total });
+
+    let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
+    for &n in &dag.order {
+        if wanted[n.index()] {
+            waiting.insert(n, dag.inputs_of(n).len());
+        }
+    }
+    let mut outputs: HashMap<NodeIndex, Hash> = HashMap::new();
+    let mut trees: HashMap<NodeIndex, Tree> = HashMap::new();
+    let mut ready: Vec<NodeIndex> = dag
+        .order
+        .iter()
+        .copied()
+        .filter(|n| waiting.get(n) == Some(&0))
+        .collect();
+    let mut failed_any = false;
+    let mut free_cpus = opts.cpus.max(1);
+    let mut free_gpus: Vec<usize> = opts.gpus.clone();
+    let mut running = 0usize;
+    let mut finished: Vec<bool> = vec![false; dag.graph.node_count()];
+
+    let (job_tx, job_rx) = channel::unbounded::<Job>();
+    let (done_tx, done_rx) = channel::unbounded::<Done>();
+    let workers = opts.jobs.max(1);
+
+    let result: Result<(), EngineError> = crossbeam::scope(|scope| {
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            scope.spawn(move |_| {
+                for job in job_rx.iter() {
+                    let t = Instant::now();
+                    let (node, threads, gpu) = (job.node, job.threads, job.gpu);
+                    let result = execute(dag, store, paths, opts, &job, cancel, on_event);
+                    let _ = done_tx.send(Done {
+                        node,
+                        threads,
+                        gpu,
+                        result,
+                        secs: t.elapsed().as_secs_f64(),
+                    });
+                }
+            });
+        }
+        drop(done_tx);
+
+        loop {
+            // Dispatch what can start.
+            let mut i = 0;
+            while i < ready.len() {
+                let n = ready[i];
+                let id = dag.instance(n).id.clone();
+                if cancel.load(Ordering::Relaxed) || (failed_any && !opts.keep_going) {
+                    ready.remove(i);
+                    finished[n.index()] = true;
+                    summary.skipped.push(id.clone());
+                    on_event(RunEvent::Skipped { id });
+                    continue;
+                }
+                let doc = match key_doc(dag, n, &outputs, paths) {
+                    Ok(d) => d,
+                    Err(reasons) => {
+                        // Only a missing workspace path can get here (inputs are all done).
+                        ready.remove(i);
+                        finished[n.index()] = true;
+                        let error = reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+                        let log = store.log_path("plan");
+                        on_event(RunEvent::Failed {
+                            id: id.clone(),
+                            error: error.clone(),
+                            log: log.clone(),
+                        });
+                        summary.failed.push(Failure { stage: id, error, log });
+                        failed_any = true;
+                        continue;
+                    }
+                };
+                let key = doc.key();
+                if let Ok(rec) = lookup(store, &key) {
+                    ready.remove(i);
+                    note_last(store, dag, n, &key);
+                    expose(store, dag, n, &rec.tree, opts);
+                    outputs.insert(n, rec.output);
+                    trees.insert(n, rec.tree);
+                    summary.cached.push(id.clone());
+                    on_event(RunEvent::Cached { id });
+                    finished[n.index()] = true;
+                    release(dag, n, &mut waiting, &mut ready, &finished);
+                    i = 0;
+                    continue;
+                }
+                let res = dag.decl(n).config.resources();
+                let want = if res.threads == 0 {
+                    opts.cpus.max(1)
+                } else {
+                    res.threads.min(opts.cpus.max(1))
+                };
+                if running >= workers || (running > 0 && want > free_cpus) {
+                    i += 1;
+                    continue;
+                }
+                let gpu = if res.gpu && !opts.gpus.is_empty() {
+                    match free_gpus.pop() {
+                        Some(g) => Some(g),
+                        None => {
+                            i += 1;
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                ready.remove(i);
+                let threads = want.min(free_cpus.max(1));
+                free_cpus = free_cpus.saturating_sub(threads);
+                running += 1;
+                let inputs = dag
+                    .inputs_of(n)
+                    .into_iter()
+                    .map(|(port, m)| {
+                        (
+                            port,
+                            dag.instance(m).id.clone(),
+                            dag.instance(m).fold,
+                            trees[&m].clone(),
+                        )
+                    })
+                    .collect();
+                on_event(RunEvent::Started {
+                    id: id.clone(),
+                    key: key.clone(),
+                    threads,
+                    gpu,
+                });
+                job_tx
+                    .send(Job {
+                        node: n,
+                        id,
+                        key,
+                        doc,
+                        inputs,
+                        threads,
+                        gpu,
+                    })
+                    .map_err(|e| EngineError::Other(e.to_string()))?;
+            }
+            if running == 0 {
+                break;
+            }
+            let done = match done_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(d) => d,
+                Err(channel::RecvTimeoutError::Timeout) => continue,
+                Err(channel::RecvTimeoutError::Disconnected) => break,
+            };
+            running -= 1;
+            free_cpus += done.threads;
+            if let Some(g) = done.gpu {
+                free_gpus.push(g);
+            }
+            let n = done.node;
+            let id = dag.instance(n).id.clone();
+            finished[n.index()] = true;
+            match done.result {
+                Ok(rec) => {
+                    note_last(store, dag, n, &rec.key);
+                    expose(store, dag, n, &rec.tree, opts);
+                    outputs.insert(n, rec.output);
+                    trees.insert(n, rec.tree);
+                    summary.executed.push(id.clone());
+                    on_event(RunEvent::Finished { id, secs: done.secs });
+                    release(dag, n, &mut waiting, &mut ready, &finished);
+                }
+                Err(StageError::Cancelled) => {
+                    summary.cancelled = true;
+                    summary.skipped.push(id.clone());
+                    on_event(RunEvent::Skipped { id });
+                }
+                Err(e) => {
+                    failed_any = true;
+                    let key = dag_key_for_log(dag, n, &outputs, paths);
+                    let log = store.log_path(&key);
+                    let error = e.to_string();
+                    on_event(RunEvent::Failed {
+                        id: id.clone(),
+                        error: error.clone(),
+                        log: log.clone(),
+                    });
+                    summary.failed.push(Failure { stage: id, error, log });
+                }
+            }
+        }
+        drop(job_tx);
+        Ok(())
+    })
+    .map_err(|_| EngineError::Other("a worker thread panicked".into()))?;
+    result?;
+
+    // Instances never reached (downstream of a failure or cancellation).
+    for &n in &dag.order {
+        if wanted[n.index()] && !finished[n.index()] {
+            let id = dag.instance(n).id.clone();
+            summary.skipped.push(id.clone());
+            on_event(RunEvent::Skipped { id });
+        }
+    }
+    if cancel.load(Ordering::Relaxed) {
+        summary.cancelled = true;
+    }
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn dag_key_for_log(dag: &Dag, n: NodeIndex, outputs: &HashMap<NodeIndex, Hash>, paths: &PathDigests) -> String {
+    key_doc(dag, n, outputs, paths)
+        .map(|d| d.key())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn release(
+    dag: &Dag,
+    n: NodeIndex,
+    waiting: &mut HashMap<NodeIndex, usize>,
+    ready: &mut Vec<NodeIndex>,
+    finished: &[bool],
+) {
+    for m in dag.graph.neighbors_directed(n, petgraph::Direction::Outgoing) {
+        // One decrement per edge (a stage may read the same producer through two ports).
+        let edges = dag.graph.edges_connecting(n, m).count();
+        if let Some(w) = waiting.get_mut(&m) {
+            *w = w.saturating_sub(edges);
+            if *w == 0 && !finished[m.index()] && !ready.contains(&m) {
+                ready.push(m);
+            }
+        }
+    }
+    // Keep topological order so output is deterministic.
+    let pos: HashMap<NodeIndex, usize> = dag.order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    ready.sort_by_key(|n| pos[n]);
+}
+
+fn note_last(store: &Store, dag: &Dag, n: NodeIndex, key: &str) {
+    let name = last_run_name(&dag.pipeline.name, &dag.instance(n).id);
+    if let Err(e) = store.write_meta(&name, &LastRun { key: key.to_string() }) {
+        tracing::warn!("cannot record last run of {}: {e}", dag.instance(n).id);
+    }
+}
+
+/// Show an instance's outputs under `out/<pipeline>/<stage>/[foldK/]` as symlinks into the store.
+fn expose(store: &Store, dag: &Dag, n: NodeIndex, tree: &Tree, opts: &RunOptions) {
+    let Some(root) = &opts.out_root else { return };
+    let inst = dag.instance(n);
+    let mut dest = root.join(&dag.pipeline.name).join(&inst.stage);
+    if let Some(f) = inst.fold {
+        dest = dest.join(format!("fold{f}"));
+    }
+    let res = (|| -> Result<(), String> {
+        let parent = dest.parent().ok_or("no parent")?;
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        let tmp = parent.join(format!(
+            ".{}.tmp{}",
+            dest.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        store
+            .materialize(tree, &tmp, Materialize::Symlink)
+            .map_err(|e| e.to_string())?;
+        if dest.exists() {
+            // Keep fold subdirectories of per-fold stages when replacing a single view.
+            std::fs::remove_dir_all(&dest).map_err(|e| e.to_string())?;
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        tracing::warn!("cannot update {}: {e}", dest.display());
+    }
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+/// Execute one instance and publish its outputs. Runs on a worker thread.
+fn execute(
+    dag: &Dag,
+    store: &Store,
+    _paths: &PathDigests,
+    opts: &RunOptions,
+    job: &Job,
+    cancel: &AtomicBool,
+    on_event: &(dyn Fn(RunEvent) + Sync),
+) -> Result<RunRecord, StageError> {
+    let started = now_unix();
+    let t = Instant::now();
+    let decl = dag.decl(job.node);
+    let inst = dag.instance(job.node);
+    let tmp = store.new_tmp_dir(&format!("{}-{}", sanitize(&job.id), &job.key[..12]))?;
+    let in_dir = tmp.path().join("in");
+    let out_dir = tmp.path().join("out");
+    let work_dir = tmp.path().join("work");
+    for d in [&in_dir, &out_dir, &work_dir] {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut inputs = Vec::new();
+    for (port, from, fold, tree) in &job.inputs {
+        let dir = in_dir.join(sanitize(from));
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            store.materialize(tree, &dir, Materialize::Symlink)?;
+        }
+        inputs.push(ResolvedInput {
+            port: port.clone(),
+            from: from.clone(),
+            fold: *fold,
+            dir,
+            tree: tree.clone(),
+        });
+    }
+    let paths: Vec<ResolvedPath> = dag
+        .paths_of(job.node)
+        .into_iter()
+        .map(|p| ResolvedPath {
+            abs: opts.workspace.join(&p.rel),
+            port: p.port,
+            rel: p.rel,
+        })
+        .collect();
+    let log_path = store.log_path(&job.key);
+    {
+        use std::io::Write;
+        let mut f = File::create(&log_path)?;
+        writeln!(f, "# {} [{}] key {}", job.id, decl.kind.name, job.key)?;
+    }
+    let id = job.id.clone();
+    let progress = move |frac: f64, msg: &str| {
+        on_event(RunEvent::Progress {
+            id: id.clone(),
+            frac,
+            msg: msg.to_string(),
+        })
+    };
+    let ctx = ExecCtx {
+        instance: &inst.id,
+        fold: inst.fold,
+        out_dir: &out_dir,
+        work_dir: &work_dir,
+        workspace: &opts.workspace,
+        inputs: &inputs,
+        paths: &paths,
+        store,
+        threads: job.threads,
+        gpu: job.gpu,
+        log_path: &log_path,
+        cancel,
+        progress: &progress,
+    };
+    let _span = tracing::info_span!("stage", id = %job.id).entered();
+    decl.config.execute(&ctx)?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(StageError::Cancelled);
+    }
+    // Publish: objects, tree, then the record (last).
+    let tree = store.ingest_dir(&out_dir)?;
+    let output = store.put_tree(&tree)?;
+    let rec = RunRecord {
+        key: job.key.clone(),
+        pipeline: dag.pipeline.name.clone(),
+        instance: job.id.clone(),
+        doc: job.doc.clone(),
+        output,
+        tree,
+        started_unix: started,
+        duration_s: t.elapsed().as_secs_f64(),
+        host: host(),
+        flow_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    store.write_record(&job.key, &rec)?;
+    drop(tmp);
+    Ok(rec)
+}
+
+/// Log path of an instance's last run (for messages).
+pub fn log_of(store: &Store, key: &str) -> PathBuf {
+    store.log_path(key)
+}

@@ -1,0 +1,462 @@
+//! Pipeline files (RON): parsing with typed, registry-provided stage params, `extends`
+//! (inherit a base file, then override whole stages and individual defaults), `defaults`.
+//!
+//! ```ron
+//! Pipeline(
+//!     name: "full",
+//!     extends: "base.ron",          // optional, relative to this file
+//!     defaults: (seed: 42),         // values stages may take for params left unset
+//!     stages: { "ingest": Ingest(...), "split": Split(...), ... },
+//! )
+//! ```
+//! Stage kinds are looked up in the [`Registry`] while parsing, so each kind's params are
+//! checked by serde (`deny_unknown_fields`) with RON's own line:col.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, VariantAccess, Visitor};
+use serde::Deserialize;
+
+use crate::diag::{did_you_mean, Code, Diagnostic, SourceFile};
+use crate::stage::{Config, Defaults, Registry, StageConfig, StageKind};
+
+/// One stage as declared in a pipeline file.
+#[derive(Clone)]
+pub struct StageDecl {
+    pub name: String,
+    pub kind: StageKind,
+    pub config: Config,
+    /// The file that declared it (a base file for inherited stages).
+    pub src: Arc<SourceFile>,
+    /// Byte span of the stage's name in `src`.
+    pub span: (usize, usize),
+}
+
+impl fmt::Debug for StageDecl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageDecl")
+            .field("name", &self.name)
+            .field("kind", &self.kind.name)
+            .finish()
+    }
+}
+
+/// A loaded pipeline, `extends` already applied.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The file as the user named it.
+    pub file: PathBuf,
+    pub defaults: Defaults,
+    /// Declaration order (base stages first).
+    pub stages: Vec<StageDecl>,
+}
+
+impl Pipeline {
+    pub fn stage(&self, name: &str) -> Option<&StageDecl> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "Pipeline", deny_unknown_fields)]
+struct RawPipeline {
+    name: String,
+    #[serde(default)]
+    extends: Option<String>,
+    #[serde(default)]
+    defaults: Option<ron::Value>,
+    #[serde(default)]
+    stages: RawStages,
+}
+
+#[derive(Default)]
+struct RawStages(Vec<(String, StageKind, Box<dyn StageConfig>)>);
+
+thread_local! {
+    static REGISTRY: RefCell<Option<Registry>> = const { RefCell::new(None) };
+}
+
+impl<'de> Deserialize<'de> for RawStages {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawStages;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of stage name to stage, e.g. { \"split\": Split(...) }")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawStages, A::Error> {
+                let mut out: Vec<(String, StageKind, Box<dyn StageConfig>)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _, _)| *n == name) {
+                        return Err(de::Error::custom(format!("duplicate stage name `{name}`")));
+                    }
+                    if let Err(m) = check_stage_name(&name) {
+                        return Err(de::Error::custom(m));
+                    }
+                    let (kind, cfg) = map.next_value_seed(StageSeed).map_err(|e| {
+                        let msg = e.to_string();
+                        de::Error::custom(match msg.split_once(KIND_SEP) {
+                            Some((kind, rest)) => format!("stage `{name}` ({kind}): {}", lower_first(rest)),
+                            None => format!("stage `{name}`: {}", lower_first(&msg)),
+                        })
+                    })?;
+                    out.push((name, kind, cfg));
+                }
+                Ok(RawStages(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn check_stage_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!(
+            "invalid stage name `{name}`: use letters, digits, `_` and `-` (`@` is reserved for folds)"
+        ));
+    }
+    Ok(())
+}
+
+struct StageSeed;
+
+impl<'de> DeserializeSeed<'de> for StageSeed {
+    type Value = (StageKind, Box<dyn StageConfig>);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let names: &'static [&'static str] = REGISTRY.with(|r| {
+            let names: Vec<&'static str> = r.borrow().as_ref().map(|r| r.names().collect()).unwrap_or_default();
+            &*Box::leak(names.into_boxed_slice())
+        });
+        d.deserialize_enum("Stage", names, StageVisitor)
+    }
+}
+
+struct StageVisitor;
+
+impl<'de> Visitor<'de> for StageVisitor {
+    type Value = (StageKind, Box<dyn StageConfig>);
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a stage, e.g. Split(dataset: \"ingest\", folds: 5)")
+    }
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        let (Ident(kind_name), variant) = data.variant()?;
+        let kind = REGISTRY.with(|r| r.borrow().as_ref().and_then(|r| r.get(&kind_name).cloned()));
+        let Some(kind) = kind else {
+            let names: Vec<&'static str> =
+                REGISTRY.with(|r| r.borrow().as_ref().map(|r| r.names().collect()).unwrap_or_default());
+            let hint = did_you_mean(&kind_name, names.iter().copied())
+                .unwrap_or_else(|| format!("known kinds: {}", names.join(", ")));
+            return Err(de::Error::custom(format!("unknown stage kind `{kind_name}`; {hint}")));
+        };
+        let cfg = variant.struct_variant(&[], ParamsVisitor(kind.clone()))?;
+        Ok((kind, cfg))
+    }
+}
+
+/// A stage kind name: RON reads it as a bare identifier (`Train(...)`).
+struct Ident(String);
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Ident;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a stage kind, e.g. Split")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ident, E> {
+                Ok(Ident(v.to_string()))
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+struct ParamsVisitor(StageKind);
+
+/// Separates the kind name from the message of an error inside a stage's params.
+const KIND_SEP: char = '\u{1f}';
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) if c.clone().next().is_some_and(|n| n.is_lowercase()) => f.to_lowercase().chain(c).collect(),
+        Some(f) => std::iter::once(f).chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsVisitor {
+    type Value = Box<dyn StageConfig>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "the params of {}", self.0.name)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let de = de::value::MapAccessDeserializer::new(map);
+        let mut erased = <dyn erased_serde::Deserializer>::erase(de);
+        (self.0.parse)(&mut erased).map_err(|e| de::Error::custom(format!("{}{KIND_SEP}{e}", self.0.name)))
+    }
+}
+
+fn ron_options() -> ron::Options {
+    ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+}
+
+/// Load a pipeline file (and the files it extends) and check every stage's params.
+/// Graph-level checks (references, types, cycles) are done by [`crate::dag`].
+pub fn load_pipeline(path: &Path, registry: &Registry) -> Result<Pipeline, Vec<Diagnostic>> {
+    let mut chain = Vec::new();
+    let mut p = load_inner(path, path.to_path_buf(), registry, &mut chain)?;
+    // Defaults are resolved once, after `extends` merged them, so an inherited stage takes
+    // the child's value for a default the child overrides.
+    for s in &mut p.stages {
+        if let Some(c) = Arc::get_mut(&mut s.config) {
+            c.resolve_defaults(&p.defaults);
+        }
+    }
+    Ok(p)
+}
+
+fn load_inner(
+    path: &Path,
+    shown: PathBuf,
+    registry: &Registry,
+    chain: &mut Vec<PathBuf>,
+) -> Result<Pipeline, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic::no_source(
+            Code::Io,
+            shown.clone(),
+            format!("cannot read {}: {e}", shown.display()),
+        )]
+    })?;
+    let src = Arc::new(SourceFile {
+        path: shown.clone(),
+        text,
+    });
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if chain.contains(&canon) {
+        let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
+        names.push(canon.display().to_string());
+        return Err(vec![Diagnostic::at(
+            Code::Extends,
+            &src,
+            (0, 0),
+            format!("`extends` forms a cycle: {}", names.join(" -> ")),
+        )]);
+    }
+    chain.push(canon);
+
+    REGISTRY.with(|r| *r.borrow_mut() = Some(registry.clone()));
+    let parsed: Result<RawPipeline, ron::error::SpannedError> = ron_options().from_str(&src.text);
+    REGISTRY.with(|r| *r.borrow_mut() = None);
+    let raw = parsed.map_err(|e| vec![ron_diagnostic(&src, &e)])?;
+
+    let mut diags = Vec::new();
+    // Defaults: a struct-like map of name -> value.
+    let mut defaults = Defaults::default();
+    if let Some(v) = &raw.defaults {
+        match v {
+            ron::Value::Map(m) => {
+                for (k, v) in m.iter() {
+                    let key = match k {
+                        ron::Value::String(s) => s.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    let j = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                    defaults.0.insert(key, j);
+                }
+            }
+            ron::Value::Unit => {}
+            _ => {
+                let span = find_field(&src.text, "defaults");
+                diags.push(Diagnostic::at(
+                    Code::InvalidValue,
+                    &src,
+                    span,
+                    "`defaults` must be a struct of values, e.g. (seed: 42)",
+                ));
+            }
+        }
+    }
+
+    let mut stages: Vec<StageDecl> = Vec::new();
+    let mut base_defaults = Defaults::default();
+    if let Some(ext) = &raw.extends {
+        let base_path = path.parent().unwrap_or(Path::new(".")).join(ext);
+        let base_shown = shown.parent().unwrap_or(Path::new("")).join(ext);
+        match load_inner(&base_path, base_shown, registry, chain) {
+            Ok(base) => {
+                stages = base.stages;
+                base_defaults = base.defaults;
+            }
+            Err(d) => {
+                let span = find_string_lit(&src.text, ext, 0).unwrap_or((0, 0));
+                // A file that cannot be read has no source to show: fold its error in here.
+                let (io, mut rest): (Vec<Diagnostic>, Vec<Diagnostic>) =
+                    d.into_iter().partition(|d| d.code == Code::Io);
+                let mut diag = Diagnostic::at(
+                    Code::Extends,
+                    &src,
+                    span,
+                    format!("cannot load `{ext}`, which this file extends"),
+                )
+                .label("extended here");
+                if let Some(e) = io.first() {
+                    diag = diag.help(e.message.clone());
+                }
+                diags.push(diag);
+                diags.append(&mut rest);
+            }
+        }
+    }
+    chain.pop();
+    for (k, v) in defaults.0 {
+        base_defaults.0.insert(k, v);
+    }
+    let defaults = base_defaults;
+
+    for (name, kind, cfg) in raw.stages.0 {
+        let span = find_stage_decl(&src.text, &name).unwrap_or((0, 0));
+        let decl = StageDecl {
+            name: name.clone(),
+            kind,
+            config: Arc::from(cfg),
+            src: src.clone(),
+            span,
+        };
+        if let Some(existing) = stages.iter_mut().find(|s| s.name == name) {
+            *existing = decl;
+        } else {
+            stages.push(decl);
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Pipeline {
+        name: raw.name,
+        file: shown,
+        defaults,
+        stages,
+    })
+}
+
+/// Convert a RON error into a diagnostic with a precise span.
+fn ron_diagnostic(src: &Arc<SourceFile>, e: &ron::error::SpannedError) -> Diagnostic {
+    let msg = e.code.to_string();
+    let mut off = src.offset_of(e.position.line, e.position.col);
+    let mut len = 1;
+    // Point at the offending identifier when the message names one.
+    let code = classify(&msg);
+    let named = [
+        "field named `",
+        "Unexpected field named `",
+        "unknown field `",
+        "unknown stage kind `",
+        "duplicate stage name `",
+    ]
+    .iter()
+    .find_map(|p| msg.split_once(p).and_then(|(_, rest)| rest.split('`').next()))
+    .map(str::to_string);
+    if let Some(n) = &named {
+        if code == Code::UnknownField || code == Code::UnknownKind || code == Code::DuplicateStage {
+            if let Some(p) = src.text[..off.min(src.text.len())].rfind(n.as_str()) {
+                off = p;
+                len = n.len();
+            }
+        }
+    }
+    if off >= src.text.len() && !src.text.is_empty() {
+        off = src.text.len() - 1;
+    }
+    let mut d = Diagnostic::at(code, src, (off, len), tidy_message(&msg));
+    if code == Code::UnknownField {
+        if let (Some(field), Some(exp)) = (named.as_deref(), msg.split("expected one of ").nth(1)) {
+            let cands: Vec<&str> = exp.split('`').skip(1).step_by(2).collect();
+            d = d.help_opt(
+                did_you_mean(field, cands.iter().copied()).or_else(|| Some(format!("expected one of {exp}"))),
+            );
+        }
+        d = d.label("unknown field");
+    } else if code == Code::Syntax {
+        d = d.label("here");
+    }
+    d
+}
+
+fn classify(msg: &str) -> Code {
+    let msg = msg.to_lowercase();
+    if msg.contains("unknown field") || msg.contains("unexpected field") || msg.contains("no such field") {
+        Code::UnknownField
+    } else if msg.contains("unknown stage kind") {
+        Code::UnknownKind
+    } else if msg.contains("duplicate stage name") {
+        Code::DuplicateStage
+    } else if msg.contains("invalid type")
+        || [
+            "expected integer",
+            "expected float",
+            "expected bool",
+            "expected string",
+            "expected array",
+            "expected option",
+        ]
+        .iter()
+        .any(|e| msg.contains(e))
+        || msg.contains("invalid value")
+        || msg.contains("missing field")
+        || msg.contains("unknown variant")
+        || msg.contains("invalid stage name")
+    {
+        Code::InvalidValue
+    } else {
+        Code::Syntax
+    }
+}
+
+fn tidy_message(msg: &str) -> String {
+    // "unknown field `x`, expected one of ..." → keep the first clause; the list goes to help.
+    if let Some((head, _)) = msg.split_once(", expected one of") {
+        return head.to_string();
+    }
+    msg.to_string()
+}
+
+/// Byte span of the key `"name"` of a stage declaration (`"name": Kind(`).
+pub fn find_stage_decl(text: &str, name: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(sp) = find_string_lit(text, name, from) {
+        let rest = text[sp.0 + sp.1..].trim_start();
+        if rest.starts_with(':') {
+            return Some(sp);
+        }
+        from = sp.0 + sp.1;
+    }
+    None
+}
+
+/// Byte span of the string literal `"s"` at or after `from`.
+pub fn find_string_lit(text: &str, s: &str, from: usize) -> Option<(usize, usize)> {
+    let needle = format!("\"{s}\"");
+    text.get(from..)?.find(&needle).map(|p| (from + p, needle.len()))
+}
+
+/// Byte span of a field name `name:` (first occurrence).
+pub fn find_field(text: &str, name: &str) -> (usize, usize) {
+    let mut from = 0;
+    while let Some(p) = text[from..].find(name) {
+        let at = from + p;
+        let before_ok = at == 0 || !text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+        let after = text[at + name.len()..].trim_start();
+        if before_ok && after.starts_with(':') {
+            return (at, name.len());
+        }
+        from = at + name.len();
+    }
+    (0, 0)
+}

@@ -1,0 +1,597 @@
+//! `flow` — the command line. Parsing arguments, rendering diagnostics and progress, exit
+//! codes (0 ok, 1 a stage failed, 2 invalid pipeline or usage, 130 interrupted). All the
+//! work is in the `flow-engine`, `flow-cache` and `flow-stages` crates.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flow_cache::{FileStateCache, LockEvent, Store};
+use flow_engine::{Dag, DagFormat, Diagnostic, RunEvent, RunOptions, State};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "flow",
+    version,
+    about = "Content-keyed, cached dataflow pipelines for deepfake-detection research"
+)]
+struct Cli {
+    /// Workspace root (relative paths in pipelines are resolved against it).
+    #[arg(short = 'C', long, global = true, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Cache directory (default: <workspace>/.flow).
+    #[arg(long, global = true, env = "FLOW_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run what is stale, reuse what is cached.
+    Run {
+        pipeline: PathBuf,
+        /// Instances running at once (default: number of cores).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// CPU threads shared by running stages (default: number of cores).
+        #[arg(long)]
+        cpus: Option<usize>,
+        /// Only these stages/instances and what they need.
+        #[arg(long = "target", value_name = "STAGE")]
+        targets: Vec<String>,
+        /// Keep running independent stages after a failure.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Fresh / stale / never-run for each stage instance, and why.
+    Status { pipeline: PathBuf },
+    /// Validate pipeline files: syntax, params, references, port types, cycles, paths.
+    Check {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Print the DAG of stage instances.
+    Dag {
+        pipeline: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// libtorch version, CUDA devices, threads, cache location.
+    Doctor,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLOW_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let workspace = match &cli.workspace {
+        Some(w) => w.clone(),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let cache_dir = cli.cache_dir.clone().unwrap_or_else(|| workspace.join(".flow"));
+    let ctx = Ctx {
+        json: cli.json,
+        workspace,
+        cache_dir,
+    };
+    let code = match &cli.cmd {
+        Cmd::Check { pipelines } => cmd_check(&ctx, pipelines),
+        Cmd::Dag { pipeline, format } => cmd_dag(&ctx, pipeline, *format),
+        Cmd::Status { pipeline } => cmd_status(&ctx, pipeline),
+        Cmd::Run {
+            pipeline,
+            jobs,
+            cpus,
+            targets,
+            keep_going,
+        } => cmd_run(&ctx, pipeline, *jobs, *cpus, targets, *keep_going),
+        Cmd::Doctor => cmd_doctor(&ctx),
+    };
+    ExitCode::from(code)
+}
+
+struct Ctx {
+    json: bool,
+    workspace: PathBuf,
+    cache_dir: PathBuf,
+}
+
+impl Ctx {
+    /// Pipeline paths are taken relative to the current directory, as the user typed them.
+    fn load(&self, path: &Path) -> Result<Dag, Vec<Diagnostic>> {
+        flow_engine::load_dag(path, &flow_stages::registry())
+    }
+    fn open_store(&self) -> Result<Store, u8> {
+        Store::open(&self.cache_dir).map_err(|e| {
+            eprintln!("error: {e}");
+            2
+        })
+    }
+}
+
+// ---------- diagnostics ----------
+
+#[derive(Debug)]
+struct Rendered {
+    d: Diagnostic,
+    src: Option<miette::NamedSource<String>>,
+}
+
+impl std::fmt::Display for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.d.message)
+    }
+}
+impl std::error::Error for Rendered {}
+impl miette::Diagnostic for Rendered {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(format!("flow::{}", self.d.code.as_str())))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.d
+            .help
+            .as_ref()
+            .map(|h| Box::new(h.clone()) as Box<dyn std::fmt::Display>)
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.src.as_ref().map(|s| s as &dyn miette::SourceCode)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        self.src.as_ref()?;
+        let label = self.d.label.clone().or_else(|| Some("here".into()));
+        Some(Box::new(std::iter::once(miette::LabeledSpan::new(
+            label,
+            self.d.span.0,
+            self.d.span.1.max(1),
+        ))))
+    }
+}
+
+/// Render a diagnostic as `file:line:col` + a source snippet (miette).
+fn render_diag(d: &Diagnostic) -> String {
+    let src = d
+        .source
+        .as_ref()
+        .map(|s| miette::NamedSource::new(s.path.display().to_string(), s.text.clone()));
+    let r = Rendered { d: d.clone(), src };
+    let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100);
+    let mut out = String::new();
+    if handler.render_report(&mut out, &r).is_err() || d.source.is_none() {
+        return format!("error[{}]: {}\n", d.code.as_str(), d.short());
+    }
+    out
+}
+
+fn report_diags(ctx: &Ctx, diags: &[Diagnostic]) -> u8 {
+    if ctx.json {
+        println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
+    } else {
+        for d in diags {
+            eprint!("{}", render_diag(d));
+        }
+    }
+    2
+}
+
+// ---------- check / dag ----------
+
+fn cmd_check(ctx: &Ctx, files: &[PathBuf]) -> u8 {
+    let mut all_ok = true;
+    let mut results = Vec::new();
+    for f in files {
+        match ctx.load(f) {
+            Ok(dag) => {
+                let stages = dag.pipeline.stages.len();
+                let instances = dag.graph.node_count();
+                if !ctx.json {
+                    eprintln!(
+                        "ok  {} — pipeline `{}`: {stages} stages, {instances} instances",
+                        f.display(),
+                        dag.pipeline.name
+                    );
+                }
+                results.push(serde_json::json!({"file": f, "ok": true, "pipeline": dag.pipeline.name, "stages": stages, "instances": instances, "diagnostics": []}));
+            }
+            Err(diags) => {
+                all_ok = false;
+                if !ctx.json {
+                    for d in &diags {
+                        eprint!("{}", render_diag(d));
+                    }
+                    eprintln!(
+                        "FAIL {} — {} problem{}",
+                        f.display(),
+                        diags.len(),
+                        if diags.len() == 1 { "" } else { "s" }
+                    );
+                }
+                results.push(serde_json::json!({"file": f, "ok": false, "diagnostics": diags}));
+            }
+        }
+    }
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "files": results})).unwrap()
+        );
+    }
+    if all_ok {
+        0
+    } else {
+        2
+    }
+}
+
+fn cmd_dag(ctx: &Ctx, file: &Path, format: Format) -> u8 {
+    let dag = match ctx.load(file) {
+        Ok(d) => d,
+        Err(diags) => return report_diags(ctx, &diags),
+    };
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&dag.to_json()).unwrap());
+    } else {
+        let f = match format {
+            Format::Text => DagFormat::Text,
+            Format::Dot => DagFormat::Dot,
+            Format::Mermaid => DagFormat::Mermaid,
+        };
+        print!("{}", dag.render(f));
+    }
+    0
+}
+
+// ---------- status ----------
+
+fn cmd_status(ctx: &Ctx, file: &Path) -> u8 {
+    let dag = match ctx.load(file) {
+        Ok(d) => d,
+        Err(diags) => return report_diags(ctx, &diags),
+    };
+    let store = match ctx.open_store() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let mut fsc = FileStateCache::load(&store);
+    let paths = flow_engine::plan::digest_paths(&dag, &ctx.workspace, &mut fsc);
+    let _ = fsc.save(&store);
+    let st = flow_engine::plan::status(&dag, &store, &paths);
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&st).unwrap());
+        return 0;
+    }
+    let width = st.iter().map(|s| s.stage.len()).max().unwrap_or(0);
+    for s in &st {
+        let state = match s.state {
+            State::Fresh => "fresh",
+            State::Stale => "stale",
+            State::NeverRun => "never-run",
+        };
+        let why = if s.reasons.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", s.reasons.join("; "))
+        };
+        println!("{:width$}  {state:9}{why}", s.stage);
+    }
+    let fresh = st.iter().filter(|s| s.state == State::Fresh).count();
+    println!("{fresh}/{} fresh", st.len());
+    0
+}
+
+// ---------- run ----------
+
+struct Ui {
+    mp: Option<MultiProgress>,
+    bars: Mutex<std::collections::HashMap<String, ProgressBar>>,
+    overall: Option<ProgressBar>,
+    plain: bool,
+}
+
+impl Ui {
+    fn new(json: bool) -> Ui {
+        let tty = std::io::stderr().is_terminal();
+        if tty && !json {
+            let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let overall = mp.add(ProgressBar::new(0));
+            overall.set_style(
+                ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} stages  {elapsed}")
+                    .unwrap()
+                    .progress_chars("=> "),
+            );
+            overall.set_prefix("flow");
+            Ui {
+                mp: Some(mp),
+                bars: Mutex::new(Default::default()),
+                overall: Some(overall),
+                plain: false,
+            }
+        } else {
+            Ui {
+                mp: None,
+                bars: Mutex::new(Default::default()),
+                overall: None,
+                plain: !json,
+            }
+        }
+    }
+    fn println(&self, s: String) {
+        match &self.mp {
+            Some(mp) => {
+                let _ = mp.println(s);
+            }
+            None if self.plain => eprintln!("{s}"),
+            None => {}
+        }
+    }
+    fn event(&self, e: RunEvent) {
+        match e {
+            RunEvent::Planned { total } => {
+                if let Some(o) = &self.overall {
+                    o.set_length(total as u64);
+                }
+            }
+            RunEvent::Cached { id } => {
+                self.println(format!("  cached  {id}"));
+                self.tick();
+            }
+            RunEvent::Started { id, threads, gpu, .. } => {
+                let dev = gpu.map(|g| format!(", cuda:{g}")).unwrap_or_default();
+                if let Some(mp) = &self.mp {
+                    let pb = mp.add(ProgressBar::new(1000));
+                    pb.set_style(ProgressStyle::with_template("  {spinner} {prefix:20} {wide_msg} {elapsed}").unwrap());
+                    pb.set_prefix(id.clone());
+                    pb.set_message(format!("({threads} threads{dev})"));
+                    pb.enable_steady_tick(Duration::from_millis(120));
+                    self.bars.lock().unwrap().insert(id, pb);
+                } else {
+                    self.println(format!("  run     {id} ({threads} threads{dev})"));
+                }
+            }
+            RunEvent::Progress { id, frac, msg } => {
+                if let Some(pb) = self.bars.lock().unwrap().get(&id) {
+                    if frac >= 0.0 {
+                        pb.set_message(format!("{:>3.0}% {msg}", frac * 100.0));
+                    } else {
+                        pb.set_message(msg);
+                    }
+                }
+            }
+            RunEvent::Finished { id, secs } => {
+                if let Some(pb) = self.bars.lock().unwrap().remove(&id) {
+                    pb.finish_and_clear();
+                }
+                self.println(format!("  done    {id} ({secs:.1}s)"));
+                self.tick();
+            }
+            RunEvent::Failed { id, error, log } => {
+                if let Some(pb) = self.bars.lock().unwrap().remove(&id) {
+                    pb.finish_and_clear();
+                }
+                // Failures are shown even with --json (on stderr).
+                let msg = format!("  FAILED  {id}: {error}\n          log: {}", log.display());
+                if self.mp.is_some() || self.plain {
+                    self.println(msg);
+                } else {
+                    eprintln!("{msg}");
+                }
+                self.tick();
+            }
+            RunEvent::Skipped { id } => {
+                self.println(format!("  skipped {id}"));
+            }
+        }
+    }
+    fn tick(&self) {
+        if let Some(o) = &self.overall {
+            o.inc(1);
+        }
+    }
+    fn finish(&self) {
+        if let Some(o) = &self.overall {
+            o.finish_and_clear();
+        }
+    }
+}
+
+fn cmd_run(
+    ctx: &Ctx,
+    file: &Path,
+    jobs: Option<usize>,
+    cpus: Option<usize>,
+    targets: &[String],
+    keep_going: bool,
+) -> u8 {
+    let dag = match ctx.load(file) {
+        Ok(d) => d,
+        Err(diags) => return report_diags(ctx, &diags),
+    };
+    for t in targets {
+        if !dag.by_id.contains_key(t) && dag.pipeline.stage(t).is_none() {
+            eprintln!(
+                "error: --target `{t}` is not a stage or instance of pipeline `{}`",
+                dag.pipeline.name
+            );
+            return 2;
+        }
+    }
+    let store = match ctx.open_store() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let json = ctx.json;
+    let _lock = match store.lock(&mut |e| match e {
+        LockEvent::Waiting { pid } => eprintln!(
+            "waiting for another flow run on this cache{} …",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ),
+        LockEvent::TookOverStale { pid } => {
+            eprintln!("note: took over the cache lock of pid {pid}, which is no longer running")
+        }
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match store.clean_stale_tmp() {
+        Ok(n) if n > 0 => tracing::info!("removed {n} unfinished work dirs of interrupted runs"),
+        Err(e) => tracing::warn!("cannot clean tmp: {e}"),
+        _ => {}
+    }
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            if c.swap(true, Ordering::SeqCst) {
+                // Second Ctrl-C: leave now. Nothing partial was published.
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: stopping running stages; finished ones stay cached (Ctrl-C again to quit now)");
+        });
+    }
+
+    let mut fsc = FileStateCache::load(&store);
+    let paths = flow_engine::plan::digest_paths(&dag, &ctx.workspace, &mut fsc);
+    if let Err(e) = fsc.save(&store) {
+        tracing::warn!("cannot save file-state cache: {e}");
+    }
+
+    let info = flow_stages::torch_info::torch_info();
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let opts = RunOptions {
+        jobs: jobs.unwrap_or(ncpu),
+        cpus: cpus.unwrap_or(ncpu),
+        gpus: (0..info.cuda_devices.max(0) as usize).collect(),
+        workspace: ctx.workspace.clone(),
+        out_root: Some(ctx.workspace.join("out")),
+        targets: if targets.is_empty() {
+            None
+        } else {
+            Some(targets.to_vec())
+        },
+        keep_going,
+    };
+    let ui = Ui::new(json);
+    let result = flow_engine::run(&dag, &store, &paths, &opts, &cancel, &|e| ui.event(e));
+    ui.finish();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap());
+    } else {
+        eprintln!(
+            "{}: {} executed, {} cached, {} failed, {} skipped in {:.1}s — outputs in {}",
+            summary.pipeline,
+            summary.executed.len(),
+            summary.cached.len(),
+            summary.failed.len(),
+            summary.skipped.len(),
+            summary.seconds,
+            Path::new("out").join(&summary.pipeline).display()
+        );
+        for f in &summary.failed {
+            eprintln!("failed: {} — {}\n  log: {}", f.stage, f.error, f.log.display());
+        }
+    }
+    if summary.cancelled {
+        130
+    } else if !summary.failed.is_empty() {
+        1
+    } else {
+        0
+    }
+}
+
+// ---------- doctor ----------
+
+fn cmd_doctor(ctx: &Ctx) -> u8 {
+    let info = flow_stages::torch_info::torch_info();
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let writable = Store::open(&ctx.cache_dir).is_ok();
+    let kinds: Vec<&str> = flow_stages::registry().names().collect();
+    let v = serde_json::json!({
+        "flow_version": env!("CARGO_PKG_VERSION"),
+        "torch": info,
+        "cpu_threads": ncpu,
+        "cache_dir": ctx.cache_dir,
+        "cache_writable": writable,
+        "workspace": ctx.workspace,
+        "stage_kinds": kinds,
+    });
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+    } else {
+        println!("flow {}", env!("CARGO_PKG_VERSION"));
+        match (&info.available, &info.libtorch_version) {
+            (true, Some(ver)) => println!("libtorch     {ver}"),
+            (true, None) => println!("libtorch     linked (version unknown)"),
+            _ => println!(
+                "libtorch     not available{}",
+                info.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+            ),
+        }
+        println!(
+            "CUDA         {}",
+            if info.cuda_available {
+                format!(
+                    "yes, {} device(s), cuDNN {}",
+                    info.cuda_devices,
+                    if info.cudnn { "yes" } else { "no" }
+                )
+            } else {
+                "no (stages run on CPU)".into()
+            }
+        );
+        println!("threads      {ncpu} cores; torch intra-op threads {}", info.threads);
+        println!(
+            "cache        {} ({})",
+            ctx.cache_dir.display(),
+            if writable { "writable" } else { "NOT writable" }
+        );
+        println!("stage kinds  {}", kinds.join(", "));
+    }
+    if writable {
+        0
+    } else {
+        2
+    }
+}

@@ -1,0 +1,347 @@
+//! `Exec`: run an external command under flow's caching rules — the escape hatch for
+//! users' own scripts (a Python face-cropper, say).
+//!
+//! ```ron
+//! "crop": Exec(
+//!     cmd: "python crop.py --in images --out crops",   // `sh -c`; or an argv list
+//!     inputs: [Path("crop.py"), Stage("ingest")],      // workspace paths / other stages
+//!     outputs: ["crops"],                              // files or dirs it creates
+//!     folds: 5,                                        // optional: crop@fold0..4, {fold} substituted
+//! )
+//! ```
+//! The command runs in a private work directory. Each input stage's output files are hard-
+//! linked into it at their relative paths (read-only objects of the store); each workspace
+//! path appears at its relative path as real directories with *symlinked* files (a hard link
+//! would change the file's ctime and defeat the stat cache), so use `find -L` to list them.
+//! Only the declared outputs are published. Environment: `FLOW_FOLD`, `FLOW_THREADS`,
+//! `FLOW_WORKSPACE`, `OMP_NUM_THREADS`, plus `env`. stdout/stderr go to the instance's log.
+//! Key params: `cmd`, `outputs`, `env`, `folds`; inputs enter by content. Not in the key:
+//! `threads`, `description`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use flow_engine::{
+    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, FanOut, Input, PortType, Resources, StageConfig, StageError,
+    StageKind,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    pub cmd: Cmd,
+    #[serde(default)]
+    pub inputs: Vec<ExecInput>,
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub folds: Option<u32>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cmd {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ExecInput {
+    /// Another stage's outputs.
+    Stage(String),
+    /// A file or directory of the workspace.
+    Path(String),
+}
+
+pub fn kind() -> StageKind {
+    StageKind {
+        name: "Exec",
+        version: 1,
+        summary: "run an external command with declared inputs and outputs",
+        parse: parse_as::<Exec>,
+    }
+}
+
+/// Whether a relative path stays inside its root (no absolute path, no `..` above the root).
+pub fn stays_inside(p: &str) -> bool {
+    let path = Path::new(p);
+    if p.is_empty() || path.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = 0;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    depth > 0
+}
+
+fn subst(s: &str, fold: Option<u32>) -> String {
+    match fold {
+        Some(f) => s.replace("{fold}", &f.to_string()),
+        None => s.to_string(),
+    }
+}
+
+impl StageConfig for Exec {
+    fn inputs(&self) -> Vec<Input> {
+        self.inputs
+            .iter()
+            .map(|i| match i {
+                ExecInput::Stage(s) => Input::stage("inputs", s.clone(), &[PortType::ANY]),
+                ExecInput::Path(p) => Input::path("inputs", p.clone()),
+            })
+            .collect()
+    }
+    fn output(&self) -> PortType {
+        PortType::FILES
+    }
+    fn fan_out(&self) -> FanOut {
+        match self.folds {
+            Some(n) => FanOut::Foreach(n),
+            None => FanOut::Single,
+        }
+    }
+    fn key_params(&self) -> serde_json::Value {
+        key_params_of(self, &["inputs", "threads", "description"])
+    }
+    fn resources(&self) -> Resources {
+        Resources {
+            threads: self.threads.unwrap_or(1),
+            gpu: false,
+        }
+    }
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut v = Vec::new();
+        for o in &self.outputs {
+            if !stays_inside(o) {
+                v.push(ConfigProblem {
+                    code: Code::PathEscape,
+                    message: format!("output `{o}` is outside the stage's output directory"),
+                    needle: Some(o.clone()),
+                    help: Some(
+                        "outputs are paths relative to the command's working directory, without `..` above it".into(),
+                    ),
+                });
+            }
+        }
+        for i in &self.inputs {
+            if let ExecInput::Path(p) = i {
+                if !stays_inside(p) {
+                    v.push(ConfigProblem {
+                        code: Code::PathEscape,
+                        message: format!("input path `{p}` is outside the workspace"),
+                        needle: Some(p.clone()),
+                        help: Some("workspace inputs are paths relative to the workspace root".into()),
+                    });
+                }
+            }
+        }
+        if self.outputs.is_empty() {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: "`outputs` is empty: a stage must produce something".into(),
+                needle: None,
+                help: None,
+            });
+        }
+        if self.folds == Some(0) {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: "`folds` must be at least 1".into(),
+                needle: None,
+                help: None,
+            });
+        }
+        v
+    }
+    fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
+        let work = ctx.work_dir;
+        // Stage inputs: link each output file at its relative path.
+        let mut placed: BTreeMap<String, String> = BTreeMap::new();
+        for input in ctx.inputs {
+            for (rel, entry) in &input.tree.entries {
+                if let Some(prev) = placed.get(rel) {
+                    if *prev != input.from {
+                        let same = ctx
+                            .inputs
+                            .iter()
+                            .find(|i| i.from == *prev)
+                            .and_then(|i| i.tree.entries.get(rel))
+                            .map(|e| e.hash == entry.hash);
+                        if same != Some(true) {
+                            return Err(StageError::msg(format!(
+                                "inputs `{prev}` and `{}` both provide `{rel}` with different content",
+                                input.from
+                            )));
+                        }
+                    }
+                    continue;
+                }
+                let dest = work.join(rel);
+                if let Some(p) = dest.parent() {
+                    std::fs::create_dir_all(p)?;
+                }
+                // Hard links (read-only objects): `find -type f` sees them as files.
+                let obj = ctx.store.object_path(&entry.hash);
+                if std::fs::hard_link(&obj, &dest).is_err() {
+                    std::os::unix::fs::symlink(&obj, &dest)?;
+                }
+                placed.insert(rel.clone(), input.from.clone());
+            }
+        }
+        for p in ctx.paths {
+            let dest = work.join(&p.rel);
+            if dest.symlink_metadata().is_ok() {
+                continue;
+            }
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            link_farm(&p.abs, &dest)?;
+        }
+
+        let mut cmd = match &self.cmd {
+            Cmd::Shell(s) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(subst(s, ctx.fold));
+                c
+            }
+            Cmd::Argv(a) if !a.is_empty() => {
+                let mut c = Command::new(subst(&a[0], ctx.fold));
+                c.args(a[1..].iter().map(|x| subst(x, ctx.fold)));
+                c
+            }
+            Cmd::Argv(_) => return Err(StageError::msg("`cmd` is an empty list")),
+        };
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(ctx.log_path)?;
+        cmd.current_dir(work)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("FLOW_WORKSPACE", ctx.workspace)
+            .env("FLOW_THREADS", ctx.threads.to_string())
+            .env("OMP_NUM_THREADS", ctx.threads.to_string())
+            .process_group(0);
+        // If flow itself dies (SIGKILL), take the command down with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        if let Some(f) = ctx.fold {
+            cmd.env("FLOW_FOLD", f.to_string());
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, subst(v, ctx.fold));
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StageError::msg(format!("cannot start command: {e}")))?;
+        let status = loop {
+            if ctx.cancelled() {
+                // The command runs in its own process group: stop all of it.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
+                let _ = child.wait();
+                return Err(StageError::Cancelled);
+            }
+            match child.try_wait()? {
+                Some(s) => break s,
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if !status.success() {
+            let tail = log_tail(ctx.log_path, 8);
+            return Err(StageError::msg(format!("command failed ({status}){tail}")));
+        }
+        for o in &self.outputs {
+            let rel = subst(o, ctx.fold);
+            let src = work.join(&rel);
+            if src.symlink_metadata().is_err() {
+                return Err(StageError::msg(format!(
+                    "declared output `{rel}` was not created by the command"
+                )));
+            }
+            let dest = ctx.out_dir.join(&rel);
+            if let Some(p) = dest.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            std::fs::rename(&src, &dest)?;
+        }
+        let mut f = std::fs::OpenOptions::new().append(true).open(ctx.log_path)?;
+        writeln!(f, "# ok")?;
+        Ok(())
+    }
+}
+
+/// Mirror `src` at `dest`: real directories, files as symlinks. (A symlinked directory
+/// would be invisible to `find dir`, which does not follow a symlink given as start point.)
+fn link_farm(src: &Path, dest: &Path) -> std::io::Result<()> {
+    if src.is_dir() {
+        std::fs::create_dir(dest)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            link_farm(&e.path(), &dest.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::os::unix::fs::symlink(src, dest)
+    }
+}
+
+fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let lines: Vec<String> = std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| !l.starts_with("# "))
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let start = lines.len().saturating_sub(n);
+    format!("; last output:\n  {}", lines[start..].join("\n  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn paths_that_escape_are_caught() {
+        assert!(stays_inside("a/b"));
+        assert!(stays_inside("./a"));
+        assert!(stays_inside("a/../b"));
+        assert!(!stays_inside("../a"));
+        assert!(!stays_inside("a/../../b"));
+        assert!(!stays_inside("/etc/passwd"));
+        assert!(!stays_inside("."));
+        assert!(!stays_inside(""));
+    }
+}
