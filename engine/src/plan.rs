@@ -87,7 +87,10 @@ impl fmt::Display for DirtyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DirtyReason::NeverRun => write!(f, "never run"),
-            DirtyReason::ParamChanged { name, old, new } => write!(f, "param {name} changed: {old} -> {new}"),
+            DirtyReason::ParamChanged { name, old, new } => {
+                let (o, n) = abbreviate_change(old, new);
+                write!(f, "param {name} changed: {o} -> {n}")
+            }
             DirtyReason::ParamAdded { name, new } => write!(f, "param {name} set: {new}"),
             DirtyReason::ParamRemoved { name, old } => write!(f, "param {name} unset (was {old})"),
             DirtyReason::InputChanged { port, from } => write!(f, "input {from} changed (param {port})"),
@@ -103,6 +106,34 @@ impl fmt::Display for DirtyReason {
             DirtyReason::NotCached => write!(f, "no cached result for these inputs"),
         }
     }
+}
+
+/// For long values (commands), show only what changed, with a little context:
+/// `…lr=0.0001 '$2…` -> `…lr=0.0003 '$2…`.
+pub fn abbreviate_change(old: &str, new: &str) -> (String, String) {
+    const CTX: usize = 12;
+    if old.chars().count() <= 40 && new.chars().count() <= 40 {
+        return (old.to_string(), new.to_string());
+    }
+    let a: Vec<char> = old.chars().collect();
+    let b: Vec<char> = new.chars().collect();
+    let pre = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let max_suf = a.len().min(b.len()) - pre;
+    let suf = a.iter().rev().zip(b.iter().rev()).take(max_suf).take_while(|(x, y)| x == y).count();
+    let cut = |v: &[char]| {
+        let start = pre.saturating_sub(CTX);
+        let end = (v.len() - suf + CTX).min(v.len());
+        let mut s = String::new();
+        if start > 0 {
+            s.push('…');
+        }
+        s.extend(&v[start..end]);
+        if end < v.len() {
+            s.push('…');
+        }
+        s
+    };
+    (cut(&a), cut(&b))
 }
 
 /// The status of one instance.
@@ -287,6 +318,20 @@ pub fn diff_docs(
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abbreviate_change;
+    #[test]
+    fn long_changes_are_abbreviated_around_the_difference() {
+        let a = "paste -d, folds.csv pre/shard0 | awk -F, -v f=1 -v lr=0.0001 '$2 != f { s += $3 }' > m.txt";
+        let b = a.replace("0.0001", "0.0003");
+        let (x, y) = abbreviate_change(a, &b);
+        assert_eq!(x, "… -v lr=0.0001 '$2 != f { …");
+        assert_eq!(y, "… -v lr=0.0003 '$2 != f { …");
+        assert_eq!(abbreviate_change("0.0001", "0.0003"), ("0.0001".into(), "0.0003".into()));
+    }
 }
 
 fn flatten_diff(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, r: &mut Vec<DirtyReason>) {
