@@ -243,3 +243,48 @@ fn a_tampered_cached_output_is_not_trusted() {
     assert_eq!(s.executed, set(&["c"]));
     assert_eq!(ws.read("out/chain/c/c.txt").trim(), "9");
 }
+
+#[test]
+fn unchanged_workspace_files_are_not_read_again() {
+    let ws = setup();
+    for i in 0..20 {
+        ws.write(&format!("data/many/f{i}.txt"), &format!("file {i}\n"));
+    }
+    // Old mtimes: files modified in the last 2 s are re-read on purpose (racy stat).
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for e in walk(&ws.path().join("data")) {
+        std::fs::File::options()
+            .write(true)
+            .open(&e)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.raw["workspace_files"], 21);
+    assert_eq!(s.raw["workspace_files_read"], 21);
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.raw["workspace_files"], 21);
+    assert_eq!(s.raw["workspace_files_read"], 0, "unchanged files must not be read");
+    // Status does not read them either.
+    let out = ws.flow(&["status", "p.ron"]);
+    assert!(out.status.success());
+    // One changed file is the only one read.
+    ws.write("data/many/f3.txt", "changed\n");
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.raw["workspace_files_read"], 1);
+    assert_eq!(s.executed, set(&["a"]));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        } else {
+            v.push(p);
+        }
+    }
+    v
+}

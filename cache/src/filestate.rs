@@ -147,6 +147,8 @@ pub struct PathDigest {
     pub bytes: u64,
     /// Files whose content was actually read (cache misses).
     pub rehashed: usize,
+    /// For a directory: every file's hash by relative path (what `hash` is the tree hash of).
+    pub tree: Option<Tree>,
 }
 
 fn now_ns() -> i64 {
@@ -401,6 +403,7 @@ impl FileStateCache {
                 files,
                 bytes: e.size,
                 rehashed,
+                tree: None,
             });
         }
         let mut tree = Tree::default();
@@ -413,6 +416,7 @@ impl FileStateCache {
             files,
             bytes: tree.total_size(),
             rehashed,
+            tree: Some(tree),
         })
     }
 }

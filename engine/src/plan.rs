@@ -33,6 +33,10 @@ pub struct RunRecord {
     pub duration_s: f64,
     pub host: String,
     pub flow_version: String,
+    /// What the stage said about its outputs that is *not* part of their content (e.g. where
+    /// a dataset lives in the workspace). Downstream stages see it; keys never do.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub meta: serde_json::Value,
 }
 
 /// Pointer to the last run of an instance of a pipeline (for "why is this stale").
@@ -119,7 +123,13 @@ pub fn abbreviate_change(old: &str, new: &str) -> (String, String) {
     let b: Vec<char> = new.chars().collect();
     let pre = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let max_suf = a.len().min(b.len()) - pre;
-    let suf = a.iter().rev().zip(b.iter().rev()).take(max_suf).take_while(|(x, y)| x == y).count();
+    let suf = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(max_suf)
+        .take_while(|(x, y)| x == y)
+        .count();
     let cut = |v: &[char]| {
         let start = pre.saturating_sub(CTX);
         let end = (v.len() - suf + CTX).min(v.len());
@@ -148,8 +158,19 @@ pub struct InstanceStatus {
     pub key: Option<String>,
 }
 
+/// The digest of one workspace path: its content hash and, for a directory, the hash of
+/// every file (so stages need not read unchanged files to know their hashes).
+#[derive(Clone, Debug)]
+pub struct PathState {
+    pub hash: Hash,
+    pub tree: Option<std::sync::Arc<Tree>>,
+    /// Files under the path, and how many of them had to be read (stat cache misses).
+    pub files: usize,
+    pub rehashed: usize,
+}
+
 /// Digests of workspace paths (content, via the stat cache).
-pub type PathDigests = HashMap<String, Result<Hash, String>>;
+pub type PathDigests = HashMap<String, Result<PathState, String>>;
 
 /// Digest every workspace path the DAG reads. Unchanged files are not re-read.
 pub fn digest_paths(dag: &Dag, workspace: &Path, fsc: &mut FileStateCache) -> PathDigests {
@@ -163,7 +184,14 @@ pub fn digest_paths(dag: &Dag, workspace: &Path, fsc: &mut FileStateCache) -> Pa
     for rel in rels {
         let abs = workspace.join(&rel);
         let d = if abs.exists() {
-            fsc.digest_path(&abs).map(|d| d.hash).map_err(|e| e.to_string())
+            fsc.digest_path(&abs)
+                .map(|d| PathState {
+                    hash: d.hash,
+                    tree: d.tree.map(std::sync::Arc::new),
+                    files: d.files,
+                    rehashed: d.rehashed,
+                })
+                .map_err(|e| e.to_string())
         } else {
             Err(format!("workspace path `{rel}` does not exist"))
         };
@@ -199,10 +227,10 @@ pub fn key_doc(
     let mut prec = Vec::new();
     for p in dag.paths_of(n) {
         match paths.get(&p.rel) {
-            Some(Ok(h)) => prec.push(KeyPathRec {
+            Some(Ok(st)) => prec.push(KeyPathRec {
                 port: p.port,
                 path: p.rel,
-                hash: h.to_hex(),
+                hash: st.hash.to_hex(),
             }),
             _ => missing.push(DirtyReason::PathMissing { path: p.rel }),
         }
@@ -330,7 +358,10 @@ mod tests {
         let (x, y) = abbreviate_change(a, &b);
         assert_eq!(x, "… -v lr=0.0001 '$2 != f { …");
         assert_eq!(y, "… -v lr=0.0003 '$2 != f { …");
-        assert_eq!(abbreviate_change("0.0001", "0.0003"), ("0.0001".into(), "0.0003".into()));
+        assert_eq!(
+            abbreviate_change("0.0001", "0.0003"),
+            ("0.0001".into(), "0.0003".into())
+        );
     }
 }
 

@@ -98,6 +98,10 @@ pub struct RunSummary {
     pub skipped: Vec<String>,
     pub cancelled: bool,
     pub seconds: f64,
+    /// Files under the workspace paths the pipeline reads, and how many of them had to be
+    /// read to know their content (the rest were known unchanged from the stat cache).
+    pub workspace_files: usize,
+    pub workspace_files_read: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +117,7 @@ struct Job {
     id: String,
     key: String,
     doc: KeyDoc,
-    inputs: Vec<(String, String, Option<u32>, Tree)>,
+    inputs: Vec<(String, String, Option<u32>, Tree, serde_json::Value)>,
     threads: usize,
     gpu: Option<usize>,
 }
@@ -153,6 +157,10 @@ pub fn run(
         pipeline: dag.pipeline.name.clone(),
         ..Default::default()
     };
+    for st in paths.values().flatten() {
+        summary.workspace_files += st.files;
+        summary.workspace_files_read += st.rehashed;
+    }
 
     // Which instances to consider.
     let wanted: Vec<bool> = match &opts.targets {
@@ -185,7 +193,7 @@ pub fn run(
         }
     }
     let mut outputs: HashMap<NodeIndex, Hash> = HashMap::new();
-    let mut trees: HashMap<NodeIndex, Tree> = HashMap::new();
+    let mut trees: HashMap<NodeIndex, (Tree, serde_json::Value)> = HashMap::new();
     let mut ready: Vec<NodeIndex> = dag
         .order
         .iter()
@@ -260,7 +268,7 @@ pub fn run(
                     note_last(store, dag, n, &key);
                     expose(store, dag, n, &rec.tree, opts);
                     outputs.insert(n, rec.output);
-                    trees.insert(n, rec.tree);
+                    trees.insert(n, (rec.tree, rec.meta));
                     summary.cached.push(id.clone());
                     on_event(RunEvent::Cached { id });
                     finished[n.index()] = true;
@@ -297,12 +305,8 @@ pub fn run(
                     .inputs_of(n)
                     .into_iter()
                     .map(|(port, m)| {
-                        (
-                            port,
-                            dag.instance(m).id.clone(),
-                            dag.instance(m).fold,
-                            trees[&m].clone(),
-                        )
+                        let (tree, meta) = trees[&m].clone();
+                        (port, dag.instance(m).id.clone(), dag.instance(m).fold, tree, meta)
                     })
                     .collect();
                 on_event(RunEvent::Started {
@@ -344,7 +348,7 @@ pub fn run(
                     note_last(store, dag, n, &rec.key);
                     expose(store, dag, n, &rec.tree, opts);
                     outputs.insert(n, rec.output);
-                    trees.insert(n, rec.tree);
+                    trees.insert(n, (rec.tree, rec.meta));
                     summary.executed.push(id.clone());
                     on_event(RunEvent::Finished { id, secs: done.secs });
                     release(dag, n, &mut waiting, &mut ready, &finished);
@@ -473,7 +477,7 @@ fn sanitize(id: &str) -> String {
 fn execute(
     dag: &Dag,
     store: &Store,
-    _paths: &PathDigests,
+    paths: &PathDigests,
     opts: &RunOptions,
     job: &Job,
     cancel: &AtomicBool,
@@ -491,7 +495,7 @@ fn execute(
         std::fs::create_dir_all(d)?;
     }
     let mut inputs = Vec::new();
-    for (port, from, fold, tree) in &job.inputs {
+    for (port, from, fold, tree, meta) in &job.inputs {
         let dir = in_dir.join(sanitize(from));
         if !dir.exists() {
             std::fs::create_dir_all(&dir)?;
@@ -503,15 +507,23 @@ fn execute(
             fold: *fold,
             dir,
             tree: tree.clone(),
+            meta: meta.clone(),
         });
     }
     let paths: Vec<ResolvedPath> = dag
         .paths_of(job.node)
         .into_iter()
-        .map(|p| ResolvedPath {
-            abs: opts.workspace.join(&p.rel),
-            port: p.port,
-            rel: p.rel,
+        .map(|p| {
+            let tree = paths
+                .get(&p.rel)
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|s| s.tree.clone());
+            ResolvedPath {
+                abs: opts.workspace.join(&p.rel),
+                port: p.port,
+                rel: p.rel,
+                tree,
+            }
         })
         .collect();
     let log_path = store.log_path(&job.key);
@@ -520,6 +532,7 @@ fn execute(
         let mut f = File::create(&log_path)?;
         writeln!(f, "# {} [{}] key {}", job.id, decl.kind.name, job.key)?;
     }
+    let meta = std::sync::Mutex::new(serde_json::Value::Null);
     let id = job.id.clone();
     let progress = move |frac: f64, msg: &str| {
         on_event(RunEvent::Progress {
@@ -542,6 +555,7 @@ fn execute(
         log_path: &log_path,
         cancel,
         progress: &progress,
+        meta: &meta,
     };
     let _span = tracing::info_span!("stage", id = %job.id).entered();
     decl.config.execute(&ctx)?;
@@ -562,6 +576,7 @@ fn execute(
         duration_s: t.elapsed().as_secs_f64(),
         host: host(),
         flow_version: env!("CARGO_PKG_VERSION").to_string(),
+        meta: meta.into_inner().unwrap_or(serde_json::Value::Null),
     };
     store.write_record(&job.key, &rec)?;
     drop(tmp);

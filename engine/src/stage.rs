@@ -147,6 +147,8 @@ pub struct ResolvedInput {
     /// Read-only view of the producer's outputs (symlinks into the store).
     pub dir: PathBuf,
     pub tree: Tree,
+    /// The producer's [`ExecCtx::meta`] (not part of its content hash).
+    pub meta: serde_json::Value,
 }
 
 /// A workspace path input at execution time.
@@ -156,6 +158,8 @@ pub struct ResolvedPath {
     /// As written in the pipeline (relative to the workspace).
     pub rel: String,
     pub abs: PathBuf,
+    /// For a directory: every file's content hash by relative path, from the stat cache.
+    pub tree: Option<std::sync::Arc<Tree>>,
 }
 
 /// Progress callback: fraction done (0..=1, or negative if unknown) and a short message.
@@ -180,6 +184,9 @@ pub struct ExecCtx<'a> {
     pub log_path: &'a Path,
     pub cancel: &'a AtomicBool,
     pub progress: ProgressFn<'a>,
+    /// Facts about the outputs that are not part of their content (e.g. a dataset's root in
+    /// the workspace). Stored in the run record and passed to consumers; never in a key.
+    pub meta: &'a std::sync::Mutex<serde_json::Value>,
 }
 
 impl ExecCtx<'_> {
