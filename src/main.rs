@@ -490,12 +490,18 @@ fn cmd_run(
         tracing::warn!("cannot save file-state cache: {e}");
     }
 
-    let info = flow_stages::torch_info::torch_info();
     let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // Only a pipeline with GPU-capable stages asks the torch worker for devices.
+    let wants_gpu = dag.pipeline.stages.iter().any(|s| s.config.resources().gpu);
+    let gpus = if wants_gpu {
+        flow_stages::worker::worker_info().cuda_devices.max(0) as usize
+    } else {
+        0
+    };
     let opts = RunOptions {
         jobs: jobs.unwrap_or(ncpu),
         cpus: cpus.unwrap_or(ncpu),
-        gpus: (0..info.cuda_devices.max(0) as usize).collect(),
+        gpus: (0..gpus).collect(),
         workspace: ctx.workspace.clone(),
         out_root: Some(ctx.workspace.join("out")),
         targets: if targets.is_empty() {
@@ -544,13 +550,14 @@ fn cmd_run(
 // ---------- doctor ----------
 
 fn cmd_doctor(ctx: &Ctx) -> u8 {
-    let info = flow_stages::torch_info::torch_info();
+    let info = flow_stages::worker::worker_info().clone();
     let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let writable = Store::open(&ctx.cache_dir).is_ok();
     let kinds: Vec<&str> = flow_stages::registry().names().collect();
     let v = serde_json::json!({
         "flow_version": env!("CARGO_PKG_VERSION"),
         "torch": info,
+        "worker": flow_stages::worker::worker_path(),
         "cpu_threads": ncpu,
         "cache_dir": ctx.cache_dir,
         "cache_writable": writable,
@@ -582,6 +589,12 @@ fn cmd_doctor(ctx: &Ctx) -> u8 {
             }
         );
         println!("threads      {ncpu} cores; torch intra-op threads {}", info.threads);
+        println!(
+            "worker       {}",
+            flow_stages::worker::worker_path().map_or("none (torch stages cannot run)".to_string(), |p| p
+                .display()
+                .to_string())
+        );
         println!(
             "cache        {} ({})",
             ctx.cache_dir.display(),

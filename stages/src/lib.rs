@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod torch_info;
+pub mod worker;
 
 use flow_engine::Registry;
 

@@ -15,7 +15,7 @@
 //   2. else LIBTORCH (the repo's .cargo/config.toml points it at .venv/libtorch, which
 //      scripts/setup creates), with LIBTORCH_LIB overriding the parent of `lib/`.
 //   3. else a system install (/usr/lib/libtorch.so).
-// Everything here is a no-op unless the package's `torch` feature is on.
+// Used by the build script of flow-stages-torch (the only package that links libtorch).
 
 #[allow(dead_code)]
 mod flow_libtorch {
@@ -157,13 +157,11 @@ for p in cpp_extension.library_paths():\n    print('FLOW_TORCH_LIB:', p)\n";
     }
 
     /// `own_files`: the calling build script and this file, relative to its package root.
-    pub fn run(own_files: &[&str]) {
+    /// `link_arg`: the cargo directive the link flags go to — `cargo:rustc-link-arg` (every
+    /// target of the package) or `cargo:rustc-link-arg-bin=flow-worker` (that binary only).
+    pub fn run(own_files: &[&str], link_arg: &str) {
         for f in own_files {
             println!("cargo:rerun-if-changed={f}");
-        }
-        println!("cargo:rerun-if-env-changed=CARGO_FEATURE_TORCH");
-        if env::var_os("CARGO_FEATURE_TORCH").is_none() {
-            return;
         }
         let found = match locate() {
             Ok(f) => f,
@@ -183,14 +181,14 @@ for p in cpp_extension.library_paths():\n    print('FLOW_TORCH_LIB:', p)\n";
                 println!("cargo:warning=flow: libtorch path {d} contains a comma; not added to the rpath");
                 continue;
             }
-            println!("cargo:rustc-link-arg=-Wl,-rpath,{d}");
+            println!("{link_arg}=-Wl,-rpath,{d}");
         }
         let lib = &dirs[0];
         if lib.join("libtorch_cuda.so").exists() {
             println!("cargo:rustc-link-search=native={}", lib.display());
-            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-            println!("cargo:rustc-link-arg=-ltorch_cuda");
-            println!("cargo:rustc-link-arg=-Wl,--as-needed");
+            println!("{link_arg}=-Wl,--no-as-needed");
+            println!("{link_arg}=-ltorch_cuda");
+            println!("{link_arg}=-Wl,--as-needed");
         }
         println!(
             "cargo:rustc-env=FLOW_LIBTORCH_VERSION={}",

@@ -1,0 +1,89 @@
+//! `flow dag`, `flow doctor`, exit codes.
+
+mod common;
+use common::Ws;
+
+#[test]
+fn dag_renders_text_dot_mermaid_and_json() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::flow_bin())
+            .current_dir(root)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(&["dag", "pipelines/full.ron"]);
+    assert!(text.contains("full (9 stages, 17 instances)"), "{text}");
+    assert!(
+        text.contains("retrain@fold3 [Exec] <- inputs: mine, train@fold3"),
+        "{text}"
+    );
+    assert!(text.contains("calibrate [Exec] <- inputs: train@fold{0..4}"), "{text}");
+    let dot = run(&["dag", "--format", "dot", "pipelines/full.ron"]);
+    assert!(
+        dot.starts_with("digraph \"full\"") && dot.contains("\"train@fold2\" -> \"retrain@fold2\""),
+        "{dot}"
+    );
+    let mm = run(&["dag", "--format", "mermaid", "pipelines/full.ron"]);
+    assert!(
+        mm.starts_with("flowchart LR") && mm.contains("train_at_fold2 -->|inputs| retrain_at_fold2"),
+        "{mm}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&run(&["dag", "--json", "pipelines/full.ron"])).unwrap();
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 17);
+    // ingest→{split,preprocess} 2, {split,preprocess}→train 10, train→calibrate 5,
+    // {calibrate,split,preprocess}→mine 3, {train,mine}→retrain 10, {retrain×5,preprocess}→infer 6,
+    // {infer,calibrate}→report 2.
+    assert_eq!(j["edges"].as_array().unwrap().len(), 38);
+}
+
+#[test]
+fn doctor_reports_the_torch_worker() {
+    let ws = Ws::new();
+    let out = ws.flow(&["doctor", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cache_writable"], true);
+    if v["worker"].is_null() {
+        // Only when the worker binary was not built (it is, by scripts/test).
+        assert_eq!(v["torch"]["available"], false);
+    } else {
+        assert_eq!(v["torch"]["available"], true, "{v}");
+        assert!(
+            v["torch"]["libtorch_version"].as_str().unwrap().starts_with("2.13.0"),
+            "{v}"
+        );
+    }
+    // Without a worker, doctor says why instead of failing.
+    let out = ws
+        .cmd(&["doctor", "--json"])
+        .env("FLOW_WORKER", "/nonexistent/flow-worker")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["torch"]["available"], false);
+    assert!(
+        v["torch"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/flow-worker"),
+        "{v}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let ws = Ws::new();
+    assert_eq!(ws.flow(&["run"]).status.code(), Some(2));
+    assert_eq!(ws.flow(&["frobnicate"]).status.code(), Some(2));
+    let out = ws.flow(&["run", "nope.ron"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read nope.ron"));
+}
