@@ -102,8 +102,22 @@ fn fold_count(p: &Pipeline, d: &StageDecl) -> Option<u32> {
     }
 }
 
-fn ref_span(d: &StageDecl, name: &str) -> (usize, usize) {
-    find_string_lit(&d.src.text, name, d.span.0 + d.span.1).unwrap_or(d.span)
+/// Where a stage's param `port` names `name`: `port: "name"` if written so, else the first
+/// `"name"` after the stage's declaration.
+fn ref_span(d: &StageDecl, port: &str, name: &str) -> (usize, usize) {
+    let from = d.span.0 + d.span.1;
+    let text = &d.src.text;
+    let mut at = from;
+    while let Some(sp) = find_string_lit(text, name, at) {
+        let before = text[from..sp.0].trim_end();
+        if let Some(b) = before.strip_suffix(':') {
+            if b.trim_end().ends_with(port) {
+                return sp;
+            }
+        }
+        at = sp.0 + sp.1;
+    }
+    find_string_lit(text, name, from).unwrap_or(d.span)
 }
 
 /// Validate the pipeline and expand it into the instance DAG.
@@ -132,7 +146,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                     Diagnostic::at(
                         Code::MissingReference,
                         &d.src,
-                        ref_span(d, &split),
+                        ref_span(d, "split", &split),
                         format!(
                             "stage `{}` is split by `{split}`, which is not a stage of this pipeline",
                             d.name
@@ -143,7 +157,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                 Some(s) if s.config.fold_count().is_none() => diags.push(Diagnostic::at(
                     Code::TypeMismatch,
                     &d.src,
-                    ref_span(d, &split),
+                    ref_span(d, "split", &split),
                     format!(
                         "stage `{}` expands per fold of `{split}`, but `{split}` ({}) defines no folds",
                         d.name, s.kind.name
@@ -162,7 +176,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                     Diagnostic::at(
                         Code::MissingReference,
                         &d.src,
-                        ref_span(d, from),
+                        ref_span(d, &input.port, from),
                         format!(
                             "stage `{}` reads `{from}` (param `{}`), which is not a stage of this pipeline",
                             d.name, input.port
@@ -181,7 +195,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                     Diagnostic::at(
                         Code::TypeMismatch,
                         &d.src,
-                        ref_span(d, from),
+                        ref_span(d, &input.port, from),
                         format!(
                             "stage `{}` param `{}` expects {}, but `{from}` ({}) produces {out}",
                             d.name,
@@ -257,7 +271,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                 diags.push(Diagnostic::at(
                     Code::FoldMismatch,
                     &d.src,
-                    ref_span(d, &p.stages[*pi].name),
+                    ref_span(d, port, &p.stages[*pi].name),
                     format!(
                         "stage `{}` has {b} folds but reads `{}`, which has {a}",
                         d.name, p.stages[*pi].name

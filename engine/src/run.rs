@@ -533,6 +533,8 @@ fn execute(
         writeln!(f, "# {} [{}] key {}", job.id, decl.kind.name, job.key)?;
     }
     let meta = std::sync::Mutex::new(serde_json::Value::Null);
+    let resume_dir = store.root().join("resume").join(&job.key);
+    std::fs::create_dir_all(&resume_dir)?;
     let id = job.id.clone();
     let progress = move |frac: f64, msg: &str| {
         on_event(RunEvent::Progress {
@@ -546,6 +548,7 @@ fn execute(
         fold: inst.fold,
         out_dir: &out_dir,
         work_dir: &work_dir,
+        resume_dir: &resume_dir,
         workspace: &opts.workspace,
         inputs: &inputs,
         paths: &paths,
@@ -580,6 +583,7 @@ fn execute(
     };
     store.write_record(&job.key, &rec)?;
     drop(tmp);
+    let _ = std::fs::remove_dir_all(&resume_dir);
     Ok(rec)
 }
 

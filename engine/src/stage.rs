@@ -174,6 +174,9 @@ pub struct ExecCtx<'a> {
     pub out_dir: &'a Path,
     /// Scratch space private to this instance (not published; removed afterwards).
     pub work_dir: &'a Path,
+    /// Survives a killed run of the same key (e.g. per-epoch checkpoints); removed once the
+    /// instance is published.
+    pub resume_dir: &'a Path,
     pub workspace: &'a Path,
     pub inputs: &'a [ResolvedInput],
     pub paths: &'a [ResolvedPath],

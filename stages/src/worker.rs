@@ -59,3 +59,181 @@ pub fn worker_info() -> &'static TorchInfo {
         }
     })
 }
+
+/// Everything a worker needs to run one stage instance; written as JSON into the instance's
+/// work dir and passed as `flow-worker run <spec.json>`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WorkerSpec {
+    pub kind: String,
+    /// The stage's params (its config struct as JSON, defaults resolved).
+    pub params: serde_json::Value,
+    pub instance: String,
+    pub fold: Option<u32>,
+    pub out_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub resume_dir: PathBuf,
+    pub workspace: PathBuf,
+    pub inputs: Vec<WorkerInput>,
+    pub paths: Vec<WorkerPath>,
+    pub threads: usize,
+    /// Physical GPU index; the worker sees it as `cuda:0` (`CUDA_VISIBLE_DEVICES`).
+    pub gpu: Option<usize>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WorkerInput {
+    pub port: String,
+    pub from: String,
+    pub fold: Option<u32>,
+    pub dir: PathBuf,
+    pub meta: serde_json::Value,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WorkerPath {
+    pub port: String,
+    pub rel: String,
+    pub abs: PathBuf,
+}
+
+/// A line the worker prints on stdout.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Progress {
+        frac: f64,
+        msg: String,
+    },
+    /// Run-record meta of the instance (see `ExecCtx::meta`).
+    Meta(serde_json::Value),
+}
+
+/// Run a torch stage instance in a `flow-worker` process: the `execute` of every torch kind.
+/// Progress lines are forwarded, stderr goes to the instance's log, Ctrl-C kills the worker's
+/// process group, and a dead `flow` takes the worker with it.
+pub fn run_in_worker<P: serde::Serialize>(
+    kind: &str,
+    params: &P,
+    ctx: &flow_engine::ExecCtx<'_>,
+) -> Result<(), flow_engine::StageError> {
+    use flow_engine::StageError;
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+
+    let worker = worker_path().ok_or_else(|| {
+        StageError::msg(format!(
+            "`{kind}` needs libtorch, which runs in flow-worker, and there is no flow-worker next to flow \
+             (build it with scripts/setup or `cargo build --release`)"
+        ))
+    })?;
+    let spec = WorkerSpec {
+        kind: kind.to_string(),
+        params: serde_json::to_value(params).map_err(|e| StageError::msg(e.to_string()))?,
+        instance: ctx.instance.to_string(),
+        fold: ctx.fold,
+        out_dir: ctx.out_dir.to_path_buf(),
+        work_dir: ctx.work_dir.to_path_buf(),
+        resume_dir: ctx.resume_dir.to_path_buf(),
+        workspace: ctx.workspace.to_path_buf(),
+        inputs: ctx
+            .inputs
+            .iter()
+            .map(|i| WorkerInput {
+                port: i.port.clone(),
+                from: i.from.clone(),
+                fold: i.fold,
+                dir: i.dir.clone(),
+                meta: i.meta.clone(),
+            })
+            .collect(),
+        paths: ctx
+            .paths
+            .iter()
+            .map(|p| WorkerPath {
+                port: p.port.clone(),
+                rel: p.rel.clone(),
+                abs: p.abs.clone(),
+            })
+            .collect(),
+        threads: ctx.threads,
+        gpu: ctx.gpu,
+    };
+    let spec_path = ctx.work_dir.join("worker-spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).expect("json"))?;
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(ctx.log_path)?;
+    let mut cmd = std::process::Command::new(&worker);
+    cmd.arg("run")
+        .arg(&spec_path)
+        .current_dir(ctx.work_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .env("OMP_NUM_THREADS", ctx.threads.max(1).to_string())
+        .process_group(0);
+    match ctx.gpu {
+        Some(g) => cmd.env("CUDA_VISIBLE_DEVICES", g.to_string()),
+        None => cmd.env("CUDA_VISIBLE_DEVICES", ""),
+    };
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| StageError::msg(format!("cannot start {}: {e}", worker.display())))?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().expect("piped");
+    // Watch for cancellation while reading progress.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if ctx.cancelled() {
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                    }
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            match serde_json::from_str::<WorkerEvent>(&line) {
+                Ok(WorkerEvent::Progress { frac, msg }) => (ctx.progress)(frac, &msg),
+                Ok(WorkerEvent::Meta(m)) => *ctx.meta.lock().expect("meta") = m,
+                Err(_) => tracing::debug!("worker: {line}"),
+            }
+        }
+        let status = child.wait();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        status
+    })?;
+    if ctx.cancelled() {
+        return Err(StageError::Cancelled);
+    }
+    if !result.success() {
+        let tail = std::fs::read_to_string(ctx.log_path).unwrap_or_default();
+        let errors: Vec<&str> = tail.lines().filter(|l| l.starts_with("error: ")).collect();
+        let msg = match errors.last() {
+            Some(e) => e.trim_start_matches("error: ").to_string(),
+            None => {
+                let lines: Vec<&str> = tail
+                    .lines()
+                    .rev()
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                format!("flow-worker {result}; last output:\n  {}", lines.join("\n  "))
+            }
+        };
+        return Err(StageError::msg(msg));
+    }
+    Ok(())
+}

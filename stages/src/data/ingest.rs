@@ -1,0 +1,771 @@
+//! `Ingest`: a dataset manifest from a folder of images (three layouts) or the embedded
+//! demo set.
+//!
+//! ```ron
+//! "ingest": Ingest(source: Demo(count: 480, size: 64, seed: 7)),
+//! "ingest": Ingest(source: Folder(root: "data", layout: ImageFolder)),  // data/{real,fake}/<source>/…
+//! "ingest": Ingest(source: Folder(root: "kaggle", layout: PreSplit)),   // {train,val,test}/{real,fake}/…
+//! "ingest": Ingest(source: Folder(root: "data", layout: Manifest("labels.csv"))), // path,label[,source][,group][,split]
+//! ```
+//! Outputs: `manifest.csv` (see [`super::manifest`]), `report.json` (counts, skipped items,
+//! merged duplicates) and, for the demo set, the images under `images/`. The dataset root is
+//! run-record meta, not content: renaming the folder reruns Ingest, which then writes the same
+//! manifest, so nothing downstream reruns.
+//!
+//! Every file is decoded once. Bad data is never dropped silently: zero-byte, truncated or
+//! undecodable files, unknown extensions, the same content under both labels (a leak), an
+//! empty class. `on_bad_image: Fail` (default) fails with a table of offending paths; `Skip`
+//! leaves them out and lists them in `report.json`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use flow_engine::{
+    key_params_of, parse_as, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, Resources, StageConfig,
+    StageError, StageKind,
+};
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{write_csv, Item};
+use super::{demo, imageops};
+use crate::exec::stays_inside;
+
+pub const DATASET: PortType = PortType("dataset");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingest {
+    pub source: Source,
+    /// How items are grouped into identities (never split across folds).
+    #[serde(default)]
+    pub group_by: GroupBy,
+    #[serde(default)]
+    pub on_bad_image: OnBad,
+    /// File extensions taken as images (lower case, without dot).
+    #[serde(default = "default_exts")]
+    pub extensions: Vec<String>,
+}
+
+fn default_exts() -> Vec<String> {
+    ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Source {
+    /// The embedded synthetic dataset (docs/demo-data.md).
+    Demo {
+        count: usize,
+        size: u32,
+        #[serde(default)]
+        seed: Option<u64>,
+        #[serde(default)]
+        sources: Option<Vec<String>>,
+    },
+    /// A folder of the workspace.
+    Folder { root: String, layout: Layout },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Layout {
+    /// `root/{real,fake}/[<source>/]…`
+    ImageFolder,
+    /// `root/{train,val,test}/{real,fake}/[<source>/]…`
+    PreSplit,
+    /// A CSV under the root: `path,label[,source][,group][,split]`; label 0/1 or real/fake.
+    Manifest(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub enum GroupBy {
+    /// The file stem up to and including its first run of digits: `img_001.png`,
+    /// `img_001_aug2.png` and `img_001_faceswap.jpg` are one group. Stems without digits
+    /// are their own group.
+    #[default]
+    Basename,
+    /// The whole file stem.
+    Stem,
+    /// The parent directory (e.g. one folder per video or identity).
+    Parent,
+    /// The first capture group of a regex applied to the path relative to the root.
+    Regex(String),
+    /// The manifest's `group` column (layout `Manifest`).
+    Column,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub enum OnBad {
+    #[default]
+    Fail,
+    Skip,
+}
+
+pub fn kind() -> StageKind {
+    StageKind {
+        name: "Ingest",
+        version: 1,
+        summary: "a dataset manifest from a folder of images or the embedded demo set",
+        parse: parse_as::<Ingest>,
+    }
+}
+
+impl StageConfig for Ingest {
+    fn inputs(&self) -> Vec<Input> {
+        match &self.source {
+            Source::Folder { root, .. } => vec![Input::path("root", root.clone())],
+            Source::Demo { .. } => vec![],
+        }
+    }
+    fn output(&self) -> PortType {
+        DATASET
+    }
+    fn resolve_defaults(&mut self, d: &Defaults) {
+        if let Source::Demo { seed: seed @ None, .. } = &mut self.source {
+            *seed = d.u64("seed");
+        }
+    }
+    fn key_params(&self) -> serde_json::Value {
+        // The root enters as a workspace path (relative path + content digest); the file
+        // listing is what matters, so a renamed root with the same content keeps the manifest.
+        key_params_of(self, &[])
+    }
+    fn resources(&self) -> Resources {
+        Resources { threads: 0, gpu: false }
+    }
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut v = Vec::new();
+        match &self.source {
+            Source::Folder { root, layout } => {
+                if !stays_inside(root) && root != "." {
+                    v.push(ConfigProblem {
+                        code: Code::PathEscape,
+                        message: format!("dataset root `{root}` is outside the workspace"),
+                        needle: Some(root.clone()),
+                        help: Some(
+                            "give the root relative to the workspace (link a dataset in if it lives elsewhere)".into(),
+                        ),
+                    });
+                }
+                if let Layout::Manifest(csv) = layout {
+                    if !stays_inside(csv) {
+                        v.push(ConfigProblem {
+                            code: Code::PathEscape,
+                            message: format!("manifest `{csv}` is outside the dataset root"),
+                            needle: Some(csv.clone()),
+                            help: None,
+                        });
+                    }
+                }
+                if self.group_by == GroupBy::Column && !matches!(layout, Layout::Manifest(_)) {
+                    v.push(ConfigProblem {
+                        code: Code::InvalidValue,
+                        message: "`group_by: Column` needs `layout: Manifest(...)`".into(),
+                        needle: None,
+                        help: None,
+                    });
+                }
+            }
+            Source::Demo {
+                count, size, sources, ..
+            } => {
+                if *count < 4 {
+                    v.push(ConfigProblem {
+                        code: Code::InvalidValue,
+                        message: "Demo `count` must be at least 4".into(),
+                        needle: None,
+                        help: None,
+                    });
+                }
+                if *size < 16 {
+                    v.push(ConfigProblem {
+                        code: Code::InvalidValue,
+                        message: "Demo `size` must be at least 16".into(),
+                        needle: None,
+                        help: None,
+                    });
+                }
+                for s in sources.iter().flatten() {
+                    if !demo::KNOWN_SOURCES.contains(&s.as_str()) {
+                        v.push(ConfigProblem {
+                            code: Code::InvalidValue,
+                            message: format!("unknown demo source `{s}`"),
+                            needle: Some(s.clone()),
+                            help: Some(format!("known sources: {}", demo::KNOWN_SOURCES.join(", "))),
+                        });
+                    }
+                }
+            }
+        }
+        if let GroupBy::Regex(r) = &self.group_by {
+            match regex::Regex::new(r) {
+                Err(e) => v.push(ConfigProblem {
+                    code: Code::InvalidValue,
+                    message: format!("bad group_by regex: {e}"),
+                    needle: Some(r.clone()),
+                    help: None,
+                }),
+                Ok(re) if re.captures_len() < 2 => v.push(ConfigProblem {
+                    code: Code::InvalidValue,
+                    message: "group_by regex needs a capture group, e.g. `^(.*?)_\\d+`".into(),
+                    needle: Some(r.clone()),
+                    help: None,
+                }),
+                _ => {}
+            }
+        }
+        v
+    }
+    fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
+        match &self.source {
+            Source::Demo {
+                count,
+                size,
+                seed,
+                sources,
+            } => ingest_demo(self, ctx, *count, *size, seed.unwrap_or(0), sources.as_deref()),
+            Source::Folder { root, layout } => ingest_folder(self, ctx, root, layout),
+        }
+    }
+}
+
+/// One candidate file before checks.
+struct Candidate {
+    rel: String,
+    abs: PathBuf,
+    hash: Option<String>,
+    label: Option<u8>,
+    source: String,
+    group: Option<String>,
+    split: String,
+}
+
+/// A bad item: path and what is wrong with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadItem {
+    pub path: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    items: usize,
+    by_label: BTreeMap<String, usize>,
+    by_source: BTreeMap<String, usize>,
+    groups: usize,
+    skipped: Vec<BadItem>,
+    /// Identical files under one label, merged into one group.
+    duplicates: Vec<Vec<String>>,
+}
+
+fn label_name(l: u8) -> &'static str {
+    if l == 0 {
+        "real"
+    } else {
+        "fake"
+    }
+}
+
+fn parse_label(s: &str) -> Option<u8> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "0" | "real" => Some(0),
+        "1" | "fake" => Some(1),
+        _ => None,
+    }
+}
+
+/// Group id of a path by the rule.
+pub fn group_of(rule: &GroupBy, re: Option<&regex::Regex>, rel: &str) -> Option<String> {
+    let p = Path::new(rel);
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    match rule {
+        GroupBy::Basename => {
+            let b = stem.as_bytes();
+            match b.iter().position(|c| c.is_ascii_digit()) {
+                Some(i) => {
+                    let end = b[i..]
+                        .iter()
+                        .position(|c| !c.is_ascii_digit())
+                        .map_or(b.len(), |k| i + k);
+                    Some(stem[..end].to_string())
+                }
+                None => Some(stem),
+            }
+        }
+        GroupBy::Stem => Some(stem),
+        GroupBy::Parent => Some(p.parent().map(|x| x.to_string_lossy().to_string()).unwrap_or_default()),
+        GroupBy::Regex(_) => re
+            .and_then(|re| re.captures(rel))
+            .and_then(|c| c.get(1))
+            .map(|m| m.as_str().to_string()),
+        GroupBy::Column => None,
+    }
+}
+
+fn ingest_demo(
+    cfg: &Ingest,
+    ctx: &ExecCtx<'_>,
+    count: usize,
+    size: u32,
+    seed: u64,
+    sources: Option<&[String]>,
+) -> Result<(), StageError> {
+    let sources: Vec<String> = match sources {
+        Some(s) => s.to_vec(),
+        None => demo::DEFAULT_SOURCES.iter().map(|s| s.to_string()).collect(),
+    };
+    (ctx.progress)(-1.0, "generating demo images");
+    let items = demo::generate(count, size, seed, &sources).map_err(StageError::msg)?;
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        let rel = format!("images/{}/{}.png", it.source, it.name);
+        let dest = ctx.out_dir.join(&rel);
+        std::fs::create_dir_all(dest.parent().expect("parent"))?;
+        std::fs::write(&dest, &it.png)?;
+        out.push(Item {
+            item: rel.trim_end_matches(".png").to_string(),
+            path: rel,
+            hash: blake3::hash(&it.png).to_hex().to_string(),
+            label: it.label,
+            source: it.source,
+            group: it.group,
+            width: size,
+            height: size,
+            format: "png".into(),
+            split: String::new(),
+        });
+    }
+    let _ = cfg;
+    finish(ctx, out, Report::default(), serde_json::json!({"root": null}))
+}
+
+fn list_files(root: &Path) -> Result<Vec<(String, PathBuf)>, StageError> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            let r = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, &r, out)?;
+            } else {
+                out.push((r, p));
+            }
+        }
+        Ok(())
+    }
+    let mut v = Vec::new();
+    walk(root, "", &mut v).map_err(|e| StageError::msg(format!("cannot list {}: {e}", root.display())))?;
+    Ok(v)
+}
+
+fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -> Result<(), StageError> {
+    let rp = ctx
+        .paths
+        .iter()
+        .find(|p| p.port == "root")
+        .ok_or_else(|| StageError::msg("dataset root missing"))?;
+    let root_abs = rp.abs.clone();
+    if !root_abs.is_dir() {
+        return Err(StageError::msg(format!("dataset root `{root}` is not a directory")));
+    }
+    let known_hash = |rel: &str| {
+        rp.tree
+            .as_ref()
+            .and_then(|t| t.entries.get(rel))
+            .map(|e| e.hash.to_hex())
+    };
+    let mut bad: Vec<BadItem> = Vec::new();
+    let mut cands: Vec<Candidate> = Vec::new();
+    let is_image = |rel: &str| {
+        Path::new(rel)
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .is_some_and(|e| cfg.extensions.contains(&e))
+    };
+    match layout {
+        Layout::ImageFolder | Layout::PreSplit => {
+            let presplit = *layout == Layout::PreSplit;
+            for (rel, abs) in list_files(&root_abs)? {
+                let parts: Vec<&str> = rel.split('/').collect();
+                let (split, rest) = if presplit {
+                    match parts.first().map(|s| s.to_ascii_lowercase()) {
+                        Some(s)
+                            if ["train", "val", "valid", "validation", "test"].contains(&s.as_str())
+                                && parts.len() > 1 =>
+                        {
+                            let s = if s.starts_with("val") { "val".to_string() } else { s };
+                            (s, &parts[1..])
+                        }
+                        _ => {
+                            bad.push(BadItem {
+                                path: rel.clone(),
+                                problem: "not under train/, val/ or test/".into(),
+                            });
+                            continue;
+                        }
+                    }
+                } else {
+                    (String::new(), &parts[..])
+                };
+                if rest.len() < 2 {
+                    bad.push(BadItem {
+                        path: rel.clone(),
+                        problem: "not under real/ or fake/".into(),
+                    });
+                    continue;
+                }
+                let Some(label) = parse_label(rest[0]) else {
+                    bad.push(BadItem {
+                        path: rel.clone(),
+                        problem: format!("`{}/` is neither real/ nor fake/", rest[0]),
+                    });
+                    continue;
+                };
+                if !is_image(&rel) {
+                    bad.push(BadItem {
+                        path: rel.clone(),
+                        problem: "unknown extension (not an image)".into(),
+                    });
+                    continue;
+                }
+                let source = if rest.len() > 2 {
+                    rest[1].to_string()
+                } else {
+                    label_name(label).to_string()
+                };
+                cands.push(Candidate {
+                    hash: known_hash(&rel),
+                    rel,
+                    abs,
+                    label: Some(label),
+                    source,
+                    group: None,
+                    split,
+                });
+            }
+        }
+        Layout::Manifest(csv_rel) => {
+            let csv_path = root_abs.join(csv_rel);
+            let mut r = csv::Reader::from_path(&csv_path)
+                .map_err(|e| StageError::msg(format!("cannot read manifest {}/{csv_rel}: {e}", root)))?;
+            let headers = r.headers().map_err(|e| StageError::msg(e.to_string()))?.clone();
+            let col = |n: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(n));
+            let (Some(pc), Some(lc)) = (col("path"), col("label")) else {
+                return Err(StageError::msg(format!(
+                    "manifest {root}/{csv_rel} needs `path` and `label` columns (has: {})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                )));
+            };
+            let (sc, gc, spc) = (col("source"), col("group"), col("split"));
+            for (i, rec) in r.records().enumerate() {
+                let rec = rec.map_err(|e| StageError::msg(format!("manifest {root}/{csv_rel} line {}: {e}", i + 2)))?;
+                let rel = rec.get(pc).unwrap_or("").trim().to_string();
+                if rel.is_empty() || !stays_inside(&rel) {
+                    bad.push(BadItem {
+                        path: format!("{csv_rel}:{}", i + 2),
+                        problem: format!("bad path `{rel}`"),
+                    });
+                    continue;
+                }
+                let Some(label) = rec.get(lc).and_then(parse_label) else {
+                    bad.push(BadItem {
+                        path: rel,
+                        problem: format!("bad label `{}` (0/1 or real/fake)", rec.get(lc).unwrap_or("")),
+                    });
+                    continue;
+                };
+                if !is_image(&rel) {
+                    bad.push(BadItem {
+                        path: rel,
+                        problem: "unknown extension (not an image)".into(),
+                    });
+                    continue;
+                }
+                let source = sc
+                    .and_then(|c| rec.get(c))
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|| label_name(label).to_string());
+                let group = gc
+                    .and_then(|c| rec.get(c))
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().to_string());
+                let split = spc
+                    .and_then(|c| rec.get(c))
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .unwrap_or_default();
+                let abs = root_abs.join(&rel);
+                if !abs.is_file() {
+                    bad.push(BadItem {
+                        path: rel,
+                        problem: "listed in the manifest but missing".into(),
+                    });
+                    continue;
+                }
+                cands.push(Candidate {
+                    hash: known_hash(&rel),
+                    rel,
+                    abs,
+                    label: Some(label),
+                    source,
+                    group,
+                    split,
+                });
+            }
+        }
+    }
+
+    // Decode every candidate (in parallel) to catch empty, truncated and corrupt files.
+    let total = cands.len();
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<(u32, u32, String, String), String>>>> = Mutex::new(vec![None; total]);
+    let next = AtomicUsize::new(0);
+    let threads = ctx.threads.max(1).min(total.max(1));
+    crossbeam::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || ctx.cancelled() {
+                    break;
+                }
+                let c = &cands[i];
+                let r = std::fs::read(&c.abs)
+                    .map_err(|e| format!("cannot read: {e}"))
+                    .and_then(|bytes| {
+                        if bytes.is_empty() {
+                            return Err("empty file (0 bytes)".to_string());
+                        }
+                        let hash = c
+                            .hash
+                            .clone()
+                            .unwrap_or_else(|| blake3::hash(&bytes).to_hex().to_string());
+                        let d = imageops::decode(&bytes).map_err(|e| e.to_string())?;
+                        Ok((d.width, d.height, d.format.to_string(), hash))
+                    });
+                results.lock().expect("lock")[i] = Some(r);
+                let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if k % 256 == 0 || k == total {
+                    (ctx.progress)(k as f64 / total as f64, &format!("{k}/{total} images checked"));
+                }
+            });
+        }
+    })
+    .map_err(|_| StageError::msg("a decoding thread panicked"))?;
+    if ctx.cancelled() {
+        return Err(StageError::Cancelled);
+    }
+    let re = match &cfg.group_by {
+        GroupBy::Regex(r) => Some(regex::Regex::new(r).map_err(|e| StageError::msg(e.to_string()))?),
+        _ => None,
+    };
+    let mut items = Vec::new();
+    for (c, r) in cands.into_iter().zip(results.into_inner().expect("lock")) {
+        match r.expect("every item processed") {
+            Err(problem) => bad.push(BadItem { path: c.rel, problem }),
+            Ok((w, h, fmt, hash)) => {
+                let group = match (&cfg.group_by, c.group) {
+                    (GroupBy::Column, Some(g)) => g,
+                    (GroupBy::Column, None) => {
+                        bad.push(BadItem {
+                            path: c.rel,
+                            problem: "empty `group` column".into(),
+                        });
+                        continue;
+                    }
+                    (rule, _) => match group_of(rule, re.as_ref(), &c.rel) {
+                        Some(g) => g,
+                        None => {
+                            bad.push(BadItem {
+                                path: c.rel,
+                                problem: "group_by regex does not match".into(),
+                            });
+                            continue;
+                        }
+                    },
+                };
+                let item = match c.rel.rsplit_once('.') {
+                    Some((stem, _)) => stem.to_string(),
+                    None => c.rel.clone(),
+                };
+                items.push(Item {
+                    item,
+                    path: c.rel,
+                    hash,
+                    label: c.label.expect("label"),
+                    source: c.source,
+                    group,
+                    width: w,
+                    height: h,
+                    format: fmt,
+                    split: c.split,
+                });
+            }
+        }
+    }
+
+    // The same content under both labels is a leak; under one label, one identity.
+    let mut by_hash: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        by_hash.entry(it.hash.as_str()).or_default().push(i);
+    }
+    let mut leak: Vec<usize> = Vec::new();
+    let mut merge: Vec<Vec<usize>> = Vec::new();
+    for idx in by_hash.values().filter(|v| v.len() > 1) {
+        let labels: std::collections::BTreeSet<u8> = idx.iter().map(|&i| items[i].label).collect();
+        if labels.len() > 1 {
+            leak.extend(idx);
+        } else {
+            merge.push(idx.clone());
+        }
+    }
+    leak.sort();
+    for &i in &leak {
+        let others: Vec<String> = by_hash[items[i].hash.as_str()]
+            .iter()
+            .filter(|&&j| j != i)
+            .map(|&j| items[j].path.clone())
+            .collect();
+        bad.push(BadItem {
+            path: items[i].path.clone(),
+            problem: format!("same content as {} under the other label (a leak)", others.join(", ")),
+        });
+    }
+    let mut report = Report::default();
+    // Union the groups of identical files (same label).
+    let mut parent: HashMap<String, String> = HashMap::new();
+    fn find(p: &mut HashMap<String, String>, g: &str) -> String {
+        let mut cur = g.to_string();
+        while let Some(n) = p.get(&cur) {
+            if *n == cur {
+                break;
+            }
+            cur = n.clone();
+        }
+        cur
+    }
+    merge.sort();
+    for idx in &merge {
+        let mut gs: Vec<String> = idx.iter().map(|&i| find(&mut parent, &items[i].group)).collect();
+        gs.sort();
+        gs.dedup();
+        for g in &gs[1..] {
+            parent.insert(g.clone(), gs[0].clone());
+        }
+        report
+            .duplicates
+            .push(idx.iter().map(|&i| items[i].path.clone()).collect());
+    }
+    for it in items.iter_mut() {
+        it.group = find(&mut parent, &it.group);
+    }
+    let leak_set: std::collections::HashSet<usize> = leak.into_iter().collect();
+    let items: Vec<Item> = items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !leak_set.contains(i))
+        .map(|(_, it)| it)
+        .collect();
+
+    if !bad.is_empty() && cfg.on_bad_image == OnBad::Fail {
+        bad.sort_by(|a, b| a.path.cmp(&b.path));
+        let width = bad.iter().map(|b| b.path.len()).max().unwrap_or(0).min(70);
+        let mut table = String::new();
+        for b in bad.iter().take(50) {
+            table.push_str(&format!(
+                "\n  {:width$}  {}",
+                format!("{root}/{}", b.path),
+                b.problem,
+                width = width + root.len() + 1
+            ));
+        }
+        if bad.len() > 50 {
+            table.push_str(&format!("\n  … and {} more", bad.len() - 50));
+        }
+        return Err(StageError::msg(format!(
+            "{} bad file{} in dataset `{root}` (set `on_bad_image: Skip` to leave them out and list them in report.json):{table}",
+            bad.len(),
+            if bad.len() == 1 { "" } else { "s" }
+        )));
+    }
+    bad.sort_by(|a, b| a.path.cmp(&b.path));
+    report.skipped = bad;
+    finish(ctx, items, report, serde_json::json!({"root": root}))
+}
+
+fn finish(
+    ctx: &ExecCtx<'_>,
+    mut items: Vec<Item>,
+    mut report: Report,
+    meta: serde_json::Value,
+) -> Result<(), StageError> {
+    items.sort_by(|a, b| a.path.cmp(&b.path));
+    for l in [0u8, 1] {
+        if !items.iter().any(|i| i.label == l) {
+            return Err(StageError::msg(format!(
+                "the dataset has no {} images{}",
+                label_name(l),
+                if report.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} files were skipped as bad)", report.skipped.len())
+                }
+            )));
+        }
+    }
+    report.items = items.len();
+    for it in &items {
+        *report.by_label.entry(label_name(it.label).to_string()).or_default() += 1;
+        *report.by_source.entry(it.source.clone()).or_default() += 1;
+    }
+    report.groups = items
+        .iter()
+        .map(|i| i.group.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    write_csv(&ctx.out_dir.join("manifest.csv"), &items)?;
+    std::fs::write(
+        ctx.out_dir.join("report.json"),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )?;
+    *ctx.meta.lock().expect("meta") = meta;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn basename_groups() {
+        let g = |p| group_of(&GroupBy::Basename, None, p).unwrap();
+        assert_eq!(g("real/img_001.png"), "img_001");
+        assert_eq!(g("fake/x/img_001_aug2.png"), "img_001");
+        assert_eq!(g("fake/img_0007_gan_upsample.png"), "img_0007");
+        assert_eq!(g("0042.jpg"), "0042");
+        assert_eq!(g("photo.jpg"), "photo");
+        assert_eq!(
+            group_of(&GroupBy::Parent, None, "real/vid3/f1.png").unwrap(),
+            "real/vid3"
+        );
+        let re = regex::Regex::new(r"(id\d+)").unwrap();
+        assert_eq!(
+            group_of(&GroupBy::Regex(String::new()), Some(&re), "a/id17_x.png").unwrap(),
+            "id17"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! `Preprocess`: decode every item of a dataset, square it (center crop or letterbox), resize
+//! to `size` and store compact u8 shards that training memory-maps.
+//!
+//! ```ron
+//! "preprocess": Preprocess(dataset: "ingest", size: 64, normalize: ImageNet),
+//! ```
+//! Outputs:
+//! * `pixels-NNN.u8` — raw `[rows, size, size, 3]` u8 (HWC, RGB), rows in `index.csv` order;
+//! * `index.csv` — `row,shard,item,label,source,group,hash,mean_r,mean_g,mean_b,sq_r,sq_g,sq_b`:
+//!   per-item channel means of x and x² (x in [0,1]) so per-fold real-only normalisation
+//!   statistics cost nothing at training time;
+//! * `preprocess.json` — size, crop, filter, normalisation, shard layout.
+//!
+//! Normalisation is applied when batches are made (ImageNet mean/std, statistics of the
+//! *real training items of each fold* — `RealOnly` — or none); it is recorded here so a
+//! change reaches every consumer. Reading verifies each file against the manifest's hash.
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use flow_engine::{
+    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, Input, PortType, Resources, StageConfig, StageError,
+    StageKind,
+};
+use serde::{Deserialize, Serialize};
+
+use super::imageops::{self, Crop, Filter};
+use super::ingest::DATASET;
+use super::manifest::{read_csv, Item};
+
+pub const TENSORS: PortType = PortType("tensors");
+
+/// Largest shard file.
+const SHARD_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub enum Normalize {
+    /// ImageNet mean/std (what pretrained torchvision weights expect).
+    #[default]
+    ImageNet,
+    /// Mean/std of the real images of each fold's training set (seed 000's "real_norm").
+    RealOnly,
+    /// Pixels scaled to [0, 1] only.
+    None,
+}
+
+fn d_crop() -> Crop {
+    Crop::Center
+}
+fn d_filter() -> Filter {
+    Filter::CatmullRom
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    pub dataset: String,
+    pub size: u32,
+    #[serde(default = "d_crop")]
+    pub crop: Crop,
+    #[serde(default = "d_filter")]
+    pub filter: Filter,
+    #[serde(default)]
+    pub normalize: Normalize,
+}
+
+pub fn kind() -> StageKind {
+    StageKind {
+        name: "Preprocess",
+        version: 1,
+        summary: "decode, square, resize into u8 shards",
+        parse: parse_as::<Preprocess>,
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IndexRow {
+    pub row: usize,
+    pub shard: usize,
+    pub item: String,
+    pub label: u8,
+    pub source: String,
+    pub group: String,
+    pub hash: String,
+    pub mean_r: f64,
+    pub mean_g: f64,
+    pub mean_b: f64,
+    pub sq_r: f64,
+    pub sq_g: f64,
+    pub sq_b: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreprocessInfo {
+    pub size: u32,
+    pub crop: Crop,
+    pub filter: Filter,
+    pub normalize: Normalize,
+    pub count: usize,
+    pub rows_per_shard: usize,
+    pub shards: Vec<String>,
+    pub layout: String,
+}
+
+impl StageConfig for Preprocess {
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::stage("dataset", self.dataset.clone(), &[DATASET])]
+    }
+    fn output(&self) -> PortType {
+        TENSORS
+    }
+    fn key_params(&self) -> serde_json::Value {
+        key_params_of(self, &["dataset"])
+    }
+    fn resources(&self) -> Resources {
+        Resources { threads: 0, gpu: false }
+    }
+    fn validate(&self) -> Vec<ConfigProblem> {
+        if !(8..=1024).contains(&self.size) {
+            return vec![ConfigProblem {
+                code: Code::InvalidValue,
+                message: format!("`size` {} must be in 8..=1024", self.size),
+                needle: None,
+                help: None,
+            }];
+        }
+        vec![]
+    }
+    fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
+        let input = ctx
+            .inputs_of("dataset")
+            .next()
+            .ok_or_else(|| StageError::msg("no dataset input"))?;
+        let items: Vec<Item> = read_csv(&input.dir.join("manifest.csv")).map_err(StageError::msg)?;
+        // Demo images live in the Ingest output; folder datasets in the workspace.
+        let base = match input.meta.get("root").and_then(|r| r.as_str()) {
+            Some(root) => ctx.workspace.join(root),
+            None => input.dir.clone(),
+        };
+        let n = items.len();
+        let item_bytes = (self.size as u64) * (self.size as u64) * 3;
+        let rows_per_shard = (SHARD_BYTES / item_bytes).max(1) as usize;
+        let nshards = n.div_ceil(rows_per_shard).max(1);
+        let mut shards = Vec::new();
+        let mut names = Vec::new();
+        for s in 0..nshards {
+            let name = format!("pixels-{s:03}.u8");
+            let rows = rows_per_shard.min(n - s * rows_per_shard);
+            let f = std::fs::File::create(ctx.out_dir.join(&name))?;
+            f.set_len(rows as u64 * item_bytes)?;
+            shards.push(f);
+            names.push(name);
+        }
+        let stats: Mutex<Vec<[f64; 6]>> = Mutex::new(vec![[0.0; 6]; n]);
+        let errors: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+        let next = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        let threads = ctx.threads.max(1).min(n.max(1));
+        crossbeam::scope(|sc| {
+            for _ in 0..threads {
+                sc.spawn(|_| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n || ctx.cancelled() {
+                        break;
+                    }
+                    let it = &items[i];
+                    let path = base.join(&it.path);
+                    let res = (|| -> Result<[f64; 6], String> {
+                        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
+                        if blake3::hash(&bytes).to_hex().as_str() != it.hash {
+                            return Err("content changed since Ingest read it (run again)".into());
+                        }
+                        let (_, px) =
+                            imageops::process(&bytes, self.size, self.crop, self.filter).map_err(|e| e.to_string())?;
+                        let (shard, row) = (i / rows_per_shard, i % rows_per_shard);
+                        shards[shard]
+                            .write_all_at(&px, row as u64 * item_bytes)
+                            .map_err(|e| format!("cannot write shard: {e}"))?;
+                        Ok(channel_stats(&px))
+                    })();
+                    match res {
+                        Ok(st) => stats.lock().expect("lock")[i] = st,
+                        Err(e) => errors.lock().expect("lock").push((path.display().to_string(), e)),
+                    }
+                    let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if k % 256 == 0 || k == n {
+                        (ctx.progress)(k as f64 / n as f64, &format!("{k}/{n} images"));
+                    }
+                });
+            }
+        })
+        .map_err(|_| StageError::msg("a preprocessing thread panicked"))?;
+        if ctx.cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let mut errors = errors.into_inner().expect("lock");
+        if !errors.is_empty() {
+            errors.sort();
+            let list: Vec<String> = errors.iter().take(20).map(|(p, e)| format!("\n  {p}: {e}")).collect();
+            return Err(StageError::msg(format!(
+                "{} image(s) could not be preprocessed:{}",
+                errors.len(),
+                list.join("")
+            )));
+        }
+        for f in &shards {
+            f.sync_all()?;
+        }
+        let stats = stats.into_inner().expect("lock");
+        let mut w =
+            csv::Writer::from_path(ctx.out_dir.join("index.csv")).map_err(|e| StageError::msg(e.to_string()))?;
+        for (i, (it, st)) in items.iter().zip(&stats).enumerate() {
+            w.serialize(IndexRow {
+                row: i,
+                shard: i / rows_per_shard,
+                item: it.item.clone(),
+                label: it.label,
+                source: it.source.clone(),
+                group: it.group.clone(),
+                hash: it.hash.clone(),
+                mean_r: round6(st[0]),
+                mean_g: round6(st[1]),
+                mean_b: round6(st[2]),
+                sq_r: round6(st[3]),
+                sq_g: round6(st[4]),
+                sq_b: round6(st[5]),
+            })
+            .map_err(|e| StageError::msg(e.to_string()))?;
+        }
+        w.flush()?;
+        let info = PreprocessInfo {
+            size: self.size,
+            crop: self.crop,
+            filter: self.filter,
+            normalize: self.normalize,
+            count: n,
+            rows_per_shard,
+            shards: names,
+            layout: "u8 [rows, size, size, 3] (HWC, RGB)".into(),
+        };
+        std::fs::write(
+            ctx.out_dir.join("preprocess.json"),
+            serde_json::to_string_pretty(&info).expect("json"),
+        )?;
+        Ok(())
+    }
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// Means of x and x² per channel, x = pixel / 255.
+pub fn channel_stats(px: &[u8]) -> [f64; 6] {
+    let mut s = [0u64; 6];
+    for p in px.chunks_exact(3) {
+        for c in 0..3 {
+            let v = p[c] as u64;
+            s[c] += v;
+            s[3 + c] += v * v;
+        }
+    }
+    let n = (px.len() / 3).max(1) as f64;
+    [
+        s[0] as f64 / n / 255.0,
+        s[1] as f64 / n / 255.0,
+        s[2] as f64 / n / 255.0,
+        s[3] as f64 / n / 65025.0,
+        s[4] as f64 / n / 65025.0,
+        s[5] as f64 / n / 65025.0,
+    ]
+}

@@ -1,0 +1,502 @@
+//! Model stages' configuration: `Train` (one instance per fold), `Retrain` (fine-tune with
+//! hard negatives up-weighted), `EnsembleInfer` (out-of-fold, TTA, calibrated). Their
+//! execution needs libtorch and runs in `flow-worker` (crate `stages/torch`); this module is
+//! what `flow check` and the planner see.
+//!
+//! ```ron
+//! "train": Train(data: "preprocess", split: "split", model: ResNet18, epochs: 6, lr: 1e-4),
+//! "retrain": Retrain(models: "train", hard_negatives: "mine", data: "preprocess", split: "split", weight: 5.0, epochs: 2),
+//! "infer": EnsembleInfer(models: ["retrain"], data: "preprocess", split: "split", calibration: "calibrate", tta: [Identity, HFlip]),
+//! ```
+//! Per-fold outputs of Train/Retrain (`out/<p>/train/foldK/`): `model.safetensors` (PyTorch-
+//! loadable), `history.csv` (epoch, train_loss, val_loss, val_auc, lr, seconds), `meta.json`,
+//! `scores.csv` (`item,role,label,source,logit` for every item of the fold: train/val/test).
+
+use flow_engine::{
+    key_params_of, parse_as, Code, ConfigProblem, Defaults, ExecCtx, FanOut, Input, PortType, Resources, StageConfig,
+    StageError, StageKind,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::data::preprocess::TENSORS;
+use crate::data::split::SPLIT;
+
+pub const MODELS: PortType = PortType("models");
+pub const CALIBRATION: PortType = PortType("calibration");
+pub const HARD_NEGATIVES: PortType = PortType("hard-negatives");
+pub const PREDICTIONS: PortType = PortType("predictions");
+
+/// Backbones. All end in one logit (P(fake) = sigmoid).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Model {
+    /// A small conv net: `depth` conv-BN-ReLU-pool blocks starting at `width` channels.
+    SimpleCnn {
+        #[serde(default = "d_width")]
+        width: i64,
+        #[serde(default = "d_depth")]
+        depth: i64,
+    },
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    EfficientNetB0,
+    EfficientNetB1,
+    EfficientNetB2,
+    EfficientNetB3,
+    MobileNetV2,
+}
+fn d_width() -> i64 {
+    16
+}
+fn d_depth() -> i64 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Linear warm-up then cosine decay to 0.
+    Cosine {
+        warmup_epochs: f64,
+    },
+    /// One-cycle: up to `lr` over `pct_start` of the steps, then cosine down.
+    OneCycle {
+        pct_start: f64,
+    },
+    Constant,
+}
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Cosine { warmup_epochs: 0.0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub enum Loss {
+    /// Binary cross-entropy on the logit.
+    #[default]
+    Bce,
+    /// Focal loss.
+    Focal { gamma: f64 },
+}
+
+/// On-the-fly augmentations: each a probability (0 = off) plus strength.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    pub hflip: f64,
+    pub vflip: f64,
+    /// Probability of a rotation up to ±`rotation_degrees`.
+    pub rotation: f64,
+    pub rotation_degrees: f64,
+    /// Probability of brightness/contrast/saturation jitter of ±`jitter_strength`.
+    pub color_jitter: f64,
+    pub jitter_strength: f64,
+    pub grayscale: f64,
+    /// Probability of a 3×3 Gaussian blur.
+    pub blur: f64,
+    /// Probability of additive Gaussian noise of std `noise_std` (in [0,1] pixel units).
+    pub noise: f64,
+    pub noise_std: f64,
+    /// Probability of JPEG re-compression at quality `jpeg_quality`.
+    pub jpeg: f64,
+    pub jpeg_quality: u8,
+    /// Probability of erasing a random rectangle (random erasing).
+    pub erase: f64,
+}
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            hflip: 0.5,
+            vflip: 0.0,
+            rotation: 0.0,
+            rotation_degrees: 10.0,
+            color_jitter: 0.0,
+            jitter_strength: 0.2,
+            grayscale: 0.0,
+            blur: 0.0,
+            noise: 0.0,
+            noise_std: 0.04,
+            jpeg: 0.0,
+            jpeg_quality: 75,
+            erase: 0.0,
+        }
+    }
+}
+
+/// Where training runs. Not part of the key (same result on any device up to float noise).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_wd() -> f64 {
+    1e-4
+}
+fn d_bs() -> usize {
+    32
+}
+fn d_one() -> u32 {
+    1
+}
+
+/// Training hyper-parameters shared by Train and Retrain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    pub data: String,
+    pub split: String,
+    pub model: Model,
+    pub epochs: u32,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_bs")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// Gradient accumulation steps.
+    #[serde(default = "d_one")]
+    pub accumulate: u32,
+    /// Early stopping on validation AUC after this many epochs without improvement.
+    #[serde(default)]
+    pub patience: Option<u32>,
+    #[serde(default)]
+    pub loss: Loss,
+    /// Sample classes equally often (weighted sampling).
+    #[serde(default)]
+    pub balance: bool,
+    #[serde(default)]
+    pub augment: Augment,
+    /// Initial weights: a `.safetensors` file of the workspace with torchvision names.
+    #[serde(default)]
+    pub pretrained: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// bf16/f16 autocast on CUDA.
+    #[serde(default)]
+    pub mixed_precision: bool,
+    #[serde(default)]
+    pub device: Device,
+}
+
+pub fn train_kind() -> StageKind {
+    StageKind {
+        name: "Train",
+        version: 1,
+        summary: "train a binary detector per fold (libtorch)",
+        parse: parse_as::<Train>,
+    }
+}
+
+fn torch_env() -> Vec<(String, String)> {
+    let info = crate::worker::worker_info();
+    vec![(
+        "libtorch".into(),
+        info.libtorch_version.clone().unwrap_or_else(|| "unavailable".into()),
+    )]
+}
+
+fn train_problems(t: &Train) -> Vec<ConfigProblem> {
+    let mut v = Vec::new();
+    let p = |m: String| ConfigProblem {
+        code: Code::InvalidValue,
+        message: m,
+        needle: None,
+        help: None,
+    };
+    if t.epochs == 0 {
+        v.push(p("`epochs` must be at least 1".into()));
+    }
+    if !(t.lr > 0.0 && t.lr < 10.0) {
+        v.push(p(format!("`lr` {} must be in (0, 10)", t.lr)));
+    }
+    if t.batch_size == 0 || t.accumulate == 0 {
+        v.push(p("`batch_size` and `accumulate` must be at least 1".into()));
+    }
+    if let Some(w) = &t.pretrained {
+        if !crate::exec::stays_inside(w) {
+            v.push(ConfigProblem {
+                code: Code::PathEscape,
+                message: format!("weights `{w}` are outside the workspace"),
+                needle: Some(w.clone()),
+                help: None,
+            });
+        }
+    }
+    v
+}
+
+impl StageConfig for Train {
+    fn inputs(&self) -> Vec<Input> {
+        let mut v = vec![
+            Input::stage("data", self.data.clone(), &[TENSORS]),
+            Input::stage("split", self.split.clone(), &[SPLIT]),
+        ];
+        if let Some(w) = &self.pretrained {
+            v.push(Input::path("pretrained", w.clone()));
+        }
+        v
+    }
+    fn output(&self) -> PortType {
+        MODELS
+    }
+    fn fan_out(&self) -> FanOut {
+        FanOut::PerFold {
+            split: self.split.clone(),
+        }
+    }
+    fn resolve_defaults(&mut self, d: &Defaults) {
+        if self.seed.is_none() {
+            self.seed = d.u64("seed");
+        }
+    }
+    fn key_params(&self) -> serde_json::Value {
+        key_params_of(self, &["data", "split", "pretrained", "device"])
+    }
+    fn env_facts(&self) -> Vec<(String, String)> {
+        torch_env()
+    }
+    fn resources(&self) -> Resources {
+        Resources {
+            threads: 0,
+            gpu: self.device != Device::Cpu,
+        }
+    }
+    fn validate(&self) -> Vec<ConfigProblem> {
+        train_problems(self)
+    }
+    fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
+        crate::worker::run_in_worker("Train", self, ctx)
+    }
+}
+
+fn d_weight() -> f64 {
+    5.0
+}
+fn d_re_epochs() -> u32 {
+    2
+}
+fn d_re_lr() -> f64 {
+    1e-4
+}
+
+/// Fine-tune each fold's model with the mined hard negatives up-weighted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retrain {
+    pub models: String,
+    pub hard_negatives: String,
+    pub data: String,
+    pub split: String,
+    /// Sample weight of a hard negative (others: 1).
+    #[serde(default = "d_weight")]
+    pub weight: f64,
+    #[serde(default = "d_re_epochs")]
+    pub epochs: u32,
+    #[serde(default = "d_re_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    #[serde(default)]
+    pub augment: Option<Augment>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub device: Device,
+}
+
+pub fn retrain_kind() -> StageKind {
+    StageKind {
+        name: "Retrain",
+        version: 1,
+        summary: "fine-tune per fold with hard negatives up-weighted (libtorch)",
+        parse: parse_as::<Retrain>,
+    }
+}
+
+impl StageConfig for Retrain {
+    fn inputs(&self) -> Vec<Input> {
+        vec![
+            Input::stage("models", self.models.clone(), &[MODELS]),
+            Input::stage("hard_negatives", self.hard_negatives.clone(), &[HARD_NEGATIVES]),
+            Input::stage("data", self.data.clone(), &[TENSORS]),
+            Input::stage("split", self.split.clone(), &[SPLIT]),
+        ]
+    }
+    fn output(&self) -> PortType {
+        MODELS
+    }
+    fn fan_out(&self) -> FanOut {
+        FanOut::PerFold {
+            split: self.split.clone(),
+        }
+    }
+    fn resolve_defaults(&mut self, d: &Defaults) {
+        if self.seed.is_none() {
+            self.seed = d.u64("seed");
+        }
+    }
+    fn key_params(&self) -> serde_json::Value {
+        key_params_of(self, &["models", "hard_negatives", "data", "split", "device"])
+    }
+    fn env_facts(&self) -> Vec<(String, String)> {
+        torch_env()
+    }
+    fn resources(&self) -> Resources {
+        Resources {
+            threads: 0,
+            gpu: self.device != Device::Cpu,
+        }
+    }
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut v = Vec::new();
+        if self.epochs == 0 || !(self.weight > 0.0) || !(self.lr > 0.0) {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: "`epochs`, `weight` and `lr` must be positive".into(),
+                needle: None,
+                help: None,
+            });
+        }
+        v
+    }
+    fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
+        crate::worker::run_in_worker("Retrain", self, ctx)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Tta {
+    Identity,
+    HFlip,
+    VFlip,
+    HVFlip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub enum Aggregate {
+    /// Mean of member probabilities.
+    #[default]
+    Mean,
+    Max,
+    /// Mean of temperature-scaled probabilities (needs `calibration`).
+    CalibratedMean,
+}
+
+/// A fast model first; the ensemble only scores items it puts above `threshold`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cascade {
+    pub fast: String,
+    pub threshold: f64,
+}
+
+fn d_tta() -> Vec<Tta> {
+    vec![Tta::Identity]
+}
+
+/// Out-of-fold ensemble predictions: each item scored by the models of the fold that held it out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleInfer {
+    /// Per-fold model stages (Train/Retrain), each a member of the ensemble.
+    pub models: Vec<String>,
+    pub data: String,
+    pub split: String,
+    #[serde(default)]
+    pub calibration: Option<String>,
+    #[serde(default = "d_tta")]
+    pub tta: Vec<Tta>,
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    #[serde(default)]
+    pub cascade: Option<Cascade>,
+    #[serde(default = "d_bs")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub device: Device,
+}
+
+pub fn infer_kind() -> StageKind {
+    StageKind {
+        name: "EnsembleInfer",
+        version: 1,
+        summary: "out-of-fold ensemble predictions with TTA (libtorch)",
+        parse: parse_as::<EnsembleInfer>,
+    }
+}
+
+impl StageConfig for EnsembleInfer {
+    fn inputs(&self) -> Vec<Input> {
+        let mut v: Vec<Input> = self
+            .models
+            .iter()
+            .map(|m| Input::stage("models", m.clone(), &[MODELS]))
+            .collect();
+        v.push(Input::stage("data", self.data.clone(), &[TENSORS]));
+        v.push(Input::stage("split", self.split.clone(), &[SPLIT]));
+        if let Some(c) = &self.calibration {
+            v.push(Input::stage("calibration", c.clone(), &[CALIBRATION]));
+        }
+        if let Some(c) = &self.cascade {
+            v.push(Input::stage("fast", c.fast.clone(), &[MODELS]));
+        }
+        v
+    }
+    fn output(&self) -> PortType {
+        PREDICTIONS
+    }
+    fn key_params(&self) -> serde_json::Value {
+        // `models` stays: member names are the prediction columns' names (output content).
+        key_params_of(self, &["data", "split", "calibration", "device"])
+    }
+    fn env_facts(&self) -> Vec<(String, String)> {
+        torch_env()
+    }
+    fn resources(&self) -> Resources {
+        Resources {
+            threads: 0,
+            gpu: self.device != Device::Cpu,
+        }
+    }
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut v = Vec::new();
+        if self.models.is_empty() {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: "`models` names no stage".into(),
+                needle: None,
+                help: None,
+            });
+        }
+        if self.tta.is_empty() {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: "`tta` is empty (use [Identity])".into(),
+                needle: None,
+                help: None,
+            });
+        }
+        if self.aggregate == Aggregate::CalibratedMean && self.calibration.is_none() {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: "`aggregate: CalibratedMean` needs `calibration`".into(),
+                needle: None,
+                help: Some("add calibration: \"calibrate\"".into()),
+            });
+        }
+        v
+    }
+    fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
+        crate::worker::run_in_worker("EnsembleInfer", self, ctx)
+    }
+}
