@@ -159,33 +159,37 @@ impl StageConfig for Preprocess {
         let threads = ctx.threads.max(1).min(n.max(1));
         crossbeam::scope(|sc| {
             for _ in 0..threads {
-                sc.spawn(|_| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n || ctx.cancelled() {
-                        break;
-                    }
-                    let it = &items[i];
-                    let path = base.join(&it.path);
-                    let res = (|| -> Result<[f64; 6], String> {
-                        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
-                        if blake3::hash(&bytes).to_hex().as_str() != it.hash {
-                            return Err("content changed since Ingest read it (run again)".into());
+                sc.spawn(|_| {
+                    // One output buffer per thread, reused for every item.
+                    let mut px = vec![0u8; item_bytes as usize];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n || ctx.cancelled() {
+                            break;
                         }
-                        let (_, px) =
-                            imageops::process(&bytes, self.size, self.crop, self.filter).map_err(|e| e.to_string())?;
-                        let (shard, row) = (i / rows_per_shard, i % rows_per_shard);
-                        shards[shard]
-                            .write_all_at(&px, row as u64 * item_bytes)
-                            .map_err(|e| format!("cannot write shard: {e}"))?;
-                        Ok(channel_stats(&px))
-                    })();
-                    match res {
-                        Ok(st) => stats.lock().expect("lock")[i] = st,
-                        Err(e) => errors.lock().expect("lock").push((path.display().to_string(), e)),
-                    }
-                    let k = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if k % 256 == 0 || k == n {
-                        (ctx.progress)(k as f64 / n as f64, &format!("{k}/{n} images"));
+                        let it = &items[i];
+                        let path = base.join(&it.path);
+                        let res = (|| -> Result<[f64; 6], String> {
+                            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
+                            if blake3::hash(&bytes).to_hex().as_str() != it.hash {
+                                return Err("content changed since Ingest read it (run again)".into());
+                            }
+                            imageops::process_into(&bytes, self.size, self.crop, self.filter, &mut px)
+                                .map_err(|e| e.to_string())?;
+                            let (shard, row) = (i / rows_per_shard, i % rows_per_shard);
+                            shards[shard]
+                                .write_all_at(&px, row as u64 * item_bytes)
+                                .map_err(|e| format!("cannot write shard: {e}"))?;
+                            Ok(channel_stats(&px))
+                        })();
+                        match res {
+                            Ok(st) => stats.lock().expect("lock")[i] = st,
+                            Err(e) => errors.lock().expect("lock").push((path.display().to_string(), e)),
+                        }
+                        let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        if k % 256 == 0 || k == n {
+                            (ctx.progress)(k as f64 / n as f64, &format!("{k}/{n} images"));
+                        }
                     }
                 });
             }
