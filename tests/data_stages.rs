@@ -494,3 +494,26 @@ fn quick_pipeline_writes_the_documented_artifacts() {
         .len() as usize;
     assert_eq!(bytes, n * size * size * 3);
 }
+
+#[test]
+fn a_crop_step_between_ingest_and_preprocess() {
+    // examples/facecrop.ron: an Exec that `produces: "dataset"` feeds Preprocess.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ws = Ws::new();
+    for f in ["pipelines/quick.ron", "examples/facecrop.ron", "examples/scripts/center_crop.py"] {
+        ws.write(f, &std::fs::read_to_string(root.join(f)).unwrap());
+    }
+    std::os::unix::fs::symlink(root.join(".venv"), ws.path().join(".venv")).unwrap();
+    let s = ws.run("examples/facecrop.ron", 0);
+    assert!(s.executed.contains(&"crop".to_string()));
+    let m = rows(&ws, "out/facecrop/crop/manifest.csv");
+    assert_eq!(m.len(), 60);
+    assert!(m.iter().all(|r| r["width"] == "24"), "cropped to 75 % of 32 px");
+    let info: serde_json::Value = serde_json::from_str(&ws.read("out/facecrop/preprocess/preprocess.json")).unwrap();
+    assert_eq!(info["count"], 60);
+    // Editing the cropper reruns the crop and what depends on it.
+    ws.write("examples/scripts/center_crop.py", &ws.read("examples/scripts/center_crop.py").replace("0.75", "0.5"));
+    ws.write("examples/facecrop.ron", &ws.read("examples/facecrop.ron").replace("center_crop.py 0.75", "center_crop.py 0.5"));
+    let s = ws.run("examples/facecrop.ron", 0);
+    assert_eq!(s.executed, set(&["crop", "preprocess"]));
+}

@@ -46,7 +46,24 @@ pub struct Exec {
     pub threads: Option<usize>,
     #[serde(default)]
     pub description: Option<String>,
+    /// The artifact type of the outputs, so typed stages can consume them: e.g. `"dataset"`
+    /// for a face-cropper between Ingest and Preprocess that writes `manifest.csv` (the
+    /// Ingest format, paths relative to its outputs) and the cropped images. Default `files`.
+    #[serde(default)]
+    pub produces: Option<String>,
 }
+
+/// Artifact types an `Exec` may declare with `produces`.
+pub const EXEC_TYPES: &[PortType] = &[
+    PortType::FILES,
+    crate::data::ingest::DATASET,
+    crate::data::split::SPLIT,
+    crate::data::preprocess::TENSORS,
+    crate::model::MODELS,
+    crate::model::CALIBRATION,
+    crate::model::HARD_NEGATIVES,
+    crate::model::PREDICTIONS,
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -113,7 +130,10 @@ impl StageConfig for Exec {
             .collect()
     }
     fn output(&self) -> PortType {
-        PortType::FILES
+        self.produces
+            .as_deref()
+            .and_then(|p| EXEC_TYPES.iter().find(|t| t.0 == p).copied())
+            .unwrap_or(PortType::FILES)
     }
     fn fan_out(&self) -> FanOut {
         match self.folds {
@@ -122,7 +142,7 @@ impl StageConfig for Exec {
         }
     }
     fn key_params(&self) -> serde_json::Value {
-        key_params_of(self, &["inputs", "threads", "description"])
+        key_params_of(self, &["inputs", "threads", "description", "produces"])
     }
     fn resources(&self) -> Resources {
         Resources {
@@ -163,6 +183,17 @@ impl StageConfig for Exec {
                 needle: None,
                 help: None,
             });
+        }
+        if let Some(p) = &self.produces {
+            if !EXEC_TYPES.iter().any(|t| t.0 == p) {
+                let known: Vec<&str> = EXEC_TYPES.iter().map(|t| t.0).collect();
+                v.push(ConfigProblem {
+                    code: Code::InvalidValue,
+                    message: format!("unknown artifact type `{p}`"),
+                    needle: Some(p.clone()),
+                    help: Some(format!("one of: {}", known.join(", "))),
+                });
+            }
         }
         if self.folds == Some(0) {
             v.push(ConfigProblem {

@@ -462,7 +462,7 @@ fn summarize(rows: &[FoldRow], items: &[Item], k: u32, cfg: &Split) -> Result<se
     let mut hash_folds: HashMap<&str, BTreeSet<u32>> = HashMap::new();
     for r in rows {
         group_folds.entry(r.group.as_str()).or_default().insert(r.fold);
-        if let Some(h) = hash_of.get(r.item.as_str()) {
+        if let Some(h) = hash_of.get(r.item.as_str()).filter(|h| !h.is_empty()) {
             hash_folds.entry(h).or_default().insert(r.fold);
         }
     }
