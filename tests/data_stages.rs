@@ -500,7 +500,11 @@ fn a_crop_step_between_ingest_and_preprocess() {
     // examples/facecrop.ron: an Exec that `produces: "dataset"` feeds Preprocess.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let ws = Ws::new();
-    for f in ["pipelines/quick.ron", "examples/facecrop.ron", "examples/scripts/center_crop.py"] {
+    for f in [
+        "pipelines/quick.ron",
+        "examples/facecrop.ron",
+        "examples/scripts/center_crop.py",
+    ] {
         ws.write(f, &std::fs::read_to_string(root.join(f)).unwrap());
     }
     std::os::unix::fs::symlink(root.join(".venv"), ws.path().join(".venv")).unwrap();
@@ -512,8 +516,15 @@ fn a_crop_step_between_ingest_and_preprocess() {
     let info: serde_json::Value = serde_json::from_str(&ws.read("out/facecrop/preprocess/preprocess.json")).unwrap();
     assert_eq!(info["count"], 60);
     // Editing the cropper reruns the crop and what depends on it.
-    ws.write("examples/scripts/center_crop.py", &ws.read("examples/scripts/center_crop.py").replace("0.75", "0.5"));
-    ws.write("examples/facecrop.ron", &ws.read("examples/facecrop.ron").replace("center_crop.py 0.75", "center_crop.py 0.5"));
+    ws.write(
+        "examples/scripts/center_crop.py",
+        &ws.read("examples/scripts/center_crop.py").replace("0.75", "0.5"),
+    );
+    ws.write(
+        "examples/facecrop.ron",
+        &ws.read("examples/facecrop.ron")
+            .replace("center_crop.py 0.75", "center_crop.py 0.5"),
+    );
     let s = ws.run("examples/facecrop.ron", 0);
     assert_eq!(s.executed, set(&["crop", "preprocess"]));
 }

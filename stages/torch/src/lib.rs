@@ -1,5 +1,26 @@
 //! flow's libtorch side: the `flow-worker` process that runs torch-backed stage instances
 //! (see `flow_stages::worker` for why it is a separate process).
+//!
+//! * [`run`]: `flow-worker run <spec.json>` — threads, device, dispatch on the kind;
+//! * [`train`]: `Train` and `Retrain` per fold (loop, checkpoints, selection, outputs);
+//! * [`infer`]: `EnsembleInfer` (out-of-fold, TTA, calibration, cascade);
+//! * [`data`] / [`augment`]: memory-mapped u8 shards → normalised, augmented f32 batches,
+//!   built on a separate thread one batch ahead;
+//! * [`nets`]: backbones, weight files, pretrained weights (see `convert_weights.py`);
+//! * [`optim`]: AdamW with checkpointable state, LR schedules, loss scaling.
+
+pub mod augment;
+pub mod data;
+#[cfg(test)]
+mod e2e;
+pub mod infer;
+pub mod nets;
+pub mod optim;
+pub mod run;
+#[doc(hidden)]
+pub mod testdata;
+pub mod train;
+pub mod util;
 
 use flow_stages::torch_info::TorchInfo;
 

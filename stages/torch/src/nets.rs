@@ -1,0 +1,307 @@
+//! Backbones, weight files and pretrained weights.
+//!
+//! Every model ends in one logit. Variable names are torchvision's (`tch::vision` uses them):
+//! ResNet `conv1.weight`, `layer1.0.bn1.running_mean`, …, head `fc.*`; EfficientNet and
+//! MobileNetV2 `features.…`, head `classifier.1.*`. SimpleCnn: `features.<i>.conv.weight`,
+//! `features.<i>.bn.*`, head `fc.*`.
+//!
+//! `model.safetensors` holds every variable (f32, CPU) plus a `num_batches_tracked` (i64
+//! scalar) per batch-norm layer, so it loads into the matching torchvision model with
+//! `strict=True`, e.g. `torchvision.models.resnet18(num_classes=1)`.
+//!
+//! # Pretrained weights
+//!
+//! `Train(pretrained: "weights/resnet18.safetensors")` loads a `.safetensors` file of
+//! torchvision-named tensors by name. The classifier head (`fc.*` / `classifier.1.*`) is
+//! skipped when its shape differs (ImageNet's 1000 classes vs our 1 logit) and reported in
+//! `meta.json` (`pretrained.skipped`); any other missing tensor or shape mismatch is an error
+//! listing the names. `num_batches_tracked` entries are ignored; other unused tensors are
+//! listed in `meta.json` (`pretrained.unused`).
+//!
+//! To make such a file from a torchvision or timm checkpoint, run
+//! `stages/torch/convert_weights.py` (in any Python with torch and safetensors), e.g.
+//! `python stages/torch/convert_weights.py torchvision resnet18 weights/resnet18.safetensors`;
+//! at its core it is:
+//!
+//! ```python
+//! import torchvision
+//! from safetensors.torch import save_file
+//! m = torchvision.models.resnet18(weights="IMAGENET1K_V1")
+//! save_file({k: v.contiguous() for k, v in m.state_dict().items()}, "resnet18.safetensors")
+//! ```
+//!
+//! timm models use other names (`conv_stem`, `blocks.…`) than torchvision's, so a timm
+//! checkpoint only fits a model whose names it shares (ResNets: timm's `resnet18` uses
+//! torchvision's names).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use flow_stages::model::Model;
+use serde::Serialize;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Tensor};
+
+use crate::util::{list_some, Context, Res};
+
+/// A built model: its variables and its forward function.
+pub struct Net {
+    pub vs: nn::VarStore,
+    pub module: Box<dyn ModuleT>,
+    /// Names of the final classifier's variables.
+    pub head: Vec<String>,
+}
+
+impl Net {
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.module.forward_t(xs, train)
+    }
+}
+
+pub fn model_name(m: &Model) -> String {
+    match m {
+        Model::SimpleCnn { width, depth } => format!("SimpleCnn(width: {width}, depth: {depth})"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Builds `model` on `device` for `size`-pixel inputs, with fresh (random) weights from
+/// libtorch's current seed. Batch-norm scales start at 1 (torchvision's init; tch's default
+/// is uniform(0, 1)).
+pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
+    let vs = nn::VarStore::new(device);
+    let root = vs.root();
+    let (module, head): (Box<dyn ModuleT>, &str) = match model {
+        Model::SimpleCnn { width, depth } => {
+            if *width < 1 || *depth < 1 || *depth > 10 {
+                return Err(format!(
+                    "SimpleCnn needs width ≥ 1 and depth 1..=10 (got width {width}, depth {depth})"
+                ));
+            }
+            if size >> *depth == 0 {
+                return Err(format!(
+                    "SimpleCnn depth {depth} halves {size}-pixel images {depth} times, below 1 pixel: use depth ≤ {}",
+                    (size as f64).log2().floor()
+                ));
+            }
+            (Box::new(simple_cnn(&root, *width, *depth)), "fc")
+        }
+        Model::ResNet18 => (Box::new(tch::vision::resnet::resnet18(&root, 1)), "fc"),
+        Model::ResNet34 => (Box::new(tch::vision::resnet::resnet34(&root, 1)), "fc"),
+        Model::ResNet50 => (Box::new(tch::vision::resnet::resnet50(&root, 1)), "fc"),
+        Model::EfficientNetB0 => (Box::new(tch::vision::efficientnet::b0(&root, 1)), "classifier.1"),
+        Model::EfficientNetB1 => (Box::new(tch::vision::efficientnet::b1(&root, 1)), "classifier.1"),
+        Model::EfficientNetB2 => (Box::new(tch::vision::efficientnet::b2(&root, 1)), "classifier.1"),
+        Model::EfficientNetB3 => (Box::new(tch::vision::efficientnet::b3(&root, 1)), "classifier.1"),
+        Model::MobileNetV2 => (Box::new(tch::vision::mobilenet::v2(&root, 1)), "classifier.1"),
+    };
+    // Batch-norm weights to 1, as PyTorch initialises them.
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        for name in vars.keys() {
+            if let Some(prefix) = name.strip_suffix(".running_mean") {
+                if let Some(w) = vars.get(&format!("{prefix}.weight")) {
+                    let _ = w.shallow_clone().fill_(1.0);
+                }
+            }
+        }
+    });
+    let head = vec![format!("{head}.weight"), format!("{head}.bias")];
+    Ok(Net { vs, module, head })
+}
+
+fn simple_cnn(p: &nn::Path, width: i64, depth: i64) -> nn::FuncT<'static> {
+    let mut layers = Vec::new();
+    let (mut c_in, mut c) = (3, width);
+    for i in 0..depth {
+        let q = p / "features" / i;
+        let conv = nn::conv2d(
+            &q / "conv",
+            c_in,
+            c,
+            3,
+            nn::ConvConfig {
+                padding: 1,
+                bias: false,
+                ..Default::default()
+            },
+        );
+        let bn = nn::batch_norm2d(&q / "bn", c, Default::default());
+        layers.push((conv, bn));
+        c_in = c;
+        c *= 2;
+    }
+    let fc = nn::linear(p / "fc", c_in, 1, Default::default());
+    nn::func_t(move |xs, train| {
+        let mut x = xs.shallow_clone();
+        for (conv, bn) in &layers {
+            x = x.apply(conv).apply_t(bn, train).relu().max_pool2d_default(2);
+        }
+        x.adaptive_avg_pool2d([1, 1]).flat_view().apply(&fc)
+    })
+}
+
+/// Sorted (name, tensor) pairs of a var store.
+pub fn named(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Writes every variable (as f32 CPU tensors) to a `.safetensors` file, plus a
+/// `num_batches_tracked` per batch-norm layer (`batches`), for torchvision's state dicts.
+pub fn save(vs: &nn::VarStore, path: &Path, batches: Option<i64>) -> Res<()> {
+    let mut out: Vec<(String, Tensor)> = Vec::new();
+    for (name, t) in named(vs) {
+        if let (Some(prefix), Some(n)) = (name.strip_suffix(".running_mean"), batches) {
+            out.push((format!("{prefix}.num_batches_tracked"), Tensor::from(n)));
+        }
+        out.push((name, t.detach().to_device(Device::Cpu).contiguous()));
+    }
+    save_tensors(&out, path)
+}
+
+pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Res<()> {
+    let tmp = path.with_extension("tmp.safetensors");
+    Tensor::write_safetensors(tensors, &tmp).ctx(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).ctx(|| format!("cannot rename {}", tmp.display()))
+}
+
+pub fn read_tensors(path: &Path) -> Res<HashMap<String, Tensor>> {
+    if !path.is_file() {
+        return Err(format!("weights file {} does not exist", path.display()));
+    }
+    let v = Tensor::read_safetensors(path).ctx(|| format!("cannot read weights file {}", path.display()))?;
+    Ok(v.into_iter().collect())
+}
+
+/// Copies `src` into the var store by name; every variable must be there with its shape.
+pub fn load_exact(vs: &nn::VarStore, src: &HashMap<String, Tensor>, what: &str) -> Res<()> {
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    for (name, var) in named(vs) {
+        match src.get(&name) {
+            None => missing.push(name),
+            Some(t) if t.size() != var.size() => wrong.push(format!("{name} {:?} vs {:?}", t.size(), var.size())),
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() || !wrong.is_empty() {
+        return Err(format!(
+            "{what} does not fit the model: {} missing ({}), {} of the wrong shape ({})",
+            missing.len(),
+            list_some(&missing, 10),
+            wrong.len(),
+            list_some(&wrong, 10)
+        ));
+    }
+    copy_in(vs, src);
+    Ok(())
+}
+
+fn copy_in(vs: &nn::VarStore, src: &HashMap<String, Tensor>) {
+    tch::no_grad(|| {
+        for (name, mut var) in named(vs) {
+            if let Some(t) = src.get(&name) {
+                var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+            }
+        }
+    });
+}
+
+/// Copies of every variable, on the same device (the best epoch's weights, kept in memory).
+pub fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    tch::no_grad(|| {
+        vs.variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect()
+    })
+}
+
+pub fn restore(vs: &nn::VarStore, snap: &HashMap<String, Tensor>) {
+    copy_in(vs, snap);
+}
+
+/// What loading pretrained weights did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pretrained {
+    pub file: String,
+    pub loaded: usize,
+    /// Head tensors left at their fresh initialisation (shape differs, or absent).
+    pub skipped: Vec<String>,
+    /// Tensors of the file the model has no use for.
+    pub unused: Vec<String>,
+}
+
+/// Loads a user's pretrained `.safetensors` by name (see the module docs).
+pub fn load_pretrained(net: &Net, path: &Path, model: &Model) -> Res<Pretrained> {
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let src = read_tensors(path)?;
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    let mut skipped = Vec::new();
+    let mut loaded = 0;
+    let vars = named(&net.vs);
+    let mut use_: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (name, var) in &vars {
+        let is_head = net.head.contains(name);
+        match src.get(name) {
+            None if is_head => skipped.push(name.clone()),
+            None => missing.push(name.clone()),
+            Some(t) if t.size() != var.size() => {
+                if is_head {
+                    skipped.push(format!("{name} {:?} (model {:?})", t.size(), var.size()));
+                } else {
+                    wrong.push(format!("{name} {:?} vs {:?}", t.size(), var.size()));
+                }
+            }
+            Some(t) if !t.is_floating_point() => wrong.push(format!("{name} has dtype {:?}", t.kind())),
+            Some(t) => {
+                use_.insert(name.clone(), t.shallow_clone());
+                loaded += 1;
+            }
+        }
+    }
+    if !wrong.is_empty() || !missing.is_empty() {
+        let mut parts = Vec::new();
+        if !wrong.is_empty() {
+            parts.push(format!(
+                "{} tensor(s) have the wrong shape (file vs {}): {}",
+                wrong.len(),
+                model_name(model),
+                list_some(&wrong, 10)
+            ));
+        }
+        if !missing.is_empty() {
+            parts.push(format!(
+                "{} tensor(s) of the model are missing: {}",
+                missing.len(),
+                list_some(&missing, 10)
+            ));
+        }
+        return Err(format!(
+            "weights file {file_name}: {} (is it a torchvision-named {} checkpoint? see stages/torch/convert_weights.py)",
+            parts.join("; "),
+            model_name(model)
+        ));
+    }
+    let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+    let mut unused: Vec<String> = src
+        .keys()
+        .filter(|k| !known.contains(k.as_str()) && !k.ends_with("num_batches_tracked"))
+        .cloned()
+        .collect();
+    unused.sort();
+    let map: HashMap<String, Tensor> = use_.into_iter().collect();
+    copy_in(&net.vs, &map);
+    Ok(Pretrained {
+        file: path.display().to_string(),
+        loaded,
+        skipped,
+        unused,
+    })
+}

@@ -1,0 +1,907 @@
+//! `Train` and `Retrain` (one fold each): the training loop, per-epoch checkpoints for resume,
+//! best-epoch selection, and the outputs.
+//!
+//! Outputs (in the instance's out dir):
+//! * `model.safetensors` — the best epoch's weights (torchvision names, see [`crate::nets`]);
+//! * `history.csv` — `epoch,train_loss,val_loss,val_auc,lr,seconds` (1-based epochs; empty
+//!   cells where a value does not exist, e.g. val AUC of a one-class validation set);
+//! * `scores.csv` — `item,role,label,source,logit` for every item of the split (roles
+//!   train/val/test/excluded), in `index.csv` order, logits of the best weights in eval mode;
+//! * `meta.json` — model, params, effective training params, fold, counts per role and class,
+//!   best epoch, selection rule, normalisation, device, threads, timings, libtorch version,
+//!   pretrained tensors skipped.
+//!
+//! Training details:
+//! * Sample weights: Retrain's hard negatives weigh `weight`, every other item 1; the batch
+//!   loss is the weighted mean `Σ wᵢ lᵢ / Σ wᵢ`.
+//! * `balance: true` is *weighted sampling*: each epoch draws as many items as the training
+//!   set has, each draw picking a class with probability ½ and then an item of that class
+//!   uniformly (torch's `WeightedRandomSampler` with weights 1/class count, with replacement).
+//! * Batches: the epoch's order in chunks of `batch_size`; a last chunk of a single item is
+//!   dropped (batch norm cannot train on one item).
+//! * Selection: the epoch with the best validation AUC (ties: the earlier); without a
+//!   validation set, the lowest training loss; with a one-class validation set, the lowest
+//!   validation loss. `meta.json` says which (`selection`). Early stopping after `patience`
+//!   epochs without improvement of that metric.
+//! * Determinism: libtorch is seeded with `seed*1000 + fold` before the weights are made and
+//!   with a hash of (seed, fold, epoch) at each epoch (dropout), the order and augmentations
+//!   come from ChaCha8 streams of (seed, fold, epoch). On CPU, same key and same thread count
+//!   ⇒ byte-identical `model.safetensors`, also across an interruption and resume.
+//! * Checkpoints: after every epoch, into the resume dir: `ckpt-NNNN/` (weights, optimiser
+//!   moments, best weights) and then `checkpoint.json` (atomic rename) naming it, with the
+//!   epoch, step counters, best-so-far and history. A run that finds one resumes after it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use flow_stages::data::split::Role;
+use flow_stages::model::{Loss, Retrain, Schedule, Train, Tta};
+use flow_stages::worker::WorkerSpec;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::data::{self, prefetch, role_name, BatchReq, Dataset, Item, Norm};
+use crate::nets::{self, Net};
+use crate::optim::{lr_at, AdamW, Scaler};
+use crate::run::{device_name, find_input, pick_device};
+use crate::util::{self, log, progress, Context, Res};
+
+/// Test hooks: a way to interrupt a run between epochs, and to poison one batch's loss.
+#[derive(Default)]
+pub struct Hooks {
+    /// Called after each finished (and checkpointed) epoch with its 1-based number; an error
+    /// ends the run there.
+    pub after_epoch: Option<Box<dyn Fn(u32) -> Res<()>>>,
+    /// (epoch, batch), both 1-based: that batch's loss becomes NaN.
+    pub poison: Option<(u32, usize)>,
+}
+
+/// What a models directory's `meta.json` tells its consumers (Retrain, EnsembleInfer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub model: flow_stages::model::Model,
+    pub fold: u32,
+    pub image_size: usize,
+    pub normalize: Norm,
+    /// The effective training parameters (for Retrain: those it fine-tuned with).
+    pub train_params: Train,
+}
+
+pub fn read_model_info(dir: &Path) -> Res<ModelInfo> {
+    let p = dir.join("meta.json");
+    util::read_json(&p).map_err(|e| format!("{e} (is {} the output of a Train or Retrain stage?)", dir.display()))
+}
+
+enum Init {
+    Fresh { pretrained: Option<PathBuf> },
+    From(PathBuf),
+}
+
+struct Job<'a> {
+    kind: &'static str,
+    spec: &'a WorkerSpec,
+    params: Train,
+    fold: u32,
+    ds: &'a Dataset,
+    items: &'a [Item],
+    weights: Vec<f32>,
+    norm: Norm,
+    init: Init,
+    device: Device,
+    extra_meta: serde_json::Map<String, serde_json::Value>,
+}
+
+pub fn run_train(spec: &WorkerSpec, p: &Train, hooks: &Hooks) -> Res<()> {
+    let fold = spec
+        .fold
+        .ok_or("Train runs once per fold, and this instance has no fold")?;
+    let device = pick_device(p.device)?;
+    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
+    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
+    check_fold(&folds, fold)?;
+    let items = data::join(&ds, &folds)?;
+    let norm = Norm::for_fold(&ds, &items, fold)?;
+    let pretrained = match &p.pretrained {
+        None => None,
+        Some(rel) => Some(
+            spec.paths
+                .iter()
+                .find(|x| x.port == "pretrained")
+                .map(|x| x.abs.clone())
+                .ok_or_else(|| format!("pretrained weights `{rel}` were not passed to the worker"))?,
+        ),
+    };
+    let weights = vec![1.0; items.len()];
+    fit(
+        Job {
+            kind: "Train",
+            spec,
+            params: p.clone(),
+            fold,
+            ds: &ds,
+            items: &items,
+            weights,
+            norm,
+            init: Init::Fresh { pretrained },
+            device,
+            extra_meta: Default::default(),
+        },
+        hooks,
+    )
+}
+
+#[derive(Deserialize)]
+struct HardNegative {
+    item: String,
+    fold: u32,
+    #[allow(dead_code)]
+    score: f64,
+}
+
+pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
+    let fold = spec
+        .fold
+        .ok_or("Retrain runs once per fold, and this instance has no fold")?;
+    let device = pick_device(r.device)?;
+    let base = find_input(spec, "models", Some(fold))?;
+    if base.fold != Some(fold) {
+        return Err(format!("`models` input `{}` has no model for fold {fold}", base.from));
+    }
+    let info = read_model_info(&base.dir)?;
+    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
+    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
+    check_fold(&folds, fold)?;
+    let items = data::join(&ds, &folds)?;
+    if info.image_size != ds.size {
+        log(format!(
+            "warning: the model of `{}` was trained on {} px images, the data here is {} px",
+            base.from, info.image_size, ds.size
+        ));
+    }
+
+    let mut p = info.train_params.clone();
+    p.epochs = r.epochs;
+    p.lr = r.lr;
+    if let Some(b) = r.batch_size {
+        p.batch_size = b;
+    }
+    if let Some(a) = r.augment {
+        p.augment = a;
+    }
+    p.seed = r.seed.or(p.seed);
+    p.schedule = Schedule::Constant;
+    p.patience = None;
+    p.pretrained = None;
+    p.device = r.device;
+
+    // Hard negatives of this fold: rows whose `fold` (the fold whose model mined them) is ours.
+    let hn_in = find_input(spec, "hard_negatives", Some(fold))?;
+    let hn_path = hn_in.dir.join("hard_negatives.csv");
+    let mut rdr = csv::Reader::from_path(&hn_path).ctx(|| format!("cannot read {}", hn_path.display()))?;
+    let rows: Vec<HardNegative> = rdr
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .ctx(|| format!("bad hard negatives file {}", hn_path.display()))?;
+    let pos: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.item.as_str(), i)).collect();
+    let mut weights = vec![1.0f32; items.len()];
+    let (mut used, mut unknown, mut not_train) = (0usize, Vec::new(), Vec::new());
+    for h in rows.iter().filter(|h| h.fold == fold) {
+        match pos.get(h.item.as_str()) {
+            None => unknown.push(h.item.clone()),
+            Some(&i) if items[i].split.role(fold) != Role::Train => not_train.push(h.item.clone()),
+            Some(&i) => {
+                if weights[i] == 1.0 {
+                    used += 1;
+                }
+                weights[i] = r.weight as f32;
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(format!(
+            "{} hard negative(s) of fold {fold} are not items of the split: {}",
+            unknown.len(),
+            util::list_some(&unknown, 5)
+        ));
+    }
+    if !not_train.is_empty() {
+        log(format!(
+            "warning: {} hard negative(s) of fold {fold} are not in its training set and are ignored: {}",
+            not_train.len(),
+            util::list_some(&not_train, 5)
+        ));
+    }
+    if used == 0 {
+        log(format!(
+            "warning: no hard negatives for fold {fold}: fine-tuning with every item weighing 1"
+        ));
+    }
+    log(format!(
+        "fold {fold}: {used} hard negative(s) weigh {} in the loss",
+        r.weight
+    ));
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "base_model".into(),
+        serde_json::json!({"from": base.from, "dir": base.dir}),
+    );
+    extra.insert(
+        "hard_negatives".into(),
+        serde_json::json!({"weight": r.weight, "up_weighted": used, "not_in_train_set": not_train.len()}),
+    );
+    fit(
+        Job {
+            kind: "Retrain",
+            spec,
+            params: p,
+            fold,
+            ds: &ds,
+            items: &items,
+            weights,
+            norm: info.normalize.clone(),
+            init: Init::From(base.dir.join("model.safetensors")),
+            device,
+            extra_meta: extra,
+        },
+        hooks,
+    )
+}
+
+fn check_fold(folds: &[flow_stages::data::split::FoldRow], fold: u32) -> Res<()> {
+    if !folds.iter().any(|f| f.fold == fold) {
+        let n = folds.iter().map(|f| f.fold).max().map(|m| m + 1).unwrap_or(0);
+        return Err(format!("fold {fold} does not exist in the split (it has folds 0..{n})"));
+    }
+    Ok(())
+}
+
+/// Per-sample loss.
+fn per_sample_loss(logits: &Tensor, y: &Tensor, loss: Loss) -> Tensor {
+    let bce = logits.binary_cross_entropy_with_logits::<Tensor>(y, None, None, Reduction::None);
+    match loss {
+        Loss::Bce => bce,
+        Loss::Focal { gamma } => {
+            let pt = (-&bce).exp();
+            (pt * -1.0 + 1.0).pow_tensor_scalar(gamma) * bce
+        }
+    }
+}
+
+/// Mean logit over the TTA views of `rows` (eval mode, no gradients), in order.
+pub fn predict(
+    net: &Net,
+    ds: &Dataset,
+    norm: &Norm,
+    rows: &[usize],
+    bs: usize,
+    device: Device,
+    tta: &[Tta],
+) -> Res<Vec<f64>> {
+    let s = ds.size as i64;
+    let per = (3 * s * s) as usize;
+    let reqs: Vec<BatchReq> = rows
+        .chunks(bs.max(1))
+        .map(|c| BatchReq {
+            rows: c.to_vec(),
+            seeds: None,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
+    let _guard = tch::no_grad_guard();
+    prefetch(ds, norm, None, reqs, |_, buf, n| {
+        let x = Tensor::from_slice(&buf[..n * per])
+            .view([n as i64, 3, s, s])
+            .to_device(device);
+        let mut acc: Option<Tensor> = None;
+        for t in tta {
+            let v = match t {
+                Tta::Identity => x.shallow_clone(),
+                Tta::HFlip => x.flip([3]),
+                Tta::VFlip => x.flip([2]),
+                Tta::HVFlip => x.flip([2, 3]),
+            };
+            let l = net.forward(&v, false).view([-1]).to_kind(Kind::Double);
+            acc = Some(match acc {
+                None => l,
+                Some(a) => a + l,
+            });
+        }
+        let l = acc.expect("tta is not empty") / tta.len().max(1) as f64;
+        let v = Vec::<f64>::try_from(&l.to_device(Device::Cpu)).ctx(|| "cannot read logits")?;
+        out.extend(v);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HistRow {
+    epoch: u32,
+    train_loss: f64,
+    val_loss: Option<f64>,
+    val_auc: Option<f64>,
+    lr: f64,
+    seconds: f64,
+}
+
+/// Progress of a run, saved in every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    fingerprint: String,
+    dir: String,
+    epochs_done: u32,
+    /// Scheduler steps (also those the loss scaler skipped).
+    sched_step: i64,
+    opt_step: i64,
+    batches_done: i64,
+    best_epoch: u32,
+    /// f64 bits: exact across the JSON round trip.
+    best_metric: Option<u64>,
+    best_batches: i64,
+    bad_epochs: u32,
+    stopped: bool,
+    scaler: Scaler,
+    history: Vec<HistRow>,
+}
+
+const CKPT_POINTER: &str = "checkpoint.json";
+
+fn sync_file(p: &Path) {
+    if let Ok(f) = std::fs::File::open(p) {
+        let _ = f.sync_all();
+    }
+}
+
+fn save_checkpoint(
+    root: &Path,
+    st: &mut State,
+    net: &Net,
+    opt: &AdamW,
+    best: &HashMap<String, Tensor>,
+    best_on_disk: &mut Option<PathBuf>,
+) -> Res<()> {
+    std::fs::create_dir_all(root).ctx(|| format!("cannot create resume dir {}", root.display()))?;
+    let name = format!("ckpt-{:04}", st.epochs_done);
+    let d = root.join(&name);
+    if d.exists() {
+        std::fs::remove_dir_all(&d).ctx(|| format!("cannot clear {}", d.display()))?;
+    }
+    std::fs::create_dir(&d).ctx(|| format!("cannot create {}", d.display()))?;
+    let w = d.join("weights.safetensors");
+    nets::save(&net.vs, &w, None)?;
+    nets::save_tensors(&opt.state(), &d.join("optim.safetensors"))?;
+    let b = d.join("best.safetensors");
+    if st.best_epoch == st.epochs_done {
+        std::fs::hard_link(&w, &b)
+            .or_else(|_| std::fs::copy(&w, &b).map(|_| ()))
+            .ctx(|| "cannot write best weights")?;
+    } else {
+        let linked = best_on_disk
+            .as_ref()
+            .is_some_and(|prev| std::fs::hard_link(prev, &b).is_ok());
+        if !linked {
+            let mut v: Vec<(String, Tensor)> = best
+                .iter()
+                .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            nets::save_tensors(&v, &b)?;
+        }
+    }
+    for f in ["weights.safetensors", "optim.safetensors", "best.safetensors"] {
+        sync_file(&d.join(f));
+    }
+    sync_file(&d);
+    st.dir = name.clone();
+    util::write_atomic(&root.join(CKPT_POINTER), &serde_json::to_vec_pretty(st).expect("json"))?;
+    *best_on_disk = Some(b);
+    // Older checkpoints are no longer needed.
+    if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with("ckpt-") && n != name {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+type Loaded = (
+    State,
+    HashMap<String, Tensor>,
+    HashMap<String, Tensor>,
+    HashMap<String, Tensor>,
+);
+
+fn load_checkpoint(root: &Path, fingerprint: &str) -> Option<Loaded> {
+    let p = root.join(CKPT_POINTER);
+    if !p.is_file() {
+        return None;
+    }
+    let st: State = match util::read_json(&p) {
+        Ok(s) => s,
+        Err(e) => {
+            log(format!("ignoring unreadable checkpoint: {e}"));
+            return None;
+        }
+    };
+    if st.fingerprint != fingerprint {
+        log(format!(
+            "ignoring the checkpoint in {}: it belongs to other parameters",
+            root.display()
+        ));
+        return None;
+    }
+    let d = root.join(&st.dir);
+    let read = |f: &str| nets::read_tensors(&d.join(f));
+    match (
+        read("weights.safetensors"),
+        read("optim.safetensors"),
+        read("best.safetensors"),
+    ) {
+        (Ok(w), Ok(o), Ok(b)) => Some((st, w, o, b)),
+        (w, o, b) => {
+            let e = [w.err(), o.err(), b.err()]
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_default();
+            log(format!("ignoring damaged checkpoint: {e}"));
+            None
+        }
+    }
+}
+
+fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
+    let t0 = Instant::now();
+    let p = &job.params;
+    let k = job.fold;
+    let items = job.items;
+    let ds = job.ds;
+    let device = job.device;
+    let seed = p.seed.unwrap_or(0);
+    let roles: Vec<Role> = items.iter().map(|it| it.split.role(k)).collect();
+    let of = |r: Role| -> Vec<usize> { (0..items.len()).filter(|&i| roles[i] == r).collect() };
+    let (train, val) = (of(Role::Train), of(Role::Val));
+
+    let mut counts = serde_json::Map::new();
+    for r in [Role::Train, Role::Val, Role::Test, Role::Excluded] {
+        let idx = of(r);
+        let fake = idx.iter().filter(|&&i| items[i].label == 1).count();
+        counts.insert(
+            role_name(r).into(),
+            serde_json::json!({"real": idx.len() - fake, "fake": fake}),
+        );
+    }
+    let tr_fake = train.iter().filter(|&&i| items[i].label == 1).count();
+    let tr_real = train.len() - tr_fake;
+    if tr_fake == 0 || tr_real == 0 {
+        let missing = if tr_fake == 0 { "fake" } else { "real" };
+        return Err(format!(
+            "fold {k} has no {missing} items in its training set ({tr_real} real, {tr_fake} fake): a detector needs both classes (check the split's holdout and subsample)"
+        ));
+    }
+    if p.batch_size == 0 || p.accumulate == 0 || p.epochs == 0 {
+        return Err("`batch_size`, `accumulate` and `epochs` must be at least 1".into());
+    }
+
+    let s = ds.size as i64;
+    let per = (3 * s * s) as usize;
+    let use_amp = p.mixed_precision && device.is_cuda();
+    if p.mixed_precision && !device.is_cuda() {
+        log("mixed_precision: ignored on CPU (autocast is used on CUDA only)");
+    }
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+
+    // Model and initial weights.
+    tch::manual_seed((seed as i64).wrapping_mul(1000).wrapping_add(k as i64));
+    let net = nets::build(&p.model, device, ds.size)?;
+    let pretrained = match &job.init {
+        Init::Fresh { pretrained: Some(path) } => {
+            let rep = nets::load_pretrained(&net, path, &p.model)?;
+            log(format!(
+                "pretrained {}: {} tensors loaded, skipped {:?}{}",
+                path.display(),
+                rep.loaded,
+                rep.skipped,
+                if rep.unused.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} unused", rep.unused.len())
+                }
+            ));
+            Some(rep)
+        }
+        Init::Fresh { pretrained: None } => None,
+        Init::From(path) => {
+            let src = nets::read_tensors(path)?;
+            nets::load_exact(&net.vs, &src, &format!("model file {}", path.display()))?;
+            None
+        }
+    };
+    let mut opt = AdamW::new(&net.vs, p.weight_decay);
+
+    let bs = p.batch_size;
+    let n_draws = train.len();
+    let n_batches = {
+        let full = n_draws / bs;
+        let rest = n_draws % bs;
+        full + usize::from(rest > 1 || (rest == 1 && full == 0))
+    };
+    let accum = p.accumulate as usize;
+    let steps_per_epoch = n_batches.div_ceil(accum) as i64;
+    let total_steps = steps_per_epoch * p.epochs as i64;
+    let train_rows_bs = |c: &[usize]| -> Vec<usize> { c.iter().map(|&i| items[i].row).collect() };
+
+    // Resume.
+    let fingerprint = serde_json::to_string(&serde_json::json!({
+        "v": 1, "kind": job.kind, "params": job.spec.params, "fold": k, "items": items.len(),
+    }))
+    .expect("json");
+    let mut st = State {
+        fingerprint: fingerprint.clone(),
+        dir: String::new(),
+        epochs_done: 0,
+        sched_step: 0,
+        opt_step: 0,
+        batches_done: 0,
+        best_epoch: 0,
+        best_metric: None,
+        best_batches: 0,
+        bad_epochs: 0,
+        stopped: false,
+        scaler: Scaler::default(),
+        history: Vec::new(),
+    };
+    let mut best: HashMap<String, Tensor> = HashMap::new();
+    let mut best_on_disk: Option<PathBuf> = None;
+    let mut resumed_from = None;
+    if let Some((s0, w, o, b)) = load_checkpoint(&job.spec.resume_dir, &fingerprint) {
+        nets::load_exact(&net.vs, &w, "checkpoint weights")?;
+        opt.load_state(&o, s0.opt_step)?;
+        best = b.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
+        best_on_disk = Some(job.spec.resume_dir.join(&s0.dir).join("best.safetensors"));
+        st = s0;
+        resumed_from = Some(st.epochs_done);
+        log(format!(
+            "resuming from epoch {} (checkpoint after epoch {})",
+            st.epochs_done + 1,
+            st.epochs_done
+        ));
+    }
+
+    let val_fakes = val.iter().filter(|&&i| items[i].label == 1).count();
+    let selection = if val.is_empty() {
+        "train_loss"
+    } else if val_fakes > 0 && val_fakes < val.len() {
+        "val_auc"
+    } else {
+        "val_loss"
+    };
+    let selection_note = match selection {
+        "train_loss" => Some("the validation set is empty: the epoch with the lowest training loss was kept"),
+        "val_loss" => {
+            Some("the validation set has one class only (no AUC): the epoch with the lowest validation loss was kept")
+        }
+        _ => None,
+    };
+    if let Some(n) = selection_note {
+        log(format!("note: fold {k}: {n}"));
+    }
+    let weight_sum_of = |c: &[usize]| -> f64 { c.iter().map(|&i| job.weights[i] as f64).sum() };
+    let reals: Vec<usize> = train.iter().copied().filter(|&i| items[i].label == 0).collect();
+    let fakes: Vec<usize> = train.iter().copied().filter(|&i| items[i].label == 1).collect();
+    log(format!(
+        "{} fold {k}: {} on {device:?}, {} train ({tr_real} real, {tr_fake} fake), {} val, {n_batches} batches of {bs}, {} threads",
+        job.kind,
+        nets::model_name(&p.model),
+        train.len(),
+        val.len(),
+        tch::get_num_threads()
+    ));
+
+    let epochs = p.epochs;
+    let mut epoch = st.epochs_done;
+    while epoch < epochs && !st.stopped {
+        let te = Instant::now();
+        let e1 = epoch + 1;
+        tch::manual_seed((util::mix(&[seed, k as u64, epoch as u64, 1]) >> 1) as i64);
+        let mut rng = util::rng([seed, k as u64, epoch as u64, 0x7EA1_0001]);
+        let order: Vec<usize> = if p.balance {
+            (0..n_draws)
+                .map(|_| {
+                    let pool = if rng.gen::<bool>() { &fakes } else { &reals };
+                    pool[rng.gen_range(0..pool.len())]
+                })
+                .collect()
+        } else {
+            let mut o = train.clone();
+            o.shuffle(&mut rng);
+            o
+        };
+        let chunks: Vec<Vec<usize>> = order.chunks(bs).take(n_batches).map(|c| c.to_vec()).collect();
+        let reqs: Vec<BatchReq> = chunks
+            .iter()
+            .map(|c| BatchReq {
+                rows: train_rows_bs(c),
+                seeds: Some(c.iter().map(|_| rng.gen::<u64>()).collect()),
+            })
+            .collect();
+        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+        let mut last_lr = lr_at(p.schedule, p.lr, st.sched_step, total_steps, steps_per_epoch);
+        let t_batches = Instant::now();
+        prefetch(ds, &job.norm, Some(&p.augment), reqs, |bi, buf, n| {
+            let chunk = &chunks[bi];
+            if bi % accum == 0 {
+                opt.zero_grad();
+            }
+            let x = Tensor::from_slice(&buf[..n * per])
+                .view([n as i64, 3, s, s])
+                .to_device(device);
+            let yv: Vec<f32> = chunk.iter().map(|&i| items[i].label as f32).collect();
+            let wv: Vec<f32> = chunk.iter().map(|&i| job.weights[i]).collect();
+            let y = Tensor::from_slice(&yv).to_device(device);
+            let w = Tensor::from_slice(&wv).to_device(device);
+            let logits = if use_amp {
+                tch::autocast(true, || net.forward(&x, true))
+            } else {
+                net.forward(&x, true)
+            };
+            let logits = logits.view([-1]).to_kind(Kind::Float);
+            let mut loss = (per_sample_loss(&logits, &y, p.loss) * &w).sum(Kind::Float) / weight_sum_of(chunk);
+            if hooks.poison == Some((e1, bi + 1)) {
+                loss *= f64::NAN;
+            }
+            let lv = loss.double_value(&[]);
+            if !lv.is_finite() {
+                return Err(format!(
+                    "loss became {} at epoch {e1} batch {} of fold {k} (lr {:.3e}: too high? try a lower lr, grad_clip, or check the data)",
+                    if lv.is_nan() { "NaN" } else { "infinite" },
+                    bi + 1,
+                    last_lr
+                ));
+            }
+            let scaled = if use_amp {
+                loss * (st.scaler.scale / accum as f64)
+            } else {
+                loss / accum as f64
+            };
+            opt.backward(&scaled);
+            loss_sum += lv * n as f64;
+            seen += n;
+            st.batches_done += 1;
+            if (bi + 1) % accum == 0 || bi + 1 == n_batches {
+                let lr = lr_at(p.schedule, p.lr, st.sched_step, total_steps, steps_per_epoch);
+                let take = if use_amp {
+                    opt.scale_grads(1.0 / st.scaler.scale);
+                    let norm = opt.grad_norm();
+                    let ok = st.scaler.update(norm.is_finite());
+                    if ok {
+                        if let Some(c) = p.grad_clip {
+                            if norm > c {
+                                opt.scale_grads(c / (norm + 1e-6));
+                            }
+                        }
+                    } else {
+                        log(format!(
+                            "epoch {e1} batch {}: fp16 gradient overflow, step skipped (loss scale now {})",
+                            bi + 1,
+                            st.scaler.scale
+                        ));
+                    }
+                    ok
+                } else {
+                    if let Some(c) = p.grad_clip {
+                        let norm = opt.grad_norm();
+                        if norm > c {
+                            opt.scale_grads(c / (norm + 1e-6));
+                        }
+                    }
+                    true
+                };
+                if take {
+                    opt.step(lr);
+                }
+                st.sched_step += 1;
+                last_lr = lr;
+            }
+            if (bi + 1) % 10 == 0 && bi + 1 < n_batches {
+                let ips = seen as f64 / t_batches.elapsed().as_secs_f64().max(1e-9);
+                progress(
+                    (epoch as f64 + (bi + 1) as f64 / n_batches as f64) / epochs as f64,
+                    format!(
+                        "epoch {e1}/{epochs} batch {}/{n_batches} loss {:.4} ({ips:.0} img/s)",
+                        bi + 1,
+                        loss_sum / seen as f64
+                    ),
+                );
+            }
+            Ok(())
+        })?;
+        let train_secs = t_batches.elapsed().as_secs_f64();
+        let train_loss = loss_sum / seen.max(1) as f64;
+
+        // Validation.
+        let (val_loss, val_auc) = if val.is_empty() {
+            (None, None)
+        } else {
+            let rows: Vec<usize> = val.iter().map(|&i| items[i].row).collect();
+            let logits = predict(&net, ds, &job.norm, &rows, bs * 2, device, &[Tta::Identity])?;
+            let labels: Vec<u8> = val.iter().map(|&i| items[i].label).collect();
+            let lt = Tensor::from_slice(&logits).to_kind(Kind::Float);
+            let yt = Tensor::from_slice(&labels.iter().map(|&y| y as f32).collect::<Vec<_>>());
+            let vl = per_sample_loss(&lt, &yt, p.loss).mean(Kind::Float).double_value(&[]);
+            (Some(vl), util::auc(&logits, &labels))
+        };
+        let (metric, higher) = match selection {
+            "val_auc" => (val_auc.unwrap_or(f64::NAN), true),
+            "val_loss" => (val_loss.unwrap_or(f64::NAN), false),
+            _ => (train_loss, false),
+        };
+        let improved = match st.best_metric.map(f64::from_bits) {
+            None => true,
+            Some(b) => {
+                if higher {
+                    metric > b
+                } else {
+                    metric < b
+                }
+            }
+        };
+        st.epochs_done = e1;
+        if improved {
+            st.best_metric = Some(metric.to_bits());
+            st.best_epoch = e1;
+            st.best_batches = st.batches_done;
+            st.bad_epochs = 0;
+            best = nets::snapshot(&net.vs);
+        } else {
+            st.bad_epochs += 1;
+        }
+        if let Some(pat) = p.patience {
+            if st.bad_epochs >= pat.max(1) && e1 < epochs {
+                st.stopped = true;
+            }
+        }
+        let secs = te.elapsed().as_secs_f64();
+        st.history.push(HistRow {
+            epoch: e1,
+            train_loss,
+            val_loss,
+            val_auc,
+            lr: last_lr,
+            seconds: secs,
+        });
+        st.opt_step = opt.step;
+        save_checkpoint(&job.spec.resume_dir, &mut st, &net, &opt, &best, &mut best_on_disk)?;
+        let fmt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
+        let msg = format!(
+            "epoch {e1}/{epochs} loss {train_loss:.4} val loss {} val AUC {} lr {last_lr:.3e} {secs:.1} s ({:.0} img/s){}",
+            fmt(val_loss, 4),
+            fmt(val_auc, 4),
+            seen as f64 / train_secs.max(1e-9),
+            if improved { " *" } else { "" }
+        );
+        log(&msg);
+        progress(e1 as f64 / epochs as f64, msg);
+        if let Some(h) = &hooks.after_epoch {
+            h(e1)?;
+        }
+        if st.stopped {
+            log(format!(
+                "early stopping after epoch {e1}: no {} improvement for {} epoch(s); best epoch {}",
+                selection, st.bad_epochs, st.best_epoch
+            ));
+        }
+        epoch = e1;
+    }
+
+    // Outputs: the best epoch's weights.
+    nets::restore(&net.vs, &best);
+    let out = &job.spec.out_dir;
+    std::fs::create_dir_all(out).ctx(|| format!("cannot create {}", out.display()))?;
+    nets::save(&net.vs, &out.join("model.safetensors"), Some(st.best_batches))?;
+    write_history(&out.join("history.csv"), &st.history)?;
+
+    progress(
+        1.0,
+        format!(
+            "scoring {} items with the weights of epoch {}",
+            items.len(),
+            st.best_epoch
+        ),
+    );
+    let rows: Vec<usize> = items.iter().map(|it| it.row).collect();
+    let logits = predict(&net, ds, &job.norm, &rows, bs * 2, device, &[Tta::Identity])?;
+    let sp = out.join("scores.csv");
+    let mut w = csv::Writer::from_path(&sp).ctx(|| format!("cannot write {}", sp.display()))?;
+    w.write_record(["item", "role", "label", "source", "logit"])
+        .ctx(|| "cannot write scores.csv")?;
+    for (i, it) in items.iter().enumerate() {
+        w.write_record([
+            it.item.as_str(),
+            role_name(roles[i]),
+            &it.label.to_string(),
+            it.source.as_str(),
+            &format!("{:.9}", logits[i]),
+        ])
+        .ctx(|| "cannot write scores.csv")?;
+    }
+    w.flush().ctx(|| "cannot write scores.csv")?;
+
+    let best_row = st.history.iter().find(|h| h.epoch == st.best_epoch);
+    let seconds = t0.elapsed().as_secs_f64();
+    let mut meta = serde_json::json!({
+        "kind": job.kind,
+        "instance": job.spec.instance,
+        "fold": k,
+        "model": p.model,
+        "model_name": nets::model_name(&p.model),
+        "params": job.spec.params,
+        "train_params": p,
+        "image_size": ds.size,
+        "normalize": job.norm,
+        "counts": counts,
+        "epochs": epochs,
+        "epochs_run": st.epochs_done,
+        "stopped_early": st.stopped,
+        "best_epoch": st.best_epoch,
+        "best_val_auc": best_row.and_then(|h| h.val_auc),
+        "best_val_loss": best_row.and_then(|h| h.val_loss),
+        "selection": selection,
+        "selection_note": selection_note,
+        "balance": if p.balance { "weighted sampling (classes drawn equally often, with replacement)" } else { "none" },
+        "optimizer_steps": opt.step,
+        "device": device_name(device),
+        "mixed_precision": use_amp,
+        "threads": tch::get_num_threads(),
+        "seconds": seconds,
+        "libtorch": crate::libtorch_version(),
+        "pretrained": pretrained,
+        "resumed_after_epoch": resumed_from,
+        "seed": seed,
+    });
+    if let Some(m) = meta.as_object_mut() {
+        for (kk, v) in job.extra_meta {
+            m.insert(kk, v);
+        }
+    }
+    util::write_json(&out.join("meta.json"), &meta)?;
+    util::meta_event(serde_json::json!({
+        "best_epoch": st.best_epoch,
+        "best_val_auc": best_row.and_then(|h| h.val_auc),
+        "device": device_name(device),
+    }));
+    log(format!(
+        "{} fold {k} done in {seconds:.1} s: best epoch {} ({selection} {})",
+        job.kind,
+        st.best_epoch,
+        st.best_metric
+            .map(f64::from_bits)
+            .map_or("-".into(), |m| format!("{m:.4}"))
+    ));
+    Ok(())
+}
+
+fn write_history(path: &Path, rows: &[HistRow]) -> Res<()> {
+    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr,seconds\n");
+    let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+    for r in rows {
+        s.push_str(&format!(
+            "{},{:.6},{},{},{:.6e},{:.3}\n",
+            r.epoch,
+            r.train_loss,
+            o(r.val_loss),
+            o(r.val_auc),
+            r.lr,
+            r.seconds
+        ));
+    }
+    std::fs::write(path, s).ctx(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,168 @@
+//! Small shared helpers: user-facing errors, progress events, seeds, AUC, atomic writes.
+
+use std::io::Write;
+use std::path::Path;
+
+use flow_stages::worker::WorkerEvent;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Worker results: the error is the one-line message flow shows the user.
+pub type Res<T> = Result<T, String>;
+
+/// `.ctx(|| "cannot read x")` turns any displayable error into "cannot read x: <error>".
+pub trait Context<T> {
+    fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Res<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Res<T> {
+        self.map_err(|e| format!("{}: {}", what().into(), one_line(&e.to_string())))
+    }
+}
+
+/// First line of a (possibly multi-line, e.g. libtorch) message.
+pub fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Prints a progress event on stdout (one JSON line, flushed) for flow to forward.
+pub fn progress(frac: f64, msg: impl Into<String>) {
+    let ev = WorkerEvent::Progress {
+        frac: frac.clamp(0.0, 1.0),
+        msg: msg.into(),
+    };
+    let line = serde_json::to_string(&ev).expect("json");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Prints the run-record meta event.
+pub fn meta_event(meta: serde_json::Value) {
+    let line = serde_json::to_string(&WorkerEvent::Meta(meta)).expect("json");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// A human log line (stderr, which flow appends to the instance's log).
+pub fn log(msg: impl AsRef<str>) {
+    eprintln!("{}", msg.as_ref());
+}
+
+/// A ChaCha8 stream identified by up to four numbers (seed, fold, epoch, purpose).
+pub fn rng(parts: [u64; 4]) -> ChaCha8Rng {
+    let mut seed = [0u8; 32];
+    for (i, p) in parts.iter().enumerate() {
+        seed[i * 8..(i + 1) * 8].copy_from_slice(&p.to_le_bytes());
+    }
+    ChaCha8Rng::from_seed(seed)
+}
+
+/// splitmix64 over several numbers: a well-mixed 64-bit value.
+pub fn mix(parts: &[u64]) -> u64 {
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
+    for &p in parts {
+        h ^= p;
+        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h = z ^ (z >> 31);
+    }
+    h
+}
+
+/// Mann–Whitney AUC of `scores` for `labels` (1 = positive), ties counted half.
+/// None when either class is missing.
+pub fn auc(scores: &[f64], labels: &[u8]) -> Option<f64> {
+    let n1 = labels.iter().filter(|&&y| y == 1).count();
+    let n0 = labels.len() - n1;
+    if n1 == 0 || n0 == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut rank_sum_pos = 0.0;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        // ranks i+1 ..= j+1 share their mean
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if labels[k] == 1 {
+                rank_sum_pos += avg;
+            }
+        }
+        i = j + 1;
+    }
+    let (n1, n0) = (n1 as f64, n0 as f64);
+    Some((rank_sum_pos - n1 * (n1 + 1.0) / 2.0) / (n1 * n0))
+}
+
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Res<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).ctx(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes).ctx(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().ctx(|| format!("cannot sync {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).ctx(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Res<()> {
+    let s = serde_json::to_string_pretty(v).expect("json");
+    std::fs::write(path, s + "\n").ctx(|| format!("cannot write {}", path.display()))
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Res<T> {
+    let bytes = std::fs::read(path).ctx(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes).ctx(|| format!("bad JSON in {}", path.display()))
+}
+
+/// "a, b, c, … (12 in all)" from the first `max` names.
+pub fn list_some(names: &[String], max: usize) -> String {
+    let mut s = names.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > max {
+        s.push_str(&format!(", … ({} in all)", names.len()));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_by_hand() {
+        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[0, 0, 1, 1]), Some(1.0));
+        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[0, 0, 1, 1]), Some(0.0));
+        // one tie between a positive and a negative counts half
+        assert_eq!(auc(&[0.1, 0.5, 0.5, 0.9], &[0, 0, 1, 1]), Some(0.875));
+        assert_eq!(auc(&[0.1, 0.5], &[1, 1]), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! The model chain through `flow run`: Train@folds → Calibrate → MineHardNegatives →
+//! Retrain@folds → EnsembleInfer, on a tiny demo set with a tiny CNN (runs in flow-worker).
+
+mod common;
+use common::{set, Ws};
+use std::collections::BTreeMap;
+
+const CHAIN: &str = r#"Pipeline(
+    name: "ml",
+    defaults: (seed: 5),
+    stages: {
+        "ingest": Ingest(source: Demo(count: 24, size: 16, seed: 3)),
+        "split": Split(dataset: "ingest", folds: 2, val_ratio: 0.25),
+        "pre": Preprocess(dataset: "ingest", size: 16),
+        "train": Train(data: "pre", split: "split", model: SimpleCnn(width: 4, depth: 2), epochs: 2, batch_size: 8),
+        "calibrate": Calibrate(models: "train", bins: 5),
+        "mine": MineHardNegatives(calibration: "calibrate", top: 0.25),
+        "retrain": Retrain(models: "train", hard_negatives: "mine", data: "pre", split: "split", epochs: 1),
+        "infer": EnsembleInfer(models: ["retrain", "train"], data: "pre", split: "split", calibration: "calibrate", tta: [Identity, HFlip], aggregate: CalibratedMean),
+    },
+)"#;
+
+fn rows(ws: &Ws, rel: &str) -> Vec<BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(ws.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    r.deserialize().map(|x| x.unwrap()).collect()
+}
+
+#[test]
+fn the_model_chain_runs_out_of_fold_and_caches() {
+    let ws = Ws::new();
+    ws.write("p.ron", CHAIN);
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.executed.len(), 10, "{:?}", s.executed);
+    for f in 0..2 {
+        for file in ["model.safetensors", "history.csv", "meta.json", "scores.csv"] {
+            assert!(
+                ws.path().join(format!("out/ml/train/fold{f}/{file}")).exists(),
+                "train fold{f} {file}"
+            );
+            assert!(
+                ws.path().join(format!("out/ml/retrain/fold{f}/{file}")).exists(),
+                "retrain fold{f} {file}"
+            );
+        }
+    }
+    let cal: serde_json::Value = serde_json::from_str(&ws.read("out/ml/calibrate/calibration.json")).unwrap();
+    assert_eq!(cal["folds"].as_array().unwrap().len(), 2);
+    assert!(cal["folds"][0]["temperature"].as_f64().unwrap() > 0.0);
+    // Hard negatives are real training items of the fold that mined them.
+    let folds = rows(&ws, "out/ml/split/folds.csv");
+    let fold_of: BTreeMap<&str, (&str, &str)> = folds
+        .iter()
+        .map(|r| (r["item"].as_str(), (r["fold"].as_str(), r["label"].as_str())))
+        .collect();
+    let hn = rows(&ws, "out/ml/mine/hard_negatives.csv");
+    assert!(!hn.is_empty());
+    for r in &hn {
+        let (item_fold, label) = fold_of[r["item"].as_str()];
+        assert_eq!(label, "0", "hard negatives are reals");
+        assert_ne!(item_fold, r["fold"], "never from the fold's own test set");
+    }
+    // Every item predicted once, out of fold, with one column per member.
+    let p = rows(&ws, "out/ml/infer/predictions.csv");
+    assert_eq!(p.len(), 24);
+    for r in &p {
+        assert_eq!(r["fold"], fold_of[r["item"].as_str()].0);
+        let score: f64 = r["score"].parse().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        assert!(r.contains_key("retrain") && r.contains_key("train"), "{r:?}");
+    }
+    // Nothing reruns; a calibration-only change reruns calibrate and what follows it.
+    assert!(ws.run("p.ron", 0).executed.is_empty());
+    ws.write("p.ron", &CHAIN.replace("bins: 5", "bins: 6"));
+    let s = ws.run("p.ron", 0);
+    assert!(s.executed.contains(&"calibrate".to_string()));
+    assert!(s.cached.contains(&"train@fold0".to_string()) && s.cached.contains(&"train@fold1".to_string()));
+    // Calibration bins do not change temperatures → mine output identical → retrain cached.
+    assert!(s.cached.contains(&"retrain@fold0".to_string()), "{s:?}");
+    let _ = set(&[]);
+}
+
+#[test]
+fn a_training_error_names_the_instance_and_the_cause() {
+    let ws = Ws::new();
+    ws.write("w.safetensors", "not a safetensors file");
+    ws.write(
+        "p.ron",
+        &CHAIN.replace(
+            "epochs: 2, batch_size: 8",
+            "epochs: 1, batch_size: 8, pretrained: \"w.safetensors\"",
+        ),
+    );
+    let out = ws.flow(&["run", "--json", "--target", "train", "p.ron"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &v["failed"][0];
+    assert!(f["stage"].as_str().unwrap().starts_with("train@fold"), "{v}");
+    assert!(f["error"].as_str().unwrap().contains("w.safetensors"), "{v}");
+}
