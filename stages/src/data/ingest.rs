@@ -137,6 +137,13 @@ impl StageConfig for Ingest {
     fn resources(&self) -> Resources {
         Resources { threads: 0, gpu: false }
     }
+    fn env_facts(&self) -> Vec<(String, String)> {
+        match &self.source {
+            // A generator change must invalidate generated data.
+            Source::Demo { .. } => vec![("demo_generator".into(), demo::GENERATOR_VERSION.to_string())],
+            Source::Folder { .. } => vec![],
+        }
+    }
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut v = Vec::new();
         match &self.source {
@@ -322,7 +329,8 @@ fn ingest_demo(
         None => demo::DEFAULT_SOURCES.iter().map(|s| s.to_string()).collect(),
     };
     (ctx.progress)(-1.0, "generating demo images");
-    let items = demo::generate(count, size, seed, &sources).map_err(StageError::msg)?;
+    let items =
+        demo::generate_with_threads(count, size, seed, &sources, ctx.threads.max(1)).map_err(StageError::msg)?;
     let mut out = Vec::with_capacity(items.len());
     for it in items {
         let rel = format!("images/{}/{}.png", it.source, it.name);
