@@ -19,24 +19,43 @@ fn dag_renders_text_dot_mermaid_and_json() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    // The default study: the ML chain.
     let text = run(&["dag", "pipelines/full.ron"]);
-    assert!(text.contains("full (9 stages, 17 instances)"), "{text}");
+    assert!(text.contains("full (8 stages, 16 instances)"), "{text}");
+    assert!(
+        text.contains(
+            "retrain@fold3 [Retrain] <- data: preprocess, hard_negatives: mine, models: train@fold3, split: split"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("calibrate [Calibrate] <- models: train@fold{0..4}"),
+        "{text}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&run(&["dag", "--json", "pipelines/full.ron"])).unwrap();
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 16);
+    // ingest→{split,preprocess} 2, {preprocess,split}→train 10, train→calibrate 5, calibrate→mine 1,
+    // {preprocess,mine,train,split}→retrain 20, {calibrate,preprocess,split,train×5,retrain×5}→infer 13.
+    assert_eq!(j["edges"].as_array().unwrap().len(), 51);
+    // The same study's shape on Exec steps alone.
+    let text = run(&["dag", "examples/exec_study.ron"]);
+    assert!(text.contains("exec_study (9 stages, 17 instances)"), "{text}");
     assert!(
         text.contains("retrain@fold3 [Exec] <- inputs: mine, train@fold3"),
         "{text}"
     );
     assert!(text.contains("calibrate [Exec] <- inputs: train@fold{0..4}"), "{text}");
-    let dot = run(&["dag", "--format", "dot", "pipelines/full.ron"]);
+    let dot = run(&["dag", "--format", "dot", "examples/exec_study.ron"]);
     assert!(
-        dot.starts_with("digraph \"full\"") && dot.contains("\"train@fold2\" -> \"retrain@fold2\""),
+        dot.starts_with("digraph \"exec_study\"") && dot.contains("\"train@fold2\" -> \"retrain@fold2\""),
         "{dot}"
     );
-    let mm = run(&["dag", "--format", "mermaid", "pipelines/full.ron"]);
+    let mm = run(&["dag", "--format", "mermaid", "examples/exec_study.ron"]);
     assert!(
         mm.starts_with("flowchart LR") && mm.contains("train_at_fold2 -->|inputs| retrain_at_fold2"),
         "{mm}"
     );
-    let j: serde_json::Value = serde_json::from_str(&run(&["dag", "--json", "pipelines/full.ron"])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run(&["dag", "--json", "examples/exec_study.ron"])).unwrap();
     assert_eq!(j["nodes"].as_array().unwrap().len(), 17);
     // ingest→{split,preprocess} 2, {split,preprocess}→train 10, train→calibrate 5,
     // {calibrate,split,preprocess}→mine 3, {train,mine}→retrain 10, {retrain×5,preprocess}→infer 6,

@@ -9,7 +9,7 @@
 //! "infer": EnsembleInfer(models: ["retrain"], data: "preprocess", split: "split", calibration: "calibrate", tta: [Identity, HFlip]),
 //! ```
 //! Per-fold outputs of Train/Retrain (`out/<p>/train/foldK/`): `model.safetensors` (PyTorch-
-//! loadable), `history.csv` (epoch, train_loss, val_loss, val_auc, lr, seconds), `meta.json`,
+//! loadable), `history.csv` (epoch, train_loss, val_loss, val_auc, lr, seconds, train_images_per_s), `meta.json`,
 //! `scores.csv` (`item,role,label,source,logit` for every item of the fold: train/val/test).
 
 use flow_engine::{
@@ -29,12 +29,22 @@ pub const PREDICTIONS: PortType = PortType("predictions");
 /// Backbones. All end in one logit (P(fake) = sigmoid).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Model {
-    /// A small conv net: `depth` conv-BN-ReLU-pool blocks starting at `width` channels.
+    /// A small conv net: `depth` conv-BN-ReLU-pool blocks starting at `width` channels
+    /// (doubling per block), global pooling, one linear logit.
     SimpleCnn {
         #[serde(default = "d_width")]
         width: i64,
         #[serde(default = "d_depth")]
         depth: i64,
+        /// Feed the first conv the image *and* its high-pass residual (a fixed 3×3
+        /// second-derivative filter per channel, as forensic detectors' SRM/constrained
+        /// first layers do), so noise-level evidence is not drowned by content.
+        #[serde(default)]
+        highpass: bool,
+        /// How the last feature map becomes one vector: `Avg` (whole-image evidence) or
+        /// `Max` (the strongest local evidence anywhere, for local manipulations).
+        #[serde(default)]
+        pool: GlobalPool,
     },
     ResNet18,
     ResNet34,
@@ -45,6 +55,13 @@ pub enum Model {
     EfficientNetB3,
     MobileNetV2,
 }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum GlobalPool {
+    #[default]
+    Avg,
+    Max,
+}
+
 fn d_width() -> i64 {
     16
 }

@@ -1,4 +1,4 @@
-//! Per-item augmentation and normalisation, from one u8 HWC item into one f32 CHW slot of a
+//! Per-item augmentation and normalisation, from one u8 HWC item into one f32 HWC slot of a
 //! batch. Runs on the batch-building thread (plain Rust, no libtorch), so it overlaps with
 //! the forward/backward pass.
 //!
@@ -26,16 +26,14 @@ pub struct Scratch {
     decoded: Vec<u8>,
 }
 
-/// Normalise `src` (u8 HWC, `s`×`s`×3) into `out` (f32 CHW) with no augmentation.
+/// Normalise `src` (u8 HWC, `s`×`s`×3) into `out` (f32 HWC) with no augmentation.
 pub fn plain(src: &[u8], s: usize, norm: &Norm, out: &mut [f32]) {
-    let ss = s * s;
+    debug_assert_eq!(src.len(), s * s * 3);
     let (a, b) = norm.affine_u8();
-    let (o0, rest) = out.split_at_mut(ss);
-    let (o1, o2) = rest.split_at_mut(ss);
-    for (i, px) in src.chunks_exact(3).enumerate() {
-        o0[i] = px[0] as f32 * a[0] + b[0];
-        o1[i] = px[1] as f32 * a[1] + b[1];
-        o2[i] = px[2] as f32 * a[2] + b[2];
+    for (o, px) in out.chunks_exact_mut(3).zip(src.chunks_exact(3)) {
+        o[0] = px[0] as f32 * a[0] + b[0];
+        o[1] = px[1] as f32 * a[1] + b[1];
+        o[2] = px[2] as f32 * a[2] + b[2];
     }
 }
 
@@ -201,17 +199,13 @@ pub fn augmented(
         }
     }
 
-    // 7. Normalise into CHW.
+    // 7. Normalise.
     let mean = norm.mean;
     let inv_std = [1.0 / norm.std[0], 1.0 / norm.std[1], 1.0 / norm.std[2]];
-    {
-        let (o0, rest) = out.split_at_mut(ss);
-        let (o1, o2) = rest.split_at_mut(ss);
-        for (i, p) in f.chunks_exact(3).enumerate() {
-            o0[i] = (p[0] - mean[0]) * inv_std[0];
-            o1[i] = (p[1] - mean[1]) * inv_std[1];
-            o2[i] = (p[2] - mean[2]) * inv_std[2];
-        }
+    for (o, p) in out.chunks_exact_mut(3).zip(f.chunks_exact(3)) {
+        o[0] = (p[0] - mean[0]) * inv_std[0];
+        o[1] = (p[1] - mean[1]) * inv_std[1];
+        o[2] = (p[2] - mean[2]) * inv_std[2];
     }
 
     // 8. Random erasing.
@@ -227,10 +221,8 @@ pub fn augmented(
             }
             let y0 = rng.gen_range(0..=s - h);
             let x0 = rng.gen_range(0..=s - w);
-            for ch in 0..3 {
-                for y in y0..y0 + h {
-                    out[ch * ss + y * s + x0..ch * ss + y * s + x0 + w].fill(0.0);
-                }
+            for y in y0..y0 + h {
+                out[(y * s + x0) * 3..(y * s + x0 + w) * 3].fill(0.0);
             }
             break;
         }
@@ -283,8 +275,8 @@ mod tests {
         let mut a = vec![0f32; 3 * s * s];
         plain(&src, s, &Norm::unit(), &mut a);
         assert_eq!(a, run(&none(), s));
-        // CHW layout: channel 1 of pixel (0, 1) is src[(0*8+1)*3+1]
-        assert_eq!(a[s * s + 1], src[4] as f32 / 255.0);
+        // HWC layout: channel 1 of pixel (0, 1) is at (0*8+1)*3+1
+        assert_eq!(a[4], src[4] as f32 / 255.0);
     }
 
     #[test]
@@ -295,7 +287,7 @@ mod tests {
         for c in 0..3 {
             for y in 0..s {
                 for x in 0..s {
-                    assert_eq!(f[c * s * s + y * s + x], base[c * s * s + y * s + (s - 1 - x)]);
+                    assert_eq!(f[(y * s + x) * 3 + c], base[(y * s + s - 1 - x) * 3 + c]);
                 }
             }
         }
@@ -308,7 +300,7 @@ mod tests {
             },
             s,
         );
-        let inner = s + 1; // pixel (1,1), away from the zero-filled border
+        let inner = (s + 1) * 3; // pixel (1,1), away from the zero-filled border
         assert!((r[inner] - base[inner]).abs() < 1e-3);
         // 180°: with rotation_degrees 180 and p=1 the angle is random; check it moves pixels
         let r = run(
@@ -362,6 +354,6 @@ mod tests {
             },
             s,
         );
-        assert_eq!(g[..s * s], g[s * s..2 * s * s]);
+        assert!(g.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
     }
 }

@@ -245,7 +245,7 @@ pub struct BatchReq {
     pub seeds: Option<Vec<u64>>,
 }
 
-/// Builds batches (f32 NCHW, normalised, augmented if asked) on a separate thread, one batch
+/// Builds batches (f32 NHWC, normalised, augmented if asked) on a separate thread, one batch
 /// ahead of `consume`, which runs on the calling thread with (batch number, pixels, count).
 /// Buffers are recycled. Stops early when `consume` fails.
 pub fn prefetch<F>(ds: &Dataset, norm: &Norm, aug: Option<&Augment>, reqs: Vec<BatchReq>, mut consume: F) -> Res<()>
@@ -305,4 +305,14 @@ where
         drop(rx);
         result
     })
+}
+
+/// A batch as the models take it: `[n, 3, s, s]` (NCHW) over NHWC memory, i.e. PyTorch's
+/// channels-last format (what a Python loop that permutes HWC images feeds its model; oneDNN's
+/// convolutions run ~10 % faster on it than on NCHW-contiguous input at 128 px on CPU).
+pub fn batch_tensor(buf: &[f32], n: usize, s: i64, device: tch::Device) -> tch::Tensor {
+    tch::Tensor::from_slice(buf)
+        .view([n as i64, s, s, 3])
+        .to_device(device)
+        .permute([0, 3, 1, 2])
 }

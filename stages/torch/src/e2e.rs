@@ -8,7 +8,17 @@ use std::sync::{Mutex, MutexGuard};
 
 use flow_stages::data::preprocess::Normalize;
 use flow_stages::data::split::Role;
-use flow_stages::model::Model;
+use flow_stages::model::{GlobalPool, Model};
+
+/// A plain SimpleCnn (no high-pass input, average pooling).
+fn cnn(width: i64, depth: i64) -> Model {
+    Model::SimpleCnn {
+        width,
+        depth,
+        highpass: false,
+        pool: GlobalPool::Avg,
+    }
+}
 use serde_json::json;
 
 use crate::run::run_spec;
@@ -187,7 +197,7 @@ fn pretrained_weights_wrong_shapes_are_listed_and_the_head_is_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let s = testdata::make(tmp.path(), 24, 32, 2, Normalize::None, None);
     // A width-4 SimpleCnn's weights into a width-8 model: every conv/bn has the wrong shape.
-    let small = crate::nets::build(&Model::SimpleCnn { width: 4, depth: 3 }, tch::Device::Cpu, 32).unwrap();
+    let small = crate::nets::build(&cnn(4, 3), tch::Device::Cpu, 32).unwrap();
     let wrong = tmp.path().join("small.safetensors");
     crate::nets::save(&small.vs, &wrong, Some(0)).unwrap();
     let mut params = train_params(1);
@@ -205,7 +215,7 @@ fn pretrained_weights_wrong_shapes_are_listed_and_the_head_is_skipped() {
     assert!(!e.contains("fc.weight"), "the head is skipped, not an error: {e}");
 
     // The right backbone with another head (2 outputs): loads, head skipped and reported.
-    let right = crate::nets::build(&Model::SimpleCnn { width: 8, depth: 3 }, tch::Device::Cpu, 32).unwrap();
+    let right = crate::nets::build(&cnn(8, 3), tch::Device::Cpu, 32).unwrap();
     let mut t: Vec<(String, tch::Tensor)> = crate::nets::named(&right.vs);
     for (n, v) in t.iter_mut() {
         if n == "fc.weight" {
@@ -221,8 +231,8 @@ fn pretrained_weights_wrong_shapes_are_listed_and_the_head_is_skipped() {
     ));
     let good = tmp.path().join("good.safetensors");
     crate::nets::save_tensors(&t, &good).unwrap();
-    let net = crate::nets::build(&Model::SimpleCnn { width: 8, depth: 3 }, tch::Device::Cpu, 32).unwrap();
-    let rep = crate::nets::load_pretrained(&net, &good, &Model::SimpleCnn { width: 8, depth: 3 }).unwrap();
+    let net = crate::nets::build(&cnn(8, 3), tch::Device::Cpu, 32).unwrap();
+    let rep = crate::nets::load_pretrained(&net, &good, &cnn(8, 3)).unwrap();
     assert_eq!(rep.skipped.len(), 1, "{:?}", rep.skipped);
     assert!(rep.skipped[0].starts_with("fc.weight [2, 32]"));
     assert_eq!(rep.unused, vec!["extra.thing".to_string()]);
@@ -232,7 +242,7 @@ fn pretrained_weights_wrong_shapes_are_listed_and_the_head_is_skipped() {
     // A missing tensor is an error too.
     t.retain(|(n, _)| n != "features.1.bn.running_mean");
     crate::nets::save_tensors(&t, &good).unwrap();
-    let e = crate::nets::load_pretrained(&net, &good, &Model::SimpleCnn { width: 8, depth: 3 }).unwrap_err();
+    let e = crate::nets::load_pretrained(&net, &good, &cnn(8, 3)).unwrap_err();
     assert!(e.contains("missing: features.1.bn.running_mean"), "{e}");
 }
 
@@ -350,7 +360,7 @@ fn retrain_up_weights_hard_negatives() {
 /// A SimpleCnn whose logit is `bias` for any input, as a Train output dir.
 fn constant_model(dir: &Path, fold: u32, bias: f64) {
     std::fs::create_dir_all(dir).unwrap();
-    let model = Model::SimpleCnn { width: 4, depth: 2 };
+    let model = cnn(4, 2);
     let net = crate::nets::build(&model, tch::Device::Cpu, 32).unwrap();
     tch::no_grad(|| {
         let v = net.vs.variables();

@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use flow_stages::model::Model;
+use flow_stages::model::{GlobalPool, Model};
 use serde::Serialize;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
@@ -60,7 +60,12 @@ impl Net {
 
 pub fn model_name(m: &Model) -> String {
     match m {
-        Model::SimpleCnn { width, depth } => format!("SimpleCnn(width: {width}, depth: {depth})"),
+        Model::SimpleCnn {
+            width,
+            depth,
+            highpass,
+            pool,
+        } => format!("SimpleCnn(width: {width}, depth: {depth}, highpass: {highpass}, pool: {pool:?})"),
         other => format!("{other:?}"),
     }
 }
@@ -72,7 +77,12 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
     let vs = nn::VarStore::new(device);
     let root = vs.root();
     let (module, head): (Box<dyn ModuleT>, &str) = match model {
-        Model::SimpleCnn { width, depth } => {
+        Model::SimpleCnn {
+            width,
+            depth,
+            highpass,
+            pool,
+        } => {
             if *width < 1 || *depth < 1 || *depth > 10 {
                 return Err(format!(
                     "SimpleCnn needs width ≥ 1 and depth 1..=10 (got width {width}, depth {depth})"
@@ -84,7 +94,10 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
                     (size as f64).log2().floor()
                 ));
             }
-            (Box::new(simple_cnn(&root, *width, *depth)), "fc")
+            (
+                Box::new(simple_cnn(&root, *width, *depth, *highpass, *pool, device)),
+                "fc",
+            )
         }
         Model::ResNet18 => (Box::new(tch::vision::resnet::resnet18(&root, 1)), "fc"),
         Model::ResNet34 => (Box::new(tch::vision::resnet::resnet34(&root, 1)), "fc"),
@@ -110,9 +123,29 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
     Ok(Net { vs, module, head })
 }
 
-fn simple_cnn(p: &nn::Path, width: i64, depth: i64) -> nn::FuncT<'static> {
+/// The fixed high-pass filter of `SimpleCnn(highpass: true)`: a 3×3 second-derivative
+/// kernel (SRM's "square 3×3"), applied per channel; zero response to constant and linear
+/// ramps, strongest at the Nyquist frequencies where up-sampling fingerprints live.
+fn highpass_kernel(device: Device) -> Tensor {
+    let k: [f32; 9] = [-1.0, 2.0, -1.0, 2.0, -4.0, 2.0, -1.0, 2.0, -1.0];
+    let k: Vec<f32> = k.iter().map(|v| v / 4.0).collect();
+    Tensor::from_slice(&k)
+        .view([1, 1, 3, 3])
+        .repeat([3, 1, 1, 1])
+        .to_device(device)
+}
+
+fn simple_cnn(
+    p: &nn::Path,
+    width: i64,
+    depth: i64,
+    highpass: bool,
+    pool: GlobalPool,
+    device: Device,
+) -> nn::FuncT<'static> {
     let mut layers = Vec::new();
-    let (mut c_in, mut c) = (3, width);
+    let hp = highpass.then(|| highpass_kernel(device));
+    let (mut c_in, mut c) = (if highpass { 6 } else { 3 }, width);
     for i in 0..depth {
         let q = p / "features" / i;
         let conv = nn::conv2d(
@@ -133,11 +166,21 @@ fn simple_cnn(p: &nn::Path, width: i64, depth: i64) -> nn::FuncT<'static> {
     }
     let fc = nn::linear(p / "fc", c_in, 1, Default::default());
     nn::func_t(move |xs, train| {
-        let mut x = xs.shallow_clone();
+        let mut x = match &hp {
+            Some(k) => {
+                let r = xs.conv2d(k, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 3);
+                Tensor::cat(&[xs.shallow_clone(), r], 1)
+            }
+            None => xs.shallow_clone(),
+        };
         for (conv, bn) in &layers {
             x = x.apply(conv).apply_t(bn, train).relu().max_pool2d_default(2);
         }
-        x.adaptive_avg_pool2d([1, 1]).flat_view().apply(&fc)
+        let v = match pool {
+            GlobalPool::Avg => x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float),
+            GlobalPool::Max => x.amax([2i64, 3].as_slice(), false),
+        };
+        v.apply(&fc)
     })
 }
 
@@ -304,4 +347,47 @@ pub fn load_pretrained(net: &Net, path: &Path, model: &Model) -> Res<Pretrained>
         skipped,
         unused,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highpass_ignores_flat_and_ramps_and_sees_period_two() {
+        let k = highpass_kernel(Device::Cpu);
+        let s = 8i64;
+        let resp = |img: Vec<f32>| -> Vec<f32> {
+            let x = Tensor::from_slice(&img).view([1, 1, s, s]).repeat([1, 3, 1, 1]);
+            let r = x.conv2d(&k, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 3);
+            Vec::<f32>::try_from(r.flatten(0, -1)).unwrap()
+        };
+        let flat = resp(vec![0.7; (s * s) as usize]);
+        let ramp = resp(
+            (0..s * s)
+                .map(|i| 0.1 * (i % s) as f32 + 0.05 * (i / s) as f32)
+                .collect(),
+        );
+        assert!(flat.iter().chain(&ramp).all(|v| v.abs() < 1e-5), "{flat:?} {ramp:?}");
+        // A checkerboard (both Nyquist frequencies) gives the strongest response: ±2 per unit.
+        let checker = resp((0..s * s).map(|i| ((i % s + i / s) % 2) as f32).collect());
+        assert!(checker.iter().all(|v| (v.abs() - 2.0).abs() < 1e-5), "{checker:?}");
+    }
+
+    #[test]
+    fn simple_cnn_variants_give_one_logit_per_item() {
+        for (highpass, pool) in [(false, GlobalPool::Avg), (true, GlobalPool::Max)] {
+            let m = Model::SimpleCnn {
+                width: 4,
+                depth: 2,
+                highpass,
+                pool,
+            };
+            let net = build(&m, Device::Cpu, 16).unwrap();
+            let y = net.forward(&Tensor::rand([3, 3, 16, 16], (tch::Kind::Float, Device::Cpu)), false);
+            assert_eq!(y.size(), vec![3, 1], "{m:?}");
+            // The high-pass filter is fixed: it is not a variable (not trained, not saved).
+            assert_eq!(named(&net.vs).len(), 2 * 5 + 2, "{m:?}");
+        }
+    }
 }

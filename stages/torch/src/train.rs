@@ -3,7 +3,7 @@
 //!
 //! Outputs (in the instance's out dir):
 //! * `model.safetensors` — the best epoch's weights (torchvision names, see [`crate::nets`]);
-//! * `history.csv` — `epoch,train_loss,val_loss,val_auc,lr,seconds` (1-based epochs; empty
+//! * `history.csv` — `epoch,train_loss,val_loss,val_auc,lr,seconds,train_images_per_s` (1-based epochs; empty
 //!   cells where a value does not exist, e.g. val AUC of a one-class validation set);
 //! * `scores.csv` — `item,role,label,source,logit` for every item of the split (roles
 //!   train/val/test/excluded), in `index.csv` order, logits of the best weights in eval mode;
@@ -292,9 +292,7 @@ pub fn predict(
     let mut out = Vec::with_capacity(rows.len());
     let _guard = tch::no_grad_guard();
     prefetch(ds, norm, None, reqs, |_, buf, n| {
-        let x = Tensor::from_slice(&buf[..n * per])
-            .view([n as i64, 3, s, s])
-            .to_device(device);
+        let x = data::batch_tensor(&buf[..n * per], n, s, device);
         let mut acc: Option<Tensor> = None;
         for t in tta {
             let v = match t {
@@ -325,6 +323,10 @@ struct HistRow {
     val_auc: Option<f64>,
     lr: f64,
     seconds: f64,
+    /// Training images per second of the epoch's training loop (batches, forward, backward,
+    /// optimiser; no validation): what `bench/train` compares with PyTorch.
+    #[serde(default)]
+    train_images_per_s: f64,
 }
 
 /// Progress of a run, saved in every checkpoint.
@@ -537,7 +539,7 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
     let accum = p.accumulate as usize;
     let steps_per_epoch = n_batches.div_ceil(accum) as i64;
     let total_steps = steps_per_epoch * p.epochs as i64;
-    let train_rows_bs = |c: &[usize]| -> Vec<usize> { c.iter().map(|&i| items[i].row).collect() };
+    let rows_of = |c: &[usize]| -> Vec<usize> { c.iter().map(|&i| items[i].row).collect() };
 
     // Resume.
     let fingerprint = serde_json::to_string(&serde_json::json!({
@@ -629,7 +631,7 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
         let reqs: Vec<BatchReq> = chunks
             .iter()
             .map(|c| BatchReq {
-                rows: train_rows_bs(c),
+                rows: rows_of(c),
                 seeds: Some(c.iter().map(|_| rng.gen::<u64>()).collect()),
             })
             .collect();
@@ -641,9 +643,7 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
             if bi % accum == 0 {
                 opt.zero_grad();
             }
-            let x = Tensor::from_slice(&buf[..n * per])
-                .view([n as i64, 3, s, s])
-                .to_device(device);
+            let x = data::batch_tensor(&buf[..n * per], n, s, device);
             let yv: Vec<f32> = chunk.iter().map(|&i| items[i].label as f32).collect();
             let wv: Vec<f32> = chunk.iter().map(|&i| job.weights[i]).collect();
             let y = Tensor::from_slice(&yv).to_device(device);
@@ -777,6 +777,7 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
             val_auc,
             lr: last_lr,
             seconds: secs,
+            train_images_per_s: seen as f64 / train_secs.max(1e-9),
         });
         st.opt_step = opt.step;
         save_checkpoint(&job.spec.resume_dir, &mut st, &net, &opt, &best, &mut best_on_disk)?;
@@ -890,17 +891,18 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
 }
 
 fn write_history(path: &Path, rows: &[HistRow]) -> Res<()> {
-    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr,seconds\n");
+    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr,seconds,train_images_per_s\n");
     let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for r in rows {
         s.push_str(&format!(
-            "{},{:.6},{},{},{:.6e},{:.3}\n",
+            "{},{:.6},{},{},{:.6e},{:.3},{:.1}\n",
             r.epoch,
             r.train_loss,
             o(r.val_loss),
             o(r.val_auc),
             r.lr,
-            r.seconds
+            r.seconds,
+            r.train_images_per_s
         ));
     }
     std::fs::write(path, s).ctx(|| format!("cannot write {}", path.display()))
