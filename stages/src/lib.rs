@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod data;
 pub mod exec;
 pub mod model;
+pub mod report;
 pub mod torch_info;
 pub mod worker;
 
