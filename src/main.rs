@@ -70,6 +70,22 @@ enum Cmd {
     },
     /// libtorch version, CUDA devices, threads, cache location.
     Doctor,
+    /// Compare experiments that share a split: out-of-fold metrics side by side, DeLong,
+    /// paired t and Wilcoxon tests against the first (the baseline), params diffs. Runs
+    /// nothing unless --run: a stale experiment is named and the command fails.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        pipelines: Vec<PathBuf>,
+        /// The predictions stage to compare (default: each pipeline's EnsembleInfer stage).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Run what is stale first instead of refusing.
+        #[arg(long)]
+        run: bool,
+        /// Also write the table as LaTeX (booktabs) to this file.
+        #[arg(long, value_name = "FILE")]
+        latex: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,10 +129,17 @@ fn main() -> ExitCode {
             keep_going,
         } => cmd_run(&ctx, pipeline, *jobs, *cpus, targets, *keep_going),
         Cmd::Doctor => cmd_doctor(&ctx),
+        Cmd::Compare {
+            pipelines,
+            stage,
+            run,
+            latex,
+        } => cmd_compare(&ctx, pipelines, stage.as_deref(), *run, latex.as_deref()),
     };
     ExitCode::from(code)
 }
 
+#[derive(Clone)]
 struct Ctx {
     json: bool,
     workspace: PathBuf,
@@ -307,6 +330,152 @@ fn cmd_status(ctx: &Ctx, file: &Path) -> u8 {
     }
     let fresh = st.iter().filter(|s| s.state == State::Fresh).count();
     println!("{fresh}/{} fresh", st.len());
+    0
+}
+
+// ---------- compare ----------
+
+/// The fresh predictions of `file`'s comparison stage, or why there are none.
+fn fresh_predictions(
+    ctx: &Ctx,
+    store: &Store,
+    dag: &Dag,
+    stage: Option<&str>,
+) -> Result<Result<flow_stages::report::stage::Predictions, String>, String> {
+    let name = match stage {
+        Some(s) => s.to_string(),
+        None => {
+            let v: Vec<&str> = dag
+                .pipeline
+                .stages
+                .iter()
+                .filter(|d| d.kind.name == "EnsembleInfer")
+                .map(|d| d.name.as_str())
+                .collect();
+            match v.as_slice() {
+                [one] => one.to_string(),
+                [] => {
+                    return Err(format!(
+                        "pipeline `{}` has no EnsembleInfer stage: name one with --stage",
+                        dag.pipeline.name
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "pipeline `{}` has several EnsembleInfer stages ({}): pick one with --stage",
+                        dag.pipeline.name,
+                        v.join(", ")
+                    ))
+                }
+            }
+        }
+    };
+    let mut fsc = FileStateCache::load(store);
+    let paths = flow_engine::plan::digest_paths(dag, &ctx.workspace, &mut fsc);
+    let _ = fsc.save(store);
+    let st = flow_engine::plan::status(dag, store, &paths);
+    let s = st
+        .iter()
+        .find(|s| s.stage == name)
+        .ok_or_else(|| format!("`{name}` is not a stage of pipeline `{}`", dag.pipeline.name))?;
+    if s.state != State::Fresh {
+        let why = if s.reasons.is_empty() {
+            "never run".to_string()
+        } else {
+            s.reasons.join("; ")
+        };
+        return Ok(Err(format!("{}: `{name}` is not fresh ({why})", dag.pipeline.name)));
+    }
+    let key = s.key.clone().unwrap_or_default();
+    let rec = flow_engine::plan::lookup(store, &key).map_err(|e| format!("{}: {e}", dag.pipeline.name))?;
+    let entry = rec
+        .tree
+        .entries
+        .get("predictions.csv")
+        .ok_or_else(|| format!("{}: `{name}` has no predictions.csv", dag.pipeline.name))?;
+    flow_stages::report::stage::read_predictions(&store.object_path(&entry.hash))
+        .map(Ok)
+        .map_err(|e| e.to_string())
+}
+
+fn cmd_compare(ctx: &Ctx, files: &[PathBuf], stage: Option<&str>, run: bool, latex: Option<&Path>) -> u8 {
+    use flow_stages::report::compare;
+    let mut dags = Vec::new();
+    for f in files {
+        match ctx.load(f) {
+            Ok(d) => dags.push(d),
+            Err(diags) => return report_diags(ctx, &diags),
+        }
+    }
+    let mut exps = Vec::new();
+    let mut stale = Vec::new();
+    for (f, dag) in files.iter().zip(&dags) {
+        let store = match ctx.open_store() {
+            Ok(s) => s,
+            Err(c) => return c,
+        };
+        let mut got = fresh_predictions(ctx, &store, dag, stage);
+        if run && matches!(got, Ok(Err(_))) {
+            let target = stage.map(String::from).into_iter().collect::<Vec<_>>();
+            let code = cmd_run(
+                &Ctx {
+                    json: false,
+                    ..ctx.clone()
+                },
+                f,
+                None,
+                None,
+                &target,
+                false,
+            );
+            if code != 0 {
+                return code;
+            }
+            got = fresh_predictions(ctx, &store, dag, stage);
+        }
+        match got {
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+            Ok(Err(why)) => stale.push(why),
+            Ok(Ok(p)) => exps.push(compare::Experiment {
+                name: dag.pipeline.name.clone(),
+                predictions: p,
+                params: dag
+                    .pipeline
+                    .stages
+                    .iter()
+                    .map(|d| (d.name.clone(), d.config.key_params()))
+                    .collect(),
+            }),
+        }
+    }
+    if !stale.is_empty() {
+        for s in &stale {
+            eprintln!("stale: {s}");
+        }
+        eprintln!("error: run the stale experiments first (`flow run FILE`), or pass --run");
+        return 1;
+    }
+    let c = match compare::compare(&exps) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if let Some(path) = latex {
+        if let Err(e) = std::fs::write(path, compare::latex(&c)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return 1;
+        }
+    }
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&c).unwrap());
+    } else {
+        print!("{}", compare::markdown(&c));
+    }
     0
 }
 

@@ -38,6 +38,11 @@ pub enum Materialize {
     Symlink,
     /// A regular, writable copy (0644, or 0755 for executable entries, less the umask).
     Copy,
+    /// A hard link to the (read-only) object, or a symlink where a hard link is impossible
+    /// (another file system). Unlike a symlink, the path keeps its own name when opened, so a
+    /// browser shows `report/index.html` as HTML (Chromium takes the MIME type from the
+    /// symlink's target, an extension-less object name).
+    Link,
 }
 
 /// Something wrong with one entry of a tree, found by [`Store::check_tree`].
@@ -381,6 +386,16 @@ impl Store {
                 Materialize::Symlink => {
                     fs::metadata(&obj).ctx("find object", &obj)?;
                     std::os::unix::fs::symlink(&obj, &target).map_err(|err| exists(err, "create symlink", &target))?;
+                }
+                Materialize::Link => {
+                    fs::metadata(&obj).ctx("find object", &obj)?;
+                    if let Err(err) = fs::hard_link(&obj, &target) {
+                        if err.kind() == io::ErrorKind::AlreadyExists {
+                            return Err(exists(err, "link", &target));
+                        }
+                        std::os::unix::fs::symlink(&obj, &target)
+                            .map_err(|err| exists(err, "create symlink", &target))?;
+                    }
                 }
                 Materialize::Copy => {
                     let mut src = File::open(&obj).ctx("read", &obj)?;

@@ -447,7 +447,7 @@ fn expose(store: &Store, dag: &Dag, n: NodeIndex, tree: &Tree, opts: &RunOptions
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         store
-            .materialize(tree, &tmp, Materialize::Symlink)
+            .materialize(tree, &tmp, Materialize::Link)
             .map_err(|e| e.to_string())?;
         if dest.exists() {
             // Keep fold subdirectories of per-fold stages when replacing a single view.

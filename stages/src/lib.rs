@@ -24,5 +24,6 @@ pub fn registry() -> Registry {
     r.register(calibrate::mine_kind());
     r.register(model::retrain_kind());
     r.register(model::infer_kind());
+    r.register(report::stage::report_kind());
     r
 }

@@ -1,0 +1,171 @@
+//! The Report stage and `flow compare` through the `flow` binary, on tiny demo data and
+//! tiny CNNs (the model stages run in flow-worker).
+
+mod common;
+use common::Ws;
+
+const CHAIN: &str = r#"Pipeline(
+    name: "rep",
+    defaults: (seed: 5),
+    stages: {
+        "ingest": Ingest(source: Demo(count: 48, size: 16, seed: 3)),
+        "split": Split(dataset: "ingest", folds: 2, val_ratio: 0.25),
+        "pre": Preprocess(dataset: "ingest", size: 16),
+        "train": Train(data: "pre", split: "split", model: SimpleCnn(width: 4, depth: 2), epochs: 2, batch_size: 8),
+        "calibrate": Calibrate(models: "train", bins: 5),
+        "infer": EnsembleInfer(models: ["train"], data: "pre", split: "split", calibration: "calibrate", tta: [Identity, HFlip], aggregate: CalibratedMean),
+        "report": Report(predictions: "infer", calibration: "calibrate", histories: ["train"], bootstrap: 50, bins: 5),
+    },
+)"#;
+
+fn json(ws: &Ws, rel: &str) -> serde_json::Value {
+    serde_json::from_str(&ws.read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn the_report_has_metrics_plots_and_a_self_contained_page() {
+    let ws = Ws::new();
+    ws.write("p.ron", CHAIN);
+    let s = ws.run("p.ron", 0);
+    assert!(s.executed.contains(&"report".to_string()), "{s:?}");
+    let m = json(&ws, "out/rep/report/metrics.json");
+    assert_eq!(m["n"], 48);
+    assert_eq!(m["n_real"], 24);
+    assert_eq!(m["folds"].as_array().unwrap().len(), 2);
+    let auc = m["pooled"]["at_default"]["auc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auc), "{auc}");
+    for k in [
+        "auc",
+        "average_precision",
+        "accuracy",
+        "balanced_accuracy",
+        "recall",
+        "false_alarm_rate",
+        "eer",
+        "log_loss",
+        "brier",
+        "ece",
+    ] {
+        assert!(
+            m["pooled"]["at_default"][k].is_number(),
+            "pooled {k}: {}",
+            m["pooled"]["at_default"]
+        );
+        assert!(m["across_folds"][k]["mean"].is_number(), "across folds {k}");
+    }
+    // Three demo sources, each against all reals; CIs bracket the point estimate.
+    let ps = m["per_source"].as_array().unwrap();
+    assert_eq!(ps.len(), 3);
+    for s in ps {
+        let a = s["at_default"]["auc"].as_f64().unwrap();
+        let ci = s["auc_ci"].as_array().unwrap();
+        assert!(
+            ci[0].as_f64().unwrap() <= a + 1e-12 && a <= ci[1].as_f64().unwrap() + 1e-12,
+            "{s}"
+        );
+    }
+    assert_eq!(m["training"].as_array().unwrap().len(), 2);
+    assert_eq!(m["members"][0]["name"], "train");
+
+    let html = ws.read("out/rep/report/index.html");
+    assert!(html.matches("<svg").count() >= 8, "every plot inline");
+    for external in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
+        assert!(!html.contains(external), "self-contained: found {external}");
+    }
+    let md = ws.read("out/rep/report/report.md");
+    assert!(md.contains("| AUC |") && md.contains("![ROC curves"), "{md}");
+    for plot in [
+        "roc",
+        "reliability",
+        "confusion",
+        "per_source_auc",
+        "cascade",
+        "training_val_auc",
+    ] {
+        let png = std::fs::read(ws.path().join(format!("out/rep/report/plots/{plot}.png"))).unwrap();
+        let im = image::load_from_memory(&png).unwrap_or_else(|e| panic!("{plot}.png: {e}"));
+        assert!(
+            im.width() >= 300 && im.height() >= 200,
+            "{plot}.png is {}x{}",
+            im.width(),
+            im.height()
+        );
+        assert!(md.contains(&format!("plots/{plot}.png")), "report.md links {plot}.png");
+    }
+
+    // Headless Chromium renders the page with its plots (scripts/check-report), where
+    // Chromium is installed (Debian: `apt-get install chromium`); CI images without it skip.
+    if ["chromium", "chromium-browser", "google-chrome"].iter().any(|c| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(root.join("scripts/check-report"))
+            .arg(ws.path().join("out/rep/report"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chromium: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("note: chromium not installed; scripts/check-report not run");
+    }
+
+    // A report-only change reruns only the report.
+    ws.write("p.ron", &CHAIN.replace("bootstrap: 50", "bootstrap: 60"));
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.executed, vec!["report".to_string()], "{s:?}");
+}
+
+#[test]
+fn compare_needs_fresh_experiments_and_tests_against_the_baseline() {
+    let ws = Ws::new();
+    ws.write("a.ron", CHAIN);
+    // One param differs (the CNN's width); same data and split.
+    ws.write(
+        "b.ron",
+        &CHAIN
+            .replace("name: \"rep\"", "name: \"rep-wide\"")
+            .replace("SimpleCnn(width: 4", "SimpleCnn(width: 6"),
+    );
+    ws.run("a.ron", 0);
+    // b never ran: compare names it and fails, running nothing.
+    let out = ws.flow(&["compare", "a.ron", "b.ron"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stale: rep-wide: `infer` is not fresh"), "{err}");
+    assert!(!ws.path().join("out/rep-wide").exists(), "compare ran nothing");
+
+    let out = ws.flow(&["compare", "a.ron", "b.ron", "--run", "--latex", "t.tex", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["baseline"], "rep");
+    let e = c["experiments"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    assert!(e[0]["vs_baseline"].is_null());
+    let v = &e[1]["vs_baseline"];
+    let p = v["delong"]["p_value"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{v}");
+    assert!(v["paired_t"].is_object() && v["wilcoxon"].is_object(), "{v}");
+    let diff: Vec<&str> = v["params_diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(diff, vec!["train.model.SimpleCnn.width: 4 -> 6"], "{diff:?}");
+    let tex = ws.read("t.tex");
+    assert!(tex.contains("\\begin{tabular}") && tex.contains("rep-wide"), "{tex}");
+    // Text output: a Markdown table.
+    let out = ws.flow(&["compare", "a.ron", "b.ron"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("| experiment | AUC |") && text.contains("(baseline)"),
+        "{text}"
+    );
+}
