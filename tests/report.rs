@@ -124,27 +124,22 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
 
 #[test]
 fn compare_needs_fresh_experiments_and_tests_against_the_baseline() {
+    // The shipped pair: wide.ron extends base.ron and differs in one param (the CNN's width).
     let ws = Ws::new();
-    ws.write("a.ron", CHAIN);
-    // One param differs (the CNN's width); same data and split.
-    ws.write(
-        "b.ron",
-        &CHAIN
-            .replace("name: \"rep\"", "name: \"rep-wide\"")
-            .replace("SimpleCnn(width: 4", "SimpleCnn(width: 6"),
-    );
-    ws.run("a.ron", 0);
-    // b never ran: compare names it and fails, running nothing.
-    let out = ws.flow(&["compare", "a.ron", "b.ron"]);
+    ws.write("base.ron", include_str!("../examples/compare/base.ron"));
+    ws.write("wide.ron", include_str!("../examples/compare/wide.ron"));
+    ws.run("base.ron", 0);
+    // wide never ran: compare names it and fails, running nothing.
+    let out = ws.flow(&["compare", "base.ron", "wide.ron"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("stale: rep-wide: `infer` is not fresh"), "{err}");
-    assert!(!ws.path().join("out/rep-wide").exists(), "compare ran nothing");
+    assert!(err.contains("stale: cmp-wide: `infer` is not fresh"), "{err}");
+    assert!(!ws.path().join("out/cmp-wide").exists(), "compare ran nothing");
 
-    let out = ws.flow(&["compare", "a.ron", "b.ron", "--run", "--latex", "t.tex", "--json"]);
+    let out = ws.flow(&["compare", "base.ron", "wide.ron", "--run", "--latex", "t.tex", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(c["baseline"], "rep");
+    assert_eq!(c["baseline"], "cmp-base");
     let e = c["experiments"].as_array().unwrap();
     assert_eq!(e.len(), 2);
     assert!(e[0]["vs_baseline"].is_null());
@@ -158,14 +153,26 @@ fn compare_needs_fresh_experiments_and_tests_against_the_baseline() {
         .iter()
         .map(|x| x.as_str().unwrap())
         .collect();
-    assert_eq!(diff, vec!["train.model.SimpleCnn.width: 4 -> 6"], "{diff:?}");
+    assert_eq!(diff, vec!["train.model.SimpleCnn.width: 8 -> 16"], "{diff:?}");
+    assert_eq!(e[1]["fold_auc"].as_object().unwrap().len(), 3);
     let tex = ws.read("t.tex");
-    assert!(tex.contains("\\begin{tabular}") && tex.contains("rep-wide"), "{tex}");
+    assert!(tex.contains("\\begin{tabular}") && tex.contains("cmp-wide"), "{tex}");
     // Text output: a Markdown table.
-    let out = ws.flow(&["compare", "a.ron", "b.ron"]);
+    let out = ws.flow(&["compare", "base.ron", "wide.ron"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("| experiment | AUC |") && text.contains("(baseline)"),
         "{text}"
     );
+    // Experiments that do not share a split are refused, naming why.
+    ws.write(
+        "other.ron",
+        &include_str!("../examples/compare/base.ron")
+            .replace("name: \"cmp-base\"", "name: \"cmp-other\"")
+            .replace("folds: 3", "folds: 2"),
+    );
+    let out = ws.flow(&["compare", "base.ron", "other.ron", "--run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must share a split"), "{err}");
 }
