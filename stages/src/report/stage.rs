@@ -322,10 +322,6 @@ fn sub<T: Clone>(v: &[T], idx: &[usize]) -> Vec<T> {
     idx.iter().map(|&i| v[i].clone()).collect()
 }
 
-fn auc_of(scores: &[f64], labels: &[u8]) -> Option<f64> {
-    metrics::auc(scores, labels)
-}
-
 /// Bootstrap CI of a statistic of (scores, labels), stratified by class.
 fn boot(cfg: &Report, salt: u64, scores: &[f64], labels: &[u8], f: fn(&[f64], &[u8]) -> Option<f64>) -> Value {
     if cfg.bootstrap == 0 {
@@ -463,14 +459,14 @@ pub fn build(
                     .copied()
                     .filter(|&i| p.labels[i] == 0 || &p.sources[i] == s)
                     .collect();
-                auc_of(&sub(&p.score, &j), &sub(&p.labels, &j))
+                metrics::auc(&sub(&p.score, &j), &sub(&p.labels, &j))
             })
             .collect();
         per_source.push(json!({
             "source": s,
             "n_fake": lb.iter().filter(|&&l| l == 1).count(),
             "at_default": bin_json(&idx, 0.5),
-            "auc_ci": boot(cfg, 100 + si as u64, &sc, &lb, auc_of),
+            "auc_ci": boot(cfg, 100 + si as u64, &sc, &lb, metrics::auc),
             "ap_ci": boot(cfg, 200 + si as u64, &sc, &lb, metrics::average_precision),
             "auc_across_folds": metrics::mean_std_ci(&fold_aucs, cfg.level),
         }));
@@ -482,8 +478,8 @@ pub fn build(
         let d = stats::delong(scores, &p.score, &p.labels);
         members.push(json!({
             "name": name,
-            "auc": auc_of(scores, &p.labels),
-            "auc_ci": boot(cfg, 300 + members.len() as u64, scores, &p.labels, auc_of),
+            "auc": metrics::auc(scores, &p.labels),
+            "auc_ci": boot(cfg, 300 + members.len() as u64, scores, &p.labels, metrics::auc),
             "delong_vs_ensemble": d,
         }));
     }
@@ -546,7 +542,7 @@ pub fn build(
             let idx: Vec<usize> = (0..n)
                 .filter(|&i| p.labels[i] == 0 || holdout.contains(&p.sources[i]) == held)
                 .collect();
-            auc_of(&sub(&p.score, &idx), &sub(&p.labels, &idx))
+            metrics::auc(&sub(&p.score, &idx), &sub(&p.labels, &idx))
         };
         let (ins, held) = (pick(false), pick(true));
         let delta = ins.zip(held).map(|(a, b)| a - b);
@@ -570,7 +566,7 @@ pub fn build(
             "at_default": pooled_default,
             "at_chosen": pooled_chosen,
             "eer": eer,
-            "auc_ci": boot(cfg, 1, &p.score, &p.labels, auc_of),
+            "auc_ci": boot(cfg, 1, &p.score, &p.labels, metrics::auc),
             "ap_ci": boot(cfg, 2, &p.score, &p.labels, metrics::average_precision),
         },
         "per_fold": folds_json,
@@ -625,7 +621,7 @@ fn make_plots(
     let mut curves: Vec<Series> = fold_idx
         .iter()
         .map(|(f, idx)| {
-            let a = auc_of(&sub(&p.score, idx), &sub(&p.labels, idx));
+            let a = metrics::auc(&sub(&p.score, idx), &sub(&p.labels, idx));
             roc_series(format!("fold {f} (AUC {})", fnum(a, 3)), idx)
         })
         .collect();

@@ -78,44 +78,10 @@ pub fn mix(parts: &[u64]) -> u64 {
     h
 }
 
-/// Mann–Whitney AUC of `scores` for `labels` (1 = positive), ties counted half.
-/// None when either class is missing.
-pub fn auc(scores: &[f64], labels: &[u8]) -> Option<f64> {
-    let n1 = labels.iter().filter(|&&y| y == 1).count();
-    let n0 = labels.len() - n1;
-    if n1 == 0 || n0 == 0 {
-        return None;
-    }
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum_pos = 0.0;
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        // ranks i+1 ..= j+1 share their mean
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            if labels[k] == 1 {
-                rank_sum_pos += avg;
-            }
-        }
-        i = j + 1;
-    }
-    let (n1, n0) = (n1 as f64, n0 as f64);
-    Some((rank_sum_pos - n1 * (n1 + 1.0) / 2.0) / (n1 * n0))
-}
-
-pub fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
+/// AUC (Mann–Whitney, ties half) and the logistic function: the report's and calibration's
+/// own, so training's validation AUC is the same number the report computes.
+pub use flow_stages::calibrate::sigmoid;
+pub use flow_stages::report::metrics::auc;
 
 /// Writes `bytes` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Res<()> {
