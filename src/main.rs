@@ -70,6 +70,23 @@ enum Cmd {
     },
     /// libtorch version, CUDA devices, threads, cache location.
     Doctor,
+    /// Re-hash every cached object. Damaged ones are moved to quarantine/ and the instances
+    /// that produced them re-run next time instead of being trusted. Exit 1 if anything
+    /// was wrong.
+    Verify,
+    /// Delete run records, objects, logs and checkpoints the named pipelines no longer reach
+    /// (kept: each instance's current key and its last run).
+    Gc {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep every run record of the named pipelines (older params too), not only the
+        /// current and last ones.
+        #[arg(long)]
+        keep_history: bool,
+    },
     /// Compare experiments that share a split: out-of-fold metrics side by side, DeLong,
     /// paired t and Wilcoxon tests against the first (the baseline), params diffs. Runs
     /// nothing unless --run: a stale experiment is named and the command fails.
@@ -129,6 +146,12 @@ fn main() -> ExitCode {
             keep_going,
         } => cmd_run(&ctx, pipeline, *jobs, *cpus, targets, *keep_going),
         Cmd::Doctor => cmd_doctor(&ctx),
+        Cmd::Verify => cmd_verify(&ctx),
+        Cmd::Gc {
+            pipelines,
+            dry_run,
+            keep_history,
+        } => cmd_gc(&ctx, pipelines, *dry_run, *keep_history),
         Cmd::Compare {
             pipelines,
             stage,
@@ -152,10 +175,20 @@ impl Ctx {
         flow_engine::load_dag(path, &flow_stages::registry())
     }
     fn open_store(&self) -> Result<Store, u8> {
-        Store::open(&self.cache_dir).map_err(|e| {
+        let store = Store::open(&self.cache_dir).map_err(|e| {
             eprintln!("error: {e}");
             2
-        })
+        })?;
+        // The torch worker's answer (libtorch version for keys) is kept between runs.
+        flow_stages::worker::set_info_cache_dir(store.root().join("state"));
+        Ok(store)
+    }
+
+    /// The store, under its exclusive lock.
+    fn open_locked(&self) -> Result<(Store, flow_cache::LockGuard), u8> {
+        let store = self.open_store()?;
+        let lock = lock_cache(&store)?;
+        Ok((store, lock))
     }
 }
 
@@ -615,26 +648,11 @@ fn cmd_run(
             return 2;
         }
     }
-    let store = match ctx.open_store() {
-        Ok(s) => s,
+    let (store, _lock) = match ctx.open_locked() {
+        Ok(x) => x,
         Err(c) => return c,
     };
     let json = ctx.json;
-    let _lock = match store.lock(&mut |e| match e {
-        LockEvent::Waiting { pid } => eprintln!(
-            "waiting for another flow run on this cache{} …",
-            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-        ),
-        LockEvent::TookOverStale { pid } => {
-            eprintln!("note: took over the cache lock of pid {pid}, which is no longer running")
-        }
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
     match store.clean_stale_tmp() {
         Ok(n) if n > 0 => tracing::info!("removed {n} unfinished work dirs of interrupted runs"),
         Err(e) => tracing::warn!("cannot clean tmp: {e}"),
@@ -714,6 +732,147 @@ fn cmd_run(
     } else {
         0
     }
+}
+
+/// Take the cache lock, saying so while waiting for another process.
+fn lock_cache(store: &Store) -> Result<flow_cache::LockGuard, u8> {
+    store
+        .lock(&mut |e| match e {
+            LockEvent::Waiting { pid } => eprintln!(
+                "waiting for another flow run on this cache{} …",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            ),
+            LockEvent::TookOverStale { pid } => {
+                eprintln!("note: took over the cache lock of pid {pid}, which is no longer running")
+            }
+        })
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            2
+        })
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        b => format!("{:.2} GiB", b as f64 / (1024.0 * 1024.0 * 1024.0)),
+    }
+}
+
+// ---------- verify / gc ----------
+
+fn cmd_verify(ctx: &Ctx) -> u8 {
+    let (store, _lock) = match ctx.open_locked() {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let out = match flow_engine::maintain::verify(&store) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+    } else {
+        println!(
+            "verified {} objects ({}) and {} run records in {}",
+            out.objects_checked,
+            human_size(out.bytes_checked),
+            out.records_checked,
+            store.root().display()
+        );
+        if !out.bad_objects.is_empty() {
+            println!(
+                "{} damaged object(s), moved to {}:",
+                out.bad_objects.len(),
+                store.root().join("quarantine").display()
+            );
+            for b in &out.bad_objects {
+                let used = if b.used_by.is_empty() {
+                    "unused".to_string()
+                } else {
+                    format!("used by {}", b.used_by.join(", "))
+                };
+                println!("  {} {} — {used}", &b.hash[..16], b.problem);
+            }
+        }
+        if !out.broken_records.is_empty() {
+            println!("will re-run on the next `flow run` (outputs damaged or missing):");
+            for r in &out.broken_records {
+                println!("  {}/{}  {}", r.record.pipeline, r.record.instance, r.problem);
+            }
+        }
+        for k in &out.unreadable_records {
+            println!("unreadable run record (ignored by every run): runs/{k}.json");
+        }
+        if out.clean() {
+            println!("all good");
+        }
+    }
+    if out.clean() {
+        0
+    } else {
+        1
+    }
+}
+
+fn cmd_gc(ctx: &Ctx, files: &[PathBuf], dry_run: bool, keep_history: bool) -> u8 {
+    let mut dags = Vec::new();
+    for f in files {
+        match ctx.load(f) {
+            Ok(d) => dags.push(d),
+            Err(diags) => return report_diags(ctx, &diags),
+        }
+    }
+    // No run may publish or read while records and objects go.
+    let (store, _lock) = match ctx.open_locked() {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let mut fsc = FileStateCache::load(&store);
+    let paths: Vec<_> = dags
+        .iter()
+        .map(|d| flow_engine::plan::digest_paths(d, &ctx.workspace, &mut fsc))
+        .collect();
+    let _ = fsc.save(&store);
+    let pairs: Vec<_> = dags.iter().zip(paths.iter()).collect();
+    let live = flow_engine::maintain::live_keys(&pairs, &store);
+    let names: std::collections::BTreeSet<String> = dags.iter().map(|d| d.pipeline.name.clone()).collect();
+    let out = match flow_engine::maintain::gc(&store, &live, keep_history.then_some(&names), dry_run) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        return 0;
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {} run record(s), {} object(s) ({}), {} resume checkpoint(s), {} quarantined file(s)",
+        out.records_removed.len(),
+        out.objects_removed,
+        human_size(out.bytes_removed),
+        out.resume_dirs_removed,
+        out.quarantine_files_removed,
+    );
+    for r in &out.records_removed {
+        println!("  {}/{}  {}", r.pipeline, r.instance, &r.key[..16.min(r.key.len())]);
+    }
+    println!(
+        "kept {} run record(s) and {} object(s) ({}) for {}",
+        out.records_kept,
+        out.objects_kept,
+        human_size(out.bytes_kept),
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    0
 }
 
 // ---------- doctor ----------

@@ -75,53 +75,138 @@ fn sigkill_mid_stage_publishes_nothing_partial_and_keeps_finished_work() {
 const CHAIN: &str = r#"Pipeline(
     name: "kills",
     stages: {
-        "s1": Exec(cmd: "sleep 0.15; echo 1 > o1", outputs: ["o1"]),
-        "s2": Exec(cmd: "sleep 0.15; cat o1 > o2; echo 2 >> o2", inputs: [Stage("s1")], outputs: ["o2"]),
-        "f": Exec(cmd: "sleep 0.1; cat o2 > f{fold}; echo {fold} >> f{fold}", folds: 3, inputs: [Stage("s2")], outputs: ["f{fold}"]),
-        "s3": Exec(cmd: "cat f0 f1 f2 > o3", inputs: [Stage("f")], outputs: ["o3"]),
+        "s1": Exec(cmd: "sleep 0.15; echo 1 > o1; mkdir -p d; for i in 1 2 3 4 5; do echo $i > d/f$i; done", outputs: ["o1", "d"]),
+        "s2": Exec(cmd: "sleep 0.15; cat o1 d/f3 > o2; echo 2 >> o2", inputs: [Stage("s1")], outputs: ["o2"]),
+        "f": Exec(cmd: "sleep 0.1; cat o2 > f{fold}; echo {fold} >> f{fold}; seq {fold} 30000 > big{fold}", folds: 3, inputs: [Stage("s2")], outputs: ["f{fold}", "big{fold}"]),
+        "s3": Exec(cmd: "cat f0 f1 f2 > o3; wc -c big0 big1 big2 >> o3", inputs: [Stage("f")], outputs: ["o3"]),
+        "s4": Exec(cmd: "sleep 0.05; cat o3 o1 > o4", inputs: [Stage("s3"), Stage("s1")], outputs: ["o4"]),
     },
 )"#;
 
-#[test]
-fn repeated_kills_converge_to_the_uninterrupted_result() {
-    let reference = Ws::new();
-    reference.write("p.ron", CHAIN);
-    reference.run("p.ron", 0);
-    let want = reference.read("out/kills/s3/o3");
-
-    let ws = Ws::new();
-    ws.write("p.ron", CHAIN);
-    let iterations: u64 = std::env::var("FLOW_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let mut executed_total = Vec::new();
-    for i in 0..iterations {
-        let mut child = ws
-            .cmd(&["run", "--json", "p.ron"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(60 + (i * 97) % 400));
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            executed_total.extend(common::Summary::from(&v).executed);
+/// Run records by key with their start time: a record whose start time changes was executed
+/// again.
+fn records(ws: &Ws) -> std::collections::BTreeMap<String, f64> {
+    let mut m = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(ws.path().join(".flow/runs")) {
+        for e in rd.flatten() {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            m.insert(
+                v["key"].as_str().unwrap().to_string(),
+                v["started_unix"].as_f64().unwrap(),
+            );
         }
     }
-    let s = ws.run("p.ron", 0);
-    assert_eq!(s.executed.len() + s.cached.len(), 6);
-    assert_eq!(
-        ws.read("out/kills/s3/o3"),
-        want,
-        "result differs from an uninterrupted run"
-    );
-    // Everything verifies as fresh and nothing runs again.
-    assert!(ws.status("p.ron").iter().all(|s| s["state"] == "fresh"));
+    m
+}
+
+/// Kill -9 at pseudo-random points (seeded; `FLOW_KILL_SEED`), `FLOW_KILL_ITERATIONS` times
+/// (default 6; the stress variant: `FLOW_KILL_ITERATIONS=60 cargo test --release --test
+/// robustness`). Every third kill the pipeline changes (a new `variant`), so there is always
+/// work to interrupt. After every kill: the cache verifies, and no instance that had
+/// finished before was executed again. Before each change: a run without a kill finishes
+/// the variant, and its result equals an uninterrupted run's.
+#[test]
+fn repeated_kills_converge_to_the_uninterrupted_result() {
+    let variant = |v: u64| CHAIN.replace("echo 1 > o1", &format!("echo {v} > o1"));
+    let reference = Ws::new();
+    let ws = Ws::new();
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let iterations = env("FLOW_KILL_ITERATIONS", 6);
+    let mut rng = env("FLOW_KILL_SEED", 0x5eed) | 1;
+    let mut next = move || {
+        // xorshift64
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut finished = records(&ws);
+    let (mut kills_mid_run, mut variants) = (0, 0);
+    let mut i = 0;
+    while i < iterations {
+        let v = i / 3;
+        ws.write("p.ron", &variant(v));
+        for _ in 0..3.min(iterations - i) {
+            let mut child = ws
+                .cmd(&["run", "--json", "p.ron"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let delay = next() % 700;
+            std::thread::sleep(Duration::from_millis(delay));
+            let _ = child.kill(); // SIGKILL
+            if !child.wait_with_output().unwrap().status.success() {
+                kills_mid_run += 1;
+            }
+            let out = ws.flow(&["verify", "--json"]);
+            assert!(
+                out.status.success(),
+                "iteration {i} (killed after {delay} ms): the cache does not verify:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let now = records(&ws);
+            for (k, t) in &finished {
+                assert_eq!(
+                    now.get(k),
+                    Some(t),
+                    "iteration {i} (killed after {delay} ms): finished instance {k} was executed again"
+                );
+            }
+            finished = now;
+            i += 1;
+        }
+        // Finish the variant: only what did not finish runs, and the result is the one an
+        // uninterrupted run gets.
+        let s = ws.run("p.ron", 0);
+        assert_eq!(s.executed.len() + s.cached.len(), 7);
+        let now = records(&ws);
+        for (k, t) in &finished {
+            assert_eq!(now.get(k), Some(t), "variant {v}: {k} re-executed by the finishing run");
+        }
+        finished = now;
+        reference.write("p.ron", &variant(v));
+        reference.run("p.ron", 0);
+        for f in ["out/kills/s4/o4", "out/kills/f/fold1/f1", "out/kills/f/fold2/big2"] {
+            assert_eq!(
+                ws.read(f),
+                reference.read(f),
+                "variant {v}: {f} differs from an uninterrupted run"
+            );
+        }
+        assert!(ws.status("p.ron").iter().all(|s| s["state"] == "fresh"));
+        variants += 1;
+    }
+    eprintln!("{iterations} kills ({kills_mid_run} mid-run) over {variants} pipeline variants");
+    assert!(kills_mid_run > 0, "no kill landed while a run was going on");
     assert!(ws.run("p.ron", 0).executed.is_empty());
-    let _ = executed_total;
+}
+
+#[test]
+fn a_dead_runs_lock_is_taken_over_with_a_message() {
+    let ws = Ws::new();
+    ws.write("p.ron", SLOW);
+    let mut child = ws
+        .cmd(&["run", "p.ron"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for(&ws.path().join("slow.pid"), "the slow stage to start");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(ws.read(".flow/lock").lines().next(), Some(&*pid.to_string()));
+    ws.write("go", "");
+    let out = ws.flow(&["run", "p.ron"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "took over the cache lock of pid {pid}, which is no longer running"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -153,7 +238,7 @@ fn two_runs_on_one_cache_wait_and_reuse() {
     all.sort();
     assert_eq!(
         all,
-        set(&["f@fold0", "f@fold1", "f@fold2", "s1", "s2", "s3"]),
+        set(&["f@fold0", "f@fold1", "f@fold2", "s1", "s2", "s3", "s4"]),
         "each instance runs exactly once: {sa:?} {sb:?}"
     );
     assert!(

@@ -468,6 +468,38 @@ impl Store {
         Ok(rep)
     }
 
+    /// Move a damaged object out of `objects/` into `quarantine/<hash>` (kept for a look,
+    /// never trusted: to every lookup the object is now missing). Absent objects are fine.
+    pub fn quarantine_object(&self, h: &Hash) -> Result<()> {
+        let p = self.object_path(h);
+        let q = self.dir("quarantine");
+        fs::create_dir_all(&q).ctx("create", &q)?;
+        let dest = q.join(h.to_hex());
+        match fs::rename(&p, &dest) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(CacheError::rename(&p, &dest, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Files in `quarantine/` with their sizes.
+    pub fn quarantined(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let q = self.dir("quarantine");
+        let mut out = Vec::new();
+        match fs::read_dir(&q) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(CacheError::io("list", &q, e)),
+            Ok(rd) => {
+                for e in rd {
+                    let e = e.ctx("list", &q)?;
+                    let len = e.metadata().ctx("stat", &e.path())?.len();
+                    out.push((e.path(), len));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Delete an object (for gc); absent objects are fine.
     pub fn remove_object(&self, h: &Hash) -> Result<()> {
         let p = self.object_path(h);

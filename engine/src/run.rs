@@ -423,18 +423,26 @@ fn release(
 
 fn note_last(store: &Store, dag: &Dag, n: NodeIndex, key: &str) {
     let name = last_run_name(&dag.pipeline.name, &dag.instance(n).id);
+    // A no-op run rewrites nothing (each write is an fsync).
+    if matches!(store.read_meta::<LastRun>(&name), Ok(Some(l)) if l.key == key) {
+        return;
+    }
     if let Err(e) = store.write_meta(&name, &LastRun { key: key.to_string() }) {
         tracing::warn!("cannot record last run of {}: {e}", dag.instance(n).id);
     }
 }
 
-/// Show an instance's outputs under `out/<pipeline>/<stage>/[foldK/]` as symlinks into the store.
+/// Show an instance's outputs under `out/<pipeline>/<stage>/[foldK/]` as read-only hard
+/// links to the store's objects. A view that already shows exactly `tree` is left alone.
 fn expose(store: &Store, dag: &Dag, n: NodeIndex, tree: &Tree, opts: &RunOptions) {
     let Some(root) = &opts.out_root else { return };
     let inst = dag.instance(n);
     let mut dest = root.join(&dag.pipeline.name).join(&inst.stage);
     if let Some(f) = inst.fold {
         dest = dest.join(format!("fold{f}"));
+    }
+    if view_is_current(store, tree, &dest) {
+        return;
     }
     let res = (|| -> Result<(), String> {
         let parent = dest.parent().ok_or("no parent")?;
@@ -459,6 +467,43 @@ fn expose(store: &Store, dag: &Dag, n: NodeIndex, tree: &Tree, opts: &RunOptions
     if let Err(e) = res {
         tracing::warn!("cannot update {}: {e}", dest.display());
     }
+}
+
+/// `dest` holds exactly `tree`'s files (nothing else), each the object itself (same inode)
+/// or a symlink to it.
+fn view_is_current(store: &Store, tree: &Tree, dest: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fn count_files(dir: &std::path::Path) -> std::io::Result<usize> {
+        let mut n = 0;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            n += if e.file_type()?.is_dir() {
+                count_files(&e.path())?
+            } else {
+                1
+            };
+        }
+        Ok(n)
+    }
+    if count_files(dest).ok() != Some(tree.entries.len()) {
+        return false;
+    }
+    for (rel, e) in &tree.entries {
+        let p = dest.join(rel);
+        let Ok(lm) = std::fs::symlink_metadata(&p) else {
+            return false;
+        };
+        let obj = store.object_path(&e.hash);
+        let same = if lm.file_type().is_symlink() {
+            std::fs::read_link(&p).is_ok_and(|t| t == obj)
+        } else {
+            std::fs::metadata(&obj).is_ok_and(|om| om.ino() == lm.ino() && om.dev() == lm.dev())
+        };
+        if !same {
+            return false;
+        }
+    }
+    true
 }
 
 fn sanitize(id: &str) -> String {

@@ -17,4 +17,8 @@ pub struct TorchInfo {
     pub threads: i32,
     /// Anything worth telling the user (why torch or CUDA is not there).
     pub note: Option<String>,
+    /// The libtorch/c10 shared libraries the worker had loaded (from `/proc/self/maps`), so
+    /// a cached answer can be checked against them by `stat` (see [`crate::worker`]).
+    #[serde(default)]
+    pub libs: Vec<std::path::PathBuf>,
 }

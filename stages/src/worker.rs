@@ -28,36 +28,113 @@ pub fn worker_path() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// What the worker reports about libtorch, asked once per process (spawning it loads
-/// libtorch, ~0.5 s), only when something needs it.
+static INFO_CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Where [`worker_info`] may keep its answer between processes (`flow` passes its cache's
+/// `state/` directory). Without it, every process asks the worker.
+pub fn set_info_cache_dir(dir: PathBuf) {
+    let _ = INFO_CACHE_DIR.set(dir);
+}
+
+/// What the worker reports about libtorch, asked once per process, only when something needs
+/// it. Spawning the worker loads libtorch (~0.5 s), more than a whole no-op run, so the
+/// answer is kept in `<state>/worker-info.json` together with the `stat` identity (size,
+/// mtime, inode) of the worker binary and of every libtorch/c10 library it had loaded, the
+/// value of `CUDA_VISIBLE_DEVICES` and the `/dev/nvidia*` device nodes. A later process
+/// trusts the file only while all of those are unchanged: replacing the binary or the torch
+/// wheel, or changing the visible GPUs, asks the worker again.
 pub fn worker_info() -> &'static TorchInfo {
     static INFO: OnceLock<TorchInfo> = OnceLock::new();
     INFO.get_or_init(|| {
-        let unavailable = |note: String| TorchInfo {
-            available: false,
-            libtorch_version: None,
-            cuda_available: false,
-            cuda_devices: 0,
-            cudnn: false,
-            threads: 0,
-            note: Some(note),
-        };
         let Some(path) = worker_path() else {
             return unavailable(
                 "no flow-worker next to flow (build it: scripts/setup, or cargo build --release)".into(),
             );
         };
-        match std::process::Command::new(&path).arg("doctor").output() {
-            Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|e| unavailable(format!("{} doctor printed unreadable JSON: {e}", path.display()))),
-            Ok(out) => unavailable(format!(
-                "{} doctor failed: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-            )),
-            Err(e) => unavailable(format!("cannot run {}: {e}", path.display())),
+        let cache = INFO_CACHE_DIR.get().map(|d| d.join("worker-info.json"));
+        if let Some(info) = cache.as_deref().and_then(|c| cached_info(c, &path)) {
+            return info;
         }
+        let info = ask_worker(&path);
+        if let (Some(c), true) = (cache, info.available) {
+            let fp = fingerprint(&path, &info.libs);
+            let entry = serde_json::json!({ "fingerprint": fp, "info": info });
+            // Best effort: a read-only cache just means asking again next time.
+            let tmp = c.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, entry.to_string()).is_ok() {
+                let _ = std::fs::rename(&tmp, &c);
+            }
+        }
+        info
     })
+}
+
+fn unavailable(note: String) -> TorchInfo {
+    TorchInfo {
+        available: false,
+        libtorch_version: None,
+        cuda_available: false,
+        cuda_devices: 0,
+        cudnn: false,
+        threads: 0,
+        note: Some(note),
+        libs: Vec::new(),
+    }
+}
+
+fn ask_worker(path: &std::path::Path) -> TorchInfo {
+    match std::process::Command::new(path).arg("doctor").output() {
+        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| unavailable(format!("{} doctor printed unreadable JSON: {e}", path.display()))),
+        Ok(out) => unavailable(format!(
+            "{} doctor failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        )),
+        Err(e) => unavailable(format!("cannot run {}: {e}", path.display())),
+    }
+}
+
+/// What a cached answer depends on, as one comparable string.
+fn fingerprint(worker: &std::path::Path, libs: &[PathBuf]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let ident = |p: &std::path::Path| match std::fs::metadata(p) {
+        Ok(m) => format!(
+            "{}:{}:{}.{}:{}",
+            p.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ),
+        Err(_) => format!("{}:missing", p.display()),
+    };
+    let mut parts = vec![ident(worker)];
+    parts.extend(libs.iter().map(|l| ident(l)));
+    parts.push(format!(
+        "CUDA_VISIBLE_DEVICES={}",
+        std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "<unset>".into())
+    ));
+    let mut nodes: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("nvidia"))
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    parts.push(format!("dev={}", nodes.join(",")));
+    parts.join("\n")
+}
+
+fn cached_info(cache: &std::path::Path, worker: &std::path::Path) -> Option<TorchInfo> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(cache).ok()?).ok()?;
+    let info: TorchInfo = serde_json::from_value(v.get("info")?.clone()).ok()?;
+    if info.libs.is_empty() || v.get("fingerprint")?.as_str()? != fingerprint(worker, &info.libs) {
+        return None;
+    }
+    Some(info)
 }
 
 /// Everything a worker needs to run one stage instance; written as JSON into the instance's

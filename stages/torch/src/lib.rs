@@ -54,7 +54,25 @@ pub fn torch_info() -> TorchInfo {
         cudnn,
         threads: tch::get_num_threads(),
         note,
+        libs: loaded_torch_libs(),
     }
+}
+
+/// The libtorch and c10 libraries mapped into this process.
+fn loaded_torch_libs() -> Vec<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut libs: Vec<std::path::PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| {
+            let name = p.rsplit('/').next().unwrap_or("");
+            name.starts_with("libtorch") || name.starts_with("libc10")
+        })
+        .map(std::path::PathBuf::from)
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
 }
 
 /// Sets libtorch's intra-op threads to `n` (0 is ignored). The inter-op pool can only be sized
