@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{CacheError, IoCtx, Result};
-use crate::fsutil::{is_executable, par_map, walk};
+use crate::fsutil::{is_executable, par_map, read_hashing, walk};
 use crate::hash::Hash;
 use crate::store::Store;
 use crate::tree::{Entry, Tree};
@@ -166,22 +166,9 @@ fn today() -> u32 {
 fn hash_with_stats(path: &Path) -> Result<(Hash, u64, Metadata, Stat)> {
     let mut f = File::open(path).ctx("open", path)?;
     let before = f.metadata().ctx("stat", path)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => {
-                h.update(&buf[..k]);
-                n += k as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(CacheError::io("read", path, e)),
-        }
-    }
+    let (h, n) = read_hashing(&mut f, path, |_| Ok(()))?;
     let after = Stat::of(&f.metadata().ctx("stat", path)?);
-    Ok((h.finalize().into(), n, before, after))
+    Ok((h, n, before, after))
 }
 
 impl FileStateCache {

@@ -62,26 +62,43 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Hash the file at `path` (following symlinks) with blake3; also returns the byte count
 /// and the metadata of the opened file taken *before* reading. With `fsync`, the file is
 /// fsynced too (before it is renamed into the store).
+/// Read `f` to the end through a per-thread buffer (allocating and zeroing a fresh one per
+/// file dominated hashing many small files), hashing every byte and passing it to `sink`.
+pub(crate) fn read_hashing(
+    f: &mut File,
+    path: &Path,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(Hash, u64)> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 * 1024]);
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut h = blake3::Hasher::new();
+        let mut n = 0u64;
+        loop {
+            let k = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CacheError::io("read", path, e)),
+            };
+            h.update(&buf[..k]);
+            sink(&buf[..k])?;
+            n += k as u64;
+        }
+        Ok((h.finalize().into(), n))
+    })
+}
+
 pub(crate) fn hash_file(path: &Path, fsync: bool) -> Result<(Hash, u64, Metadata)> {
     let mut f = File::open(path).ctx("open", path)?;
     let meta = f.metadata().ctx("stat", path)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CacheError::io("read", path, e)),
-        };
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
+    let (h, n) = read_hashing(&mut f, path, |_| Ok(()))?;
     if fsync {
         f.sync_all().ctx("sync", path)?;
     }
-    Ok((h.finalize().into(), n, meta))
+    Ok((h, n, meta))
 }
 
 /// Copy `src` (following symlinks) to the new file `dst` (must not exist), hashing the bytes
@@ -89,22 +106,9 @@ pub(crate) fn hash_file(path: &Path, fsync: bool) -> Result<(Hash, u64, Metadata
 pub(crate) fn copy_hashing(src: &Path, dst: &Path) -> Result<(Hash, u64)> {
     let mut inp = File::open(src).ctx("open", src)?;
     let mut out = File::create_new(dst).ctx("create", dst)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = match inp.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CacheError::io("read", src, e)),
-        };
-        h.update(&buf[..k]);
-        out.write_all(&buf[..k]).ctx("write", dst)?;
-        n += k as u64;
-    }
+    let r = read_hashing(&mut inp, src, |b| out.write_all(b).ctx("write", dst))?;
     out.sync_all().ctx("sync", dst)?;
-    Ok((h.finalize().into(), n))
+    Ok(r)
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -202,6 +206,9 @@ pub(crate) fn walk(root: &Path, root_canon: &Path) -> Result<Vec<WalkItem>> {
     Ok(out)
 }
 
+/// Directories with at least this many entries are stat'ed in parallel.
+const PAR_STAT_MIN: usize = 256;
+
 fn walk_dir(
     dir: &Path,
     canon: &Path,
@@ -210,14 +217,24 @@ fn walk_dir(
     ancestors: &mut Vec<(u64, u64)>,
     out: &mut Vec<WalkItem>,
 ) -> Result<()> {
-    let mut ents: Vec<fs::DirEntry> = fs::read_dir(dir)
+    let mut ents: Vec<(std::ffi::OsString, fs::DirEntry)> = fs::read_dir(dir)
         .ctx("list", dir)?
+        .map(|e| e.map(|e| (e.file_name(), e)))
         .collect::<io::Result<_>>()
         .ctx("list", dir)?;
-    ents.sort_by_key(|e| e.file_name());
-    for e in ents {
+    ents.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // Stat a large directory's entries on several threads (the kernel's part of a no-op
+    // run over a dataset); symlinks are resolved below, one by one.
+    let stats: Vec<Option<io::Result<Metadata>>> = if ents.len() >= PAR_STAT_MIN {
+        par_map(&ents, |(_, e)| match e.file_type() {
+            Ok(ft) if !ft.is_symlink() => Some(e.metadata()),
+            _ => None,
+        })
+    } else {
+        ents.iter().map(|_| None).collect()
+    };
+    for ((name, e), stat) in ents.into_iter().zip(stats) {
         let path = e.path();
-        let name = e.file_name();
         let name = name
             .to_str()
             .ok_or_else(|| CacheError::unsupported(&path, "file name is not UTF-8"))?;
@@ -238,7 +255,11 @@ fn walk_dir(
             })?;
             (m, fs::canonicalize(&path).ctx("resolve", &path)?)
         } else {
-            (e.metadata().ctx("stat", &path)?, canon.join(name))
+            let m = match stat {
+                Some(m) => m,
+                None => e.metadata(),
+            };
+            (m.ctx("stat", &path)?, canon.join(name))
         };
         if meta.is_file() {
             out.push(WalkItem {
