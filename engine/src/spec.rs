@@ -371,8 +371,9 @@ fn ron_diagnostic(src: &Arc<SourceFile>, e: &ron::error::SpannedError) -> Diagno
             }
         }
     }
-    if off >= src.text.len() && !src.text.is_empty() {
-        off = src.text.len() - 1;
+    if len == 1 {
+        // One character, whatever its width in bytes (the last one if RON points past the end).
+        (off, len) = src.char_span(off);
     }
     let mut d = Diagnostic::at(code, src, (off, len), tidy_message(&msg));
     if code == Code::UnknownField {
@@ -459,4 +460,71 @@ pub fn find_field(text: &str, name: &str) -> (usize, usize) {
         from = at + name.len();
     }
     (0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &[u8]) -> Result<Pipeline, Vec<Diagnostic>> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.ron");
+        std::fs::write(&p, text).unwrap();
+        load_pipeline(&p, &Registry::new())
+    }
+
+    fn only_diag(text: &[u8]) -> Diagnostic {
+        let mut d = load_text(text).expect_err("invalid");
+        assert_eq!(d.len(), 1, "{d:?}");
+        d.remove(0)
+    }
+
+    fn assert_span_ok(d: &Diagnostic) {
+        let src = d.source.as_ref().expect("a source");
+        let (s, len) = d.span;
+        assert!(s + len <= src.text.len(), "{d:?}");
+        assert!(src.text.is_char_boundary(s) && src.text.is_char_boundary(s + len), "{d:?}");
+        assert_eq!(src.line_col(s), (d.line, d.col));
+    }
+
+    // Fuzzer: a syntax error at a multi-byte character (here a combining mark) got a 1-byte
+    // span that ended inside the character.
+    #[test]
+    fn syntax_error_at_a_multibyte_char_spans_the_whole_char() {
+        let d = only_diag("Pipeline(name: \"x\"\u{301}, stages: {})".as_bytes());
+        assert_eq!(d.code, Code::Syntax);
+        assert_eq!((d.line, d.col), (1, 19));
+        assert_eq!(d.span, (18, 2));
+        assert_span_ok(&d);
+    }
+
+    // A syntax error past the end of a file that ends in a multi-byte character: the span
+    // was moved to `len - 1`, inside the character.
+    #[test]
+    fn syntax_error_at_the_end_after_a_multibyte_char() {
+        for text in ["Pipeline(name: \"x\", stages: {}, é", "Pipeline(name: \"x日本", "Pipeline(name: 🦀"] {
+            let d = only_diag(text.as_bytes());
+            assert_span_ok(&d);
+        }
+    }
+
+    #[test]
+    fn char_span_and_line_col_stay_on_char_boundaries() {
+        let src = SourceFile {
+            path: "x".into(),
+            text: "aé\n日".into(),
+        };
+        assert_eq!(src.char_span(0), (0, 1));
+        assert_eq!(src.char_span(1), (1, 2));
+        assert_eq!(src.char_span(2), (1, 2));
+        assert_eq!(src.char_span(4), (4, 3));
+        assert_eq!(src.char_span(99), (4, 3));
+        assert_eq!(src.line_col(2), (1, 2));
+        assert_eq!(src.line_col(5), (2, 1));
+        let empty = SourceFile {
+            path: "x".into(),
+            text: String::new(),
+        };
+        assert_eq!(empty.char_span(3), (0, 0));
+    }
 }
