@@ -227,17 +227,34 @@ fn load_inner(
     registry: &Registry,
     chain: &mut Vec<PathBuf>,
 ) -> Result<Pipeline, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         vec![Diagnostic::no_source(
             Code::Io,
             shown.clone(),
             format!("cannot read {}: {e}", shown.display()),
         )]
     })?;
+    let (text, not_utf8) = match String::from_utf8(bytes) {
+        Ok(t) => (t, None),
+        // Shown with U+FFFD for the bad bytes; what comes before is unchanged, so the offset holds.
+        Err(e) => (
+            String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            Some((e.utf8_error().valid_up_to(), e.as_bytes()[e.utf8_error().valid_up_to()])),
+        ),
+    };
     let src = Arc::new(SourceFile {
         path: shown.clone(),
         text,
     });
+    if let Some((at, byte)) = not_utf8 {
+        return Err(vec![Diagnostic::at(
+            Code::Syntax,
+            &src,
+            src.char_span(at),
+            format!("the file is not valid UTF-8 (byte 0x{byte:02x})"),
+        )
+        .label("not UTF-8")]);
+    }
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if chain.contains(&canon) {
         let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
@@ -506,6 +523,25 @@ mod tests {
             let d = only_diag(text.as_bytes());
             assert_span_ok(&d);
         }
+    }
+
+    // A file that is not UTF-8 was an `io` error without a position.
+    #[test]
+    fn invalid_utf8_has_a_position() {
+        let d = only_diag(b"Pipeline(\n    name: \"a\xffb\",\n)");
+        assert_eq!(d.code, Code::Syntax);
+        assert_eq!((d.line, d.col), (2, 13));
+        assert!(d.message.contains("UTF-8"), "{}", d.message);
+        assert_span_ok(&d);
+        // Also as the base of `extends`: the base's own diagnostic, with its position.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.ron"), b"Pipeline(name: \"\xc3\")").unwrap();
+        std::fs::write(dir.path().join("p.ron"), "Pipeline(name: \"p\", extends: \"base.ron\")").unwrap();
+        let ds = load_pipeline(&dir.path().join("p.ron"), &Registry::new()).unwrap_err();
+        assert_eq!(ds.len(), 2, "{ds:?}");
+        assert_eq!(ds[0].code, Code::Extends);
+        assert_eq!((ds[1].code, ds[1].line, ds[1].col), (Code::Syntax, 1, 17));
+        ds.iter().for_each(assert_span_ok);
     }
 
     #[test]
