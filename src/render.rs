@@ -55,8 +55,14 @@ fn label_line_too_long(text: &str, (start, len): (usize, usize)) -> bool {
     const MAX_LINE: usize = 8192; // bytes; even with tabs (4 columns) well under 65535 columns
     let start = start.min(text.len());
     let end = start.saturating_add(len).min(text.len());
-    let line_start = text.as_bytes()[..start].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let line_end = text.as_bytes()[end..].iter().position(|&b| b == b'\n').map_or(text.len(), |p| end + p);
+    let line_start = text.as_bytes()[..start]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let line_end = text.as_bytes()[end..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(text.len(), |p| end + p);
     line_end - line_start > MAX_LINE
 }
 
@@ -65,7 +71,11 @@ fn lone_cr_to_space(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        out.push(if c == '\r' && chars.peek() != Some(&'\n') { ' ' } else { c });
+        out.push(if c == '\r' && chars.peek() != Some(&'\n') {
+            ' '
+        } else {
+            c
+        });
     }
     out
 }

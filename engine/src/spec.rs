@@ -500,7 +500,10 @@ mod tests {
         let src = d.source.as_ref().expect("a source");
         let (s, len) = d.span;
         assert!(s + len <= src.text.len(), "{d:?}");
-        assert!(src.text.is_char_boundary(s) && src.text.is_char_boundary(s + len), "{d:?}");
+        assert!(
+            src.text.is_char_boundary(s) && src.text.is_char_boundary(s + len),
+            "{d:?}"
+        );
         assert_eq!(src.line_col(s), (d.line, d.col));
     }
 
@@ -519,7 +522,11 @@ mod tests {
     // was moved to `len - 1`, inside the character.
     #[test]
     fn syntax_error_at_the_end_after_a_multibyte_char() {
-        for text in ["Pipeline(name: \"x\", stages: {}, é", "Pipeline(name: \"x日本", "Pipeline(name: 🦀"] {
+        for text in [
+            "Pipeline(name: \"x\", stages: {}, é",
+            "Pipeline(name: \"x日本",
+            "Pipeline(name: 🦀",
+        ] {
             let d = only_diag(text.as_bytes());
             assert_span_ok(&d);
         }
