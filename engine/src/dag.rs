@@ -19,7 +19,7 @@ use petgraph::Direction;
 use serde::Serialize;
 
 use crate::diag::{did_you_mean, Code, Diagnostic};
-use crate::spec::{find_string_lit, Pipeline, StageDecl};
+use crate::spec::{find_field, find_string_lit, Pipeline, StageDecl};
 use crate::stage::{FanOut, InputSource, PortType};
 
 /// One node of the DAG.
@@ -94,6 +94,10 @@ impl Dag {
     }
 }
 
+/// The most instances one stage may expand into (`folds`): more is a typo (or a fuzzer), not
+/// a study, and would exhaust memory building the graph.
+pub const MAX_FOLDS: u32 = 10_000;
+
 fn fold_count(p: &Pipeline, d: &StageDecl) -> Option<u32> {
     match d.config.fan_out() {
         FanOut::Single => None,
@@ -139,6 +143,23 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                 Diagnostic::at(prob.code, &d.src, span, format!("stage `{}`: {}", d.name, prob.message))
                     .help_opt(prob.help),
             );
+        }
+        let own_folds = match d.config.fan_out() {
+            FanOut::Foreach(n) => Some(n),
+            _ => d.config.fold_count(),
+        };
+        if let Some(n) = own_folds.filter(|n| *n > MAX_FOLDS) {
+            let from = d.span.0 + d.span.1;
+            let span = match find_field(&d.src.text[from..], "folds") {
+                (0, 0) => d.span,
+                (at, len) => (from + at, len),
+            };
+            diags.push(Diagnostic::at(
+                Code::InvalidValue,
+                &d.src,
+                span,
+                format!("stage `{}`: {n} folds is more than the limit of {MAX_FOLDS}", d.name),
+            ));
         }
         if let FanOut::PerFold { split } = d.config.fan_out() {
             match p.stage(&split) {

@@ -18,11 +18,27 @@ pub struct SourceFile {
 impl SourceFile {
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, col)
+    }
+    /// The span of the character at byte `offset` (moved back to a char boundary, and to
+    /// the last character when past the end); `(len, 0)` for an empty text.
+    pub fn char_span(&self, offset: usize) -> (usize, usize) {
+        let mut off = offset.min(self.text.len());
+        if off == self.text.len() && off > 0 {
+            off -= 1;
+        }
+        while !self.text.is_char_boundary(off) {
+            off -= 1;
+        }
+        let len = self.text[off..].chars().next().map_or(0, char::len_utf8);
+        (off, len)
     }
     /// Byte offset of a 1-based line and column.
     pub fn offset_of(&self, line: usize, col: usize) -> usize {

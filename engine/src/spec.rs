@@ -227,17 +227,34 @@ fn load_inner(
     registry: &Registry,
     chain: &mut Vec<PathBuf>,
 ) -> Result<Pipeline, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         vec![Diagnostic::no_source(
             Code::Io,
             shown.clone(),
             format!("cannot read {}: {e}", shown.display()),
         )]
     })?;
+    let (text, not_utf8) = match String::from_utf8(bytes) {
+        Ok(t) => (t, None),
+        // Shown with U+FFFD for the bad bytes; what comes before is unchanged, so the offset holds.
+        Err(e) => (
+            String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            Some((e.utf8_error().valid_up_to(), e.as_bytes()[e.utf8_error().valid_up_to()])),
+        ),
+    };
     let src = Arc::new(SourceFile {
         path: shown.clone(),
         text,
     });
+    if let Some((at, byte)) = not_utf8 {
+        return Err(vec![Diagnostic::at(
+            Code::Syntax,
+            &src,
+            src.char_span(at),
+            format!("the file is not valid UTF-8 (byte 0x{byte:02x})"),
+        )
+        .label("not UTF-8")]);
+    }
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if chain.contains(&canon) {
         let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
@@ -371,8 +388,9 @@ fn ron_diagnostic(src: &Arc<SourceFile>, e: &ron::error::SpannedError) -> Diagno
             }
         }
     }
-    if off >= src.text.len() && !src.text.is_empty() {
-        off = src.text.len() - 1;
+    if len == 1 {
+        // One character, whatever its width in bytes (the last one if RON points past the end).
+        (off, len) = src.char_span(off);
     }
     let mut d = Diagnostic::at(code, src, (off, len), tidy_message(&msg));
     if code == Code::UnknownField {
@@ -459,4 +477,97 @@ pub fn find_field(text: &str, name: &str) -> (usize, usize) {
         from = at + name.len();
     }
     (0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &[u8]) -> Result<Pipeline, Vec<Diagnostic>> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.ron");
+        std::fs::write(&p, text).unwrap();
+        load_pipeline(&p, &Registry::new())
+    }
+
+    fn only_diag(text: &[u8]) -> Diagnostic {
+        let mut d = load_text(text).expect_err("invalid");
+        assert_eq!(d.len(), 1, "{d:?}");
+        d.remove(0)
+    }
+
+    fn assert_span_ok(d: &Diagnostic) {
+        let src = d.source.as_ref().expect("a source");
+        let (s, len) = d.span;
+        assert!(s + len <= src.text.len(), "{d:?}");
+        assert!(
+            src.text.is_char_boundary(s) && src.text.is_char_boundary(s + len),
+            "{d:?}"
+        );
+        assert_eq!(src.line_col(s), (d.line, d.col));
+    }
+
+    // Fuzzer: a syntax error at a multi-byte character (here a combining mark) got a 1-byte
+    // span that ended inside the character.
+    #[test]
+    fn syntax_error_at_a_multibyte_char_spans_the_whole_char() {
+        let d = only_diag("Pipeline(name: \"x\"\u{301}, stages: {})".as_bytes());
+        assert_eq!(d.code, Code::Syntax);
+        assert_eq!((d.line, d.col), (1, 19));
+        assert_eq!(d.span, (18, 2));
+        assert_span_ok(&d);
+    }
+
+    // A syntax error past the end of a file that ends in a multi-byte character: the span
+    // was moved to `len - 1`, inside the character.
+    #[test]
+    fn syntax_error_at_the_end_after_a_multibyte_char() {
+        for text in [
+            "Pipeline(name: \"x\", stages: {}, é",
+            "Pipeline(name: \"x日本",
+            "Pipeline(name: 🦀",
+        ] {
+            let d = only_diag(text.as_bytes());
+            assert_span_ok(&d);
+        }
+    }
+
+    // A file that is not UTF-8 was an `io` error without a position.
+    #[test]
+    fn invalid_utf8_has_a_position() {
+        let d = only_diag(b"Pipeline(\n    name: \"a\xffb\",\n)");
+        assert_eq!(d.code, Code::Syntax);
+        assert_eq!((d.line, d.col), (2, 13));
+        assert!(d.message.contains("UTF-8"), "{}", d.message);
+        assert_span_ok(&d);
+        // Also as the base of `extends`: the base's own diagnostic, with its position.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.ron"), b"Pipeline(name: \"\xc3\")").unwrap();
+        std::fs::write(dir.path().join("p.ron"), "Pipeline(name: \"p\", extends: \"base.ron\")").unwrap();
+        let ds = load_pipeline(&dir.path().join("p.ron"), &Registry::new()).unwrap_err();
+        assert_eq!(ds.len(), 2, "{ds:?}");
+        assert_eq!(ds[0].code, Code::Extends);
+        assert_eq!((ds[1].code, ds[1].line, ds[1].col), (Code::Syntax, 1, 17));
+        ds.iter().for_each(assert_span_ok);
+    }
+
+    #[test]
+    fn char_span_and_line_col_stay_on_char_boundaries() {
+        let src = SourceFile {
+            path: "x".into(),
+            text: "aé\n日".into(),
+        };
+        assert_eq!(src.char_span(0), (0, 1));
+        assert_eq!(src.char_span(1), (1, 2));
+        assert_eq!(src.char_span(2), (1, 2));
+        assert_eq!(src.char_span(4), (4, 3));
+        assert_eq!(src.char_span(99), (4, 3));
+        assert_eq!(src.line_col(2), (1, 2));
+        assert_eq!(src.line_col(5), (2, 1));
+        let empty = SourceFile {
+            path: "x".into(),
+            text: String::new(),
+        };
+        assert_eq!(empty.char_span(3), (0, 0));
+    }
 }
