@@ -250,4 +250,6 @@ fn two_runs_on_one_cache_wait_and_reuse() {
         "{}",
         String::from_utf8_lossy(&ob.stderr)
     );
+    let v = ws.flow(&["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }

@@ -127,9 +127,20 @@ struct StageSeed;
 impl<'de> DeserializeSeed<'de> for StageSeed {
     type Value = (StageKind, Box<dyn StageConfig>);
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        // serde wants the variant names as a `'static` slice: leak one per distinct registry,
+        // not one per parsed stage.
+        static INTERNED: std::sync::Mutex<Vec<&'static [&'static str]>> = std::sync::Mutex::new(Vec::new());
         let names: &'static [&'static str] = REGISTRY.with(|r| {
             let names: Vec<&'static str> = r.borrow().as_ref().map(|r| r.names().collect()).unwrap_or_default();
-            &*Box::leak(names.into_boxed_slice())
+            let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+            match interned.iter().find(|n| **n == names.as_slice()) {
+                Some(n) => *n,
+                None => {
+                    let n: &'static [&'static str] = Box::leak(names.into_boxed_slice());
+                    interned.push(n);
+                    n
+                }
+            }
         });
         d.deserialize_enum("Stage", names, StageVisitor)
     }
