@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{CacheError, IoCtx, Result};
-use crate::fsutil::{is_executable, par_map, read_hashing, walk};
+use crate::fsutil::{is_executable, par_map, read_hashing, walk, FileStat, WalkItem};
 use crate::hash::Hash;
 use crate::store::Store;
 use crate::tree::{Entry, Tree};
@@ -31,6 +30,17 @@ struct Stat {
     mtime_ns: i64,
     ino: u64,
     ctime_ns: i64,
+}
+
+impl From<&FileStat> for Stat {
+    fn from(f: &FileStat) -> Stat {
+        Stat {
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            ino: f.ino,
+            ctime_ns: f.ctime_ns,
+        }
+    }
 }
 
 impl Stat {
@@ -82,9 +92,19 @@ impl Hasher for PassThrough {
 /// 128-bit blake3 of a canonical path.
 type PathKey = [u8; 16];
 
+#[cfg(test)]
 fn path_key(p: &Path) -> PathKey {
-    let h = blake3::hash(p.as_os_str().as_bytes());
-    h.as_bytes()[..16].try_into().expect("16 bytes")
+    use std::os::unix::ffi::OsStrExt;
+    path_key_parts(&[p.as_os_str().as_bytes()])
+}
+
+/// [`path_key`] of the concatenation of `parts`.
+fn path_key_parts(parts: &[&[u8]]) -> PathKey {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
 }
 
 fn slot(k: &PathKey) -> u64 {
@@ -327,24 +347,28 @@ impl FileStateCache {
         let canon = fs::canonicalize(path).ctx("resolve", path)?;
         let meta = fs::metadata(&canon).ctx("stat", path)?;
         let is_dir = meta.is_dir();
-        // (relative path or "", path to read, canonical path, metadata)
-        let items: Vec<(String, PathBuf, PathBuf, Metadata)> = if meta.is_file() {
-            vec![(String::new(), canon.clone(), canon, meta)]
+        let items: Vec<WalkItem> = if meta.is_file() {
+            vec![WalkItem {
+                rel: String::new(),
+                link_canon: Some(canon.clone()),
+                stat: FileStat::of(&meta),
+                is_link: false,
+                under_link: false,
+            }]
         } else if is_dir {
             walk(path, &canon)?
-                .into_iter()
-                .map(|i| (i.rel, i.path, i.canon, i.meta))
-                .collect()
         } else {
             return Err(CacheError::unsupported(path, "not a regular file or directory"));
         };
+        // The path to read an item at (the file itself for a single file).
+        let read_path = |i: &WalkItem| if is_dir { i.path(path) } else { canon.clone() };
 
         let day = today();
         let mut entries: Vec<Option<Entry>> = Vec::with_capacity(items.len());
         let mut misses = Vec::new(); // (item number, path key)
-        for (i, (_, _, canon, m)) in items.iter().enumerate() {
-            let stat = Stat::of(m);
-            let key = path_key(canon);
+        for (i, item) in items.iter().enumerate() {
+            let stat = Stat::from(&item.stat);
+            let key = item.with_canon(&canon, path_key_parts);
             match self.lookup(&key) {
                 Some((ri, r)) if r.stat == stat => {
                     if r.seen_day != day {
@@ -353,7 +377,7 @@ impl FileStateCache {
                     entries.push(Some(Entry {
                         hash: r.hash,
                         size: stat.size,
-                        executable: is_executable(m),
+                        executable: item.stat.executable(),
                     }));
                 }
                 _ => {
@@ -364,7 +388,7 @@ impl FileStateCache {
         }
 
         let hashed = par_map(&misses, |&(i, _)| {
-            let r = hash_with_stats(&items[i].1);
+            let r = hash_with_stats(&read_path(&items[i]));
             (r, now_ns())
         });
         for (&(i, key), (r, at)) in misses.iter().zip(hashed) {
@@ -394,8 +418,8 @@ impl FileStateCache {
             });
         }
         let mut tree = Tree::default();
-        for ((rel, ..), e) in items.into_iter().zip(entries) {
-            tree.entries.insert(rel, e.expect("every entry resolved"));
+        for (item, e) in items.into_iter().zip(entries) {
+            tree.entries.insert(item.rel, e.expect("every entry resolved"));
         }
         Ok(PathDigest {
             hash: tree.hash(),

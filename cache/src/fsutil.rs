@@ -178,20 +178,66 @@ pub(crate) fn host_tag() -> &'static str {
     T.get_or_init(|| Hash::of_bytes(hostname().as_bytes()).to_hex()[..8].to_string())
 }
 
-/// One file found by [`walk`].
+/// The stat data of a walked file that the caches need (a `Metadata` is ~200 bytes; a dataset
+/// walk keeps one per file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+    pub ctime_ns: i64,
+    pub mode: u32,
+}
+
+impl FileStat {
+    pub fn of(m: &Metadata) -> FileStat {
+        FileStat {
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ino: m.ino(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            mode: m.mode(),
+        }
+    }
+    pub fn executable(&self) -> bool {
+        self.mode & 0o111 != 0
+    }
+}
+
+/// One file found by [`walk`]. Kept small: a walk over a dataset holds one per file.
 pub(crate) struct WalkItem {
-    /// Path relative to the walked root, `/`-separated (a [`crate::Tree`] key).
+    /// Path relative to the walked root, `/`-separated (a [`crate::Tree`] key). The path as
+    /// found is `root.join(rel)` (see [`WalkItem::path`]).
     pub rel: String,
-    /// The path under the walked root as found (may be or pass through a symlink).
-    pub path: PathBuf,
-    /// Canonical absolute path of the file itself.
-    pub canon: PathBuf,
-    /// Metadata of the file (symlinks followed).
-    pub meta: Metadata,
-    /// `path` is itself a symlink.
+    /// Canonical absolute path of the file, when it is not `root_canon/rel` (the file is a
+    /// symlink or is reached through one); see [`WalkItem::canon`].
+    pub link_canon: Option<PathBuf>,
+    /// Stat data of the file (symlinks followed).
+    pub stat: FileStat,
+    /// The path is itself a symlink.
     pub is_link: bool,
-    /// `path` is reached through a symlinked directory (it belongs to someone else).
+    /// The path is reached through a symlinked directory (it belongs to someone else).
     pub under_link: bool,
+}
+
+impl WalkItem {
+    /// The path under the walked root as found (may be or pass through a symlink).
+    pub fn path(&self, root: &Path) -> PathBuf {
+        root.join(&self.rel)
+    }
+    /// Feeds the canonical absolute path's bytes to `f` without building it when it is
+    /// `root_canon/rel`.
+    pub fn with_canon<R>(&self, root_canon: &Path, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        use std::os::unix::ffi::OsStrExt;
+        match &self.link_canon {
+            Some(c) => f(&[c.as_os_str().as_bytes()]),
+            None => {
+                let root = root_canon.as_os_str().as_bytes();
+                let sep: &[u8] = if root.ends_with(b"/") { b"" } else { b"/" };
+                f(&[root, sep, self.rel.as_bytes()])
+            }
+        }
+    }
 }
 
 /// Every file under `root` (whose canonical path is `root_canon`), directories visited in
@@ -234,39 +280,41 @@ fn walk_dir(
         ents.iter().map(|_| None).collect()
     };
     for ((name, e), stat) in ents.into_iter().zip(stats) {
-        let path = e.path();
+        // Built only when needed: for errors, links and subdirectories.
+        let path = || dir.join(&name);
         let name = name
             .to_str()
-            .ok_or_else(|| CacheError::unsupported(&path, "file name is not UTF-8"))?;
+            .ok_or_else(|| CacheError::unsupported(&path(), "file name is not UTF-8"))?;
         let child_rel = if rel.is_empty() {
             name.to_string()
         } else {
             format!("{rel}/{name}")
         };
         if let Some(why) = rel_path_problem(&child_rel) {
-            return Err(CacheError::unsupported(&path, why));
+            return Err(CacheError::unsupported(&path(), why));
         }
-        let ft = e.file_type().ctx("stat", &path)?;
+        let ft = e.file_type().map_err(|err| CacheError::io("stat", path(), err))?;
         let is_link = ft.is_symlink();
-        let (meta, child_canon) = if is_link {
-            let m = fs::metadata(&path).map_err(|err| match err.kind() {
-                io::ErrorKind::NotFound => CacheError::unsupported(&path, "dangling symlink"),
-                _ => CacheError::io("follow symlink", &path, err),
+        let (meta, link_canon) = if is_link {
+            let p = path();
+            let m = fs::metadata(&p).map_err(|err| match err.kind() {
+                io::ErrorKind::NotFound => CacheError::unsupported(&p, "dangling symlink"),
+                _ => CacheError::io("follow symlink", &p, err),
             })?;
-            (m, fs::canonicalize(&path).ctx("resolve", &path)?)
+            (m, Some(fs::canonicalize(&p).ctx("resolve", &p)?))
         } else {
             let m = match stat {
                 Some(m) => m,
                 None => e.metadata(),
             };
-            (m.ctx("stat", &path)?, canon.join(name))
+            let m = m.map_err(|err| CacheError::io("stat", path(), err))?;
+            (m, under_link.then(|| canon.join(name)))
         };
         if meta.is_file() {
             out.push(WalkItem {
                 rel: child_rel,
-                path,
-                canon: child_canon,
-                meta,
+                link_canon,
+                stat: FileStat::of(&meta),
                 is_link,
                 under_link,
             });
@@ -274,16 +322,17 @@ fn walk_dir(
             let id = (meta.dev(), meta.ino());
             if ancestors.contains(&id) {
                 return Err(CacheError::unsupported(
-                    &path,
+                    &path(),
                     "symlink loop (links back to an enclosing directory)",
                 ));
             }
             ancestors.push(id);
-            walk_dir(&path, &child_canon, &child_rel, under_link || is_link, ancestors, out)?;
+            let child_canon = link_canon.unwrap_or_else(|| canon.join(name));
+            walk_dir(&path(), &child_canon, &child_rel, under_link || is_link, ancestors, out)?;
             ancestors.pop();
         } else {
             return Err(CacheError::unsupported(
-                &path,
+                &path(),
                 "not a regular file, directory or symlink (fifo, socket or device?)",
             ));
         }

@@ -291,8 +291,8 @@ impl Store {
         let (linked, plain): (Vec<_>, Vec<_>) = items.iter().partition(|i| i.is_link || i.under_link);
         // Copy linked content first: a link may point at a plain file of `dir` that the
         // second phase moves away.
-        let mut puts = par_map(&linked, |i| self.copy_in(&i.path));
-        puts.extend(par_map(&plain, |i| self.move_in(&i.path)));
+        let mut puts = par_map(&linked, |i| self.copy_in(&i.path(dir)));
+        puts.extend(par_map(&plain, |i| self.move_in(&i.path(dir))));
         let mut tree = Tree::default();
         let mut new_shards = BTreeSet::new();
         let mut first_err = None;
@@ -319,7 +319,8 @@ impl Store {
             return Err(e);
         }
         for i in linked.iter().filter(|i| i.is_link && !i.under_link) {
-            fs::remove_file(&i.path).ctx("remove", &i.path)?;
+            let p = i.path(dir);
+            fs::remove_file(&p).ctx("remove", &p)?;
         }
         Ok(tree)
     }
