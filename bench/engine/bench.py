@@ -87,6 +87,31 @@ class Tool:
         return res
 
 
+class Peer(Tool):
+    """DVC and Snakemake: the peers' own files, outputs in the work dir, calibrate's method in
+    a YAML params file."""
+    PARAMS = None  # the YAML file holding `calibrate: {method: ...}`
+    STATE_DIRS = ()  # the tool's own cache/state dirs, emptied by reset()
+    STATE_FILES = ()
+    OUTPUT_DIRS = ("pre", "models", "remodels")
+    OUTPUT_FILES = ("manifest.txt", "folds.txt", "calib.txt", "hardneg.txt", "preds.txt", "report.txt")
+
+    def reset(self):
+        for d in self.STATE_DIRS + self.OUTPUT_DIRS:
+            shutil.rmtree(os.path.join(self.dir, d), ignore_errors=True)
+        for f in self.STATE_FILES + self.OUTPUT_FILES:
+            try:
+                os.remove(os.path.join(self.dir, f))
+            except FileNotFoundError:
+                pass
+        self.set_param("temperature")
+
+    def set_param(self, method):
+        p = os.path.join(self.dir, self.PARAMS)
+        s = open(p).read()
+        open(p, "w").write(re.sub(r"calibrate: \{method: [a-z]+\}", f"calibrate: {{method: {method}}}", s))
+
+
 class Flow(Tool):
     def setup(self):
         shutil.copy(os.path.join(HERE, "flow.ron"), self.dir)
@@ -121,7 +146,11 @@ class Flow(Tool):
         }
 
 
-class Dvc(Tool):
+class Dvc(Peer):
+    PARAMS = "params.yaml"
+    STATE_DIRS = (".dvc/cache", ".dvc/tmp", ".dvc/site")
+    STATE_FILES = ("dvc.lock",)
+
     def setup(self):
         for f in ("dvc.yaml", "params.yaml"):
             shutil.copy(os.path.join(HERE, "peers", f), self.dir)
@@ -132,21 +161,6 @@ class Dvc(Tool):
                      # per-user site cache dir by default; keep it inside so reset clears it.
                      ("core.site_cache_dir", os.path.join(self.dir, ".dvc", "site"))):
             subprocess.run([dvc, "config", k, v], cwd=self.dir, check=True)
-
-    def reset(self):
-        for d in (".dvc/cache", ".dvc/tmp", ".dvc/site", "pre", "models", "remodels"):
-            shutil.rmtree(os.path.join(self.dir, d), ignore_errors=True)
-        for f in ("dvc.lock", "manifest.txt", "folds.txt", "calib.txt", "hardneg.txt", "preds.txt", "report.txt"):
-            try:
-                os.remove(os.path.join(self.dir, f))
-            except FileNotFoundError:
-                pass
-        self.set_param("temperature")
-
-    def set_param(self, method):
-        p = os.path.join(self.dir, "params.yaml")
-        s = open(p).read()
-        open(p, "w").write(re.sub(r"calibrate: \{method: [a-z]+\}", f"calibrate: {{method: {method}}}", s))
 
     def argv(self):
         return [os.path.join(self.args.peers, "dvc"), "repro"]
@@ -161,25 +175,13 @@ class Dvc(Tool):
         return {"ran": ran + restored, "restored_from_run_cache": restored, "reused": len(skipped)}
 
 
-class Snakemake(Tool):
+class Snakemake(Peer):
+    PARAMS = "config.yaml"
+    STATE_DIRS = (".snakemake",)
+
     def setup(self):
         for f in ("Snakefile", "config.yaml"):
             shutil.copy(os.path.join(HERE, "peers", f), self.dir)
-
-    def reset(self):
-        for d in (".snakemake", "pre", "models", "remodels"):
-            shutil.rmtree(os.path.join(self.dir, d), ignore_errors=True)
-        for f in ("manifest.txt", "folds.txt", "calib.txt", "hardneg.txt", "preds.txt", "report.txt"):
-            try:
-                os.remove(os.path.join(self.dir, f))
-            except FileNotFoundError:
-                pass
-        self.set_param("temperature")
-
-    def set_param(self, method):
-        p = os.path.join(self.dir, "config.yaml")
-        s = open(p).read()
-        open(p, "w").write(re.sub(r"calibrate: \{method: [a-z]+\}", f"calibrate: {{method: {method}}}", s))
 
     def argv(self):
         return [os.path.join(self.args.peers, "snakemake"), "-c2", "-s", "Snakefile"]

@@ -18,7 +18,7 @@ use flow_cache::{CacheError, Hash, Store};
 use serde::Serialize;
 
 use crate::dag::Dag;
-use crate::plan::{last_run_name, status, LastRun, PathDigests, RunRecord};
+use crate::plan::{last_run_name, outputs_problem, status, LastRun, PathDigests, RunRecord};
 
 /// A run record, by what it ran.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,15 +126,7 @@ pub fn verify(store: &Store) -> Result<VerifyOutcome, CacheError> {
     }
     // After quarantine, every record whose outputs are not all there is broken.
     for r in &recs {
-        let problems = store.check_tree(&r.tree);
-        let problem = if let Some(p) = problems.first() {
-            Some(format!("{} ({})", p.path, p.what))
-        } else if !store.has_object(&r.output) {
-            Some("output manifest missing".to_string())
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = outputs_problem(store, r) {
             out.broken_records.push(BrokenRecord {
                 record: rref(r),
                 problem,

@@ -258,22 +258,24 @@ pub fn key_doc(
 /// The record for `key` if its outputs are intact; otherwise why not.
 pub fn lookup(store: &Store, key: &str) -> Result<RunRecord, DirtyReason> {
     match store.read_record::<RunRecord>(key) {
-        Ok(Some(rec)) => {
-            let problems = store.check_tree(&rec.tree);
-            if problems.is_empty() && store.has_object(&rec.output) {
-                Ok(rec)
-            } else if let Some(p) = problems.first() {
-                Err(DirtyReason::OutputsBad {
-                    detail: format!("{} ({})", p.path, p.what),
-                })
-            } else {
-                Err(DirtyReason::OutputsBad {
-                    detail: "output manifest missing".into(),
-                })
-            }
-        }
+        Ok(Some(rec)) => match outputs_problem(store, &rec) {
+            None => Ok(rec),
+            Some(detail) => Err(DirtyReason::OutputsBad { detail }),
+        },
         Ok(None) => Err(DirtyReason::NotCached),
         Err(e) => Err(DirtyReason::OutputsBad { detail: e.to_string() }),
+    }
+}
+
+/// Why a record's outputs cannot be used (stat-level: every object present with its recorded
+/// size, and the output manifest), or None.
+pub fn outputs_problem(store: &Store, rec: &RunRecord) -> Option<String> {
+    if let Some(p) = store.check_tree(&rec.tree).first() {
+        Some(format!("{} ({})", p.path, p.what))
+    } else if !store.has_object(&rec.output) {
+        Some("output manifest missing".into())
+    } else {
+        None
     }
 }
 
