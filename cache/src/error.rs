@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// An OS-level failure on one path. `op` is a verb: "read", "write", "create", "stat", ...
-    #[error("cannot {op} {}: {err}", path.display())]
+    #[error("cannot {op} {}: {err}", shown(path))]
     Io {
         op: &'static str,
         path: PathBuf,
         err: io::Error,
     },
     /// A rename (or move) from one path to another failed.
-    #[error("cannot move {} to {}: {err}", from.display(), to.display())]
+    #[error("cannot move {} to {}: {err}", shown(from), shown(to))]
     Rename { from: PathBuf, to: PathBuf, err: io::Error },
     /// A file in the cache exists but its content is wrong (bad object, bad tree manifest).
-    #[error("{}: {what}", path.display())]
+    #[error("{}: {what}", shown(path))]
     Corrupt { path: PathBuf, what: String },
     /// A value could not be encoded as JSON for `path`.
     #[error("cannot encode {}: {err}", path.display())]
@@ -29,7 +29,7 @@ pub enum CacheError {
     Exists { path: PathBuf },
     /// A file the cache cannot represent: non-UTF-8 name, newline in a name, dangling symlink,
     /// symlink loop, fifo/socket/device, ...
-    #[error("{}: {what}", path.display())]
+    #[error("{}: {what}", shown(path))]
     Unsupported { path: PathBuf, what: String },
     /// A record key, meta name, tmp label or tree path that is not allowed.
     #[error("invalid name {name:?} (under {}): {what}", dir.display())]
@@ -41,6 +41,24 @@ pub enum CacheError {
     /// [`crate::Tree::parse`] rejected its input; the entry path is named when known.
     #[error("malformed tree manifest, line {line}: {what}")]
     BadTree { line: usize, what: String },
+}
+
+/// A path for a message: control characters (a newline in a file name) escaped, so the
+/// message stays one line and says exactly which name is meant.
+pub fn shown(path: &Path) -> String {
+    let s = path.display().to_string();
+    if !s.chars().any(char::is_control) {
+        return s;
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl CacheError {

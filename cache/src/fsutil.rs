@@ -120,9 +120,9 @@ pub(crate) fn is_executable(meta: &Metadata) -> bool {
     meta.mode() & 0o111 != 0
 }
 
-/// `remove_dir_all`, retrying once after making every directory inside writable
+/// `remove_dir_all` (absent is fine), retrying once after making every directory inside writable
 /// (stages sometimes leave read-only directories behind).
-pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+pub fn remove_tree(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -148,7 +148,7 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
 }
 
 /// Whether process `pid` exists on this host (`kill(pid, 0)` does not fail with `ESRCH`).
-pub(crate) fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }

@@ -22,13 +22,14 @@ mod store;
 mod tmp;
 mod tree;
 
-pub use error::{CacheError, Result};
+pub use error::{shown, CacheError, Result};
 pub use filestate::{FileStateCache, PathDigest};
+pub use fsutil::{pid_alive, remove_tree};
 pub use hash::Hash;
 pub use lock::{LockEvent, LockGuard};
 pub use store::{Materialize, Problem, Store, VerifyReport, SUBDIRS};
 pub use tmp::TmpDir;
-pub use tree::{rel_path_problem, valid_rel_path, Entry, Tree};
+pub use tree::{normalize_rel, rel_path_problem, valid_rel_path, Entry, Tree};
 
 #[cfg(test)]
 mod store_tests;

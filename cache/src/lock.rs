@@ -23,10 +23,16 @@ pub enum LockEvent {
 pub struct LockGuard {
     file: File,
     path: PathBuf,
+    /// Our pid is in the file (and `released` is appended on drop).
+    record: bool,
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        if !self.record {
+            let _ = self.file.unlock();
+            return;
+        }
         let r = self
             .file
             .seek(SeekFrom::End(0))
@@ -70,13 +76,49 @@ impl Store {
     /// never wrote `released`. Then records our pid and host in the file.
     pub fn lock(&self, on_event: &mut dyn FnMut(LockEvent)) -> Result<LockGuard> {
         let path = self.lock_path();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .ctx("open", &path)?;
+        self.lock_file(file, on_event, true)
+    }
+
+    /// [`Store::lock`] for a reader of a cache it may not be able to write (`flow verify` of
+    /// a read-only cache): the same exclusive lock, so no run publishes while it reads, taken
+    /// on the lock file opened read-only when it cannot be opened for writing; then our pid
+    /// is not recorded. `Ok(None)` when there is no lock file and none can be made (nobody
+    /// can be running on such a cache).
+    pub fn lock_for_reading(&self, on_event: &mut dyn FnMut(LockEvent)) -> Result<Option<LockGuard>> {
+        let path = self.lock_path();
+        let rw = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path);
+        match rw {
+            Ok(f) => self.lock_file(f, on_event, true).map(Some),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EROFS | libc::EPERM | libc::ENOENT)
+                ) =>
+            {
+                match File::open(&path) {
+                    Ok(f) => self.lock_file(f, on_event, false).map(Some),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(CacheError::io("open", &path, e)),
+                }
+            }
+            Err(e) => Err(CacheError::io("open", &path, e)),
+        }
+    }
+
+    fn lock_file(&self, mut file: File, on_event: &mut dyn FnMut(LockEvent), record: bool) -> Result<LockGuard> {
+        let path = self.lock_path();
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -93,6 +135,13 @@ impl Store {
                 on_event(LockEvent::TookOverStale { pid });
             }
         }
+        if !record {
+            return Ok(LockGuard {
+                file,
+                path,
+                record: false,
+            });
+        }
         let write = (|| {
             file.set_len(0)?;
             file.seek(SeekFrom::Start(0))?;
@@ -103,7 +152,11 @@ impl Store {
             let _ = file.unlock();
             return Err(CacheError::io("write", &path, e));
         }
-        Ok(LockGuard { file, path })
+        Ok(LockGuard {
+            file,
+            path,
+            record: true,
+        })
     }
 }
 

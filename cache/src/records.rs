@@ -158,6 +158,30 @@ impl Store {
         self.write_json(&p, v)
     }
 
+    /// [`Store::write_meta`] without the fsyncs: readers never see a partial file, but after
+    /// a crash the file may be old or missing (for hints that can be rebuilt or done without).
+    pub fn write_meta_nosync<T: Serialize>(&self, name: &str, v: &T) -> Result<()> {
+        check_name(&self.dir("meta"), name, true)?;
+        let p = self.meta_path(name);
+        let parent = p.parent().expect("meta path has a parent");
+        fs::create_dir_all(parent).ctx("create", parent)?;
+        let mut bytes = serde_json::to_vec_pretty(v).map_err(|err| CacheError::Encode { path: p.clone(), err })?;
+        bytes.push(b'\n');
+        self.write_replace(&p, &[&bytes], false)
+    }
+
+    /// Remove `meta/<name>.json` and, if it exists, the directory `meta/<name>/` with
+    /// everything in it (absent is fine).
+    pub fn remove_meta(&self, name: &str) -> Result<()> {
+        check_name(&self.dir("meta"), name, true)?;
+        let p = self.meta_path(name);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(CacheError::io("remove", &p, e)),
+            _ => {}
+        }
+        crate::fsutil::remove_tree(&self.dir("meta").join(name))
+    }
+
     /// Read `meta/<name>.json`; `Ok(None)` if absent or unparsable (with a warning).
     pub fn read_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         check_name(&self.dir("meta"), name, true)?;

@@ -90,6 +90,18 @@ impl Store {
         Ok(store)
     }
 
+    /// The cache at `root` for reading only (`flow status`, `flow verify` of a read-only
+    /// cache): nothing is created or written. A missing root is an empty cache (every lookup
+    /// finds nothing); a relative root is made absolute.
+    pub fn open_read_only(root: &Path) -> Result<Store> {
+        let abs = match fs::canonicalize(root) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::path::absolute(root).ctx("resolve", root)?,
+            Err(e) => return Err(CacheError::io("resolve", root, e)),
+        };
+        Ok(Store { root: abs })
+    }
+
     /// The (absolute) cache root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -122,9 +134,9 @@ impl Store {
 
     /// Rename the finished, fsynced, read-only file `tmp` to the object path of `h`
     /// (removing `tmp` instead if the object already exists). Returns whether it was new.
-    fn publish_tmp(&self, tmp: &Path, h: &Hash) -> Result<bool> {
+    fn publish_tmp(&self, tmp: &Path, h: &Hash, size: u64) -> Result<bool> {
         let dest = self.object_path(h);
-        if dest.exists() {
+        if self.keep_existing(h, size) {
             fs::remove_file(tmp).ctx("remove", tmp)?;
             return Ok(false);
         }
@@ -140,6 +152,44 @@ impl Store {
         r.map(|()| true)
     }
 
+    /// Whether the object `h` already exists intact (a regular file of `size` bytes whose
+    /// content hashes to `h`), so that publishing the same content again can keep it. A
+    /// damaged one (edited in place through an `out/` hard link, truncated, bit rot) is
+    /// not trusted: it is moved to `quarantine/` (kept for a look), and `false` tells the
+    /// caller to publish the fresh bytes in its place. Re-hashing costs one read of content
+    /// the stage has just produced again; it happens only when a re-made output is already
+    /// in the cache.
+    fn keep_existing(&self, h: &Hash, size: u64) -> bool {
+        let dest = self.object_path(h);
+        let problem = match fs::symlink_metadata(&dest) {
+            Err(_) => return false,
+            Ok(m) if !m.is_file() => "not a regular file".to_string(),
+            Ok(m) if m.len() != size => format!("{} bytes, not {size}", m.len()),
+            Ok(_) => match hash_file(&dest, false) {
+                Ok((got, _, _)) if got == *h => return true,
+                Ok((got, _, _)) => format!("its content hashes to {}", got.short()),
+                Err(e) => e.to_string(),
+            },
+        };
+        let q = self.dir("quarantine");
+        let aside = q.join(format!("{}.{}.{}", h.to_hex(), std::process::id(), next_counter()));
+        let moved = fs::create_dir_all(&q).is_ok() && fs::rename(&dest, &aside).is_ok();
+        if !moved {
+            // The fresh bytes are renamed over it all the same.
+            let _ = fs::remove_file(&dest);
+        }
+        tracing::warn!(
+            "cached object {} was damaged ({problem}); replaced by the re-made bytes{}",
+            h.short(),
+            if moved {
+                " (the damaged copy is in quarantine/)"
+            } else {
+                ""
+            }
+        );
+        false
+    }
+
     fn sync_shard(&self, h: &Hash) -> Result<()> {
         let p = self.object_path(h);
         sync_dir(p.parent().expect("object path has a parent"))?;
@@ -150,7 +200,7 @@ impl Store {
     /// read-only (0444). A no-op if the object is already present.
     pub fn put_bytes(&self, data: &[u8]) -> Result<Hash> {
         let h = Hash::of_bytes(data);
-        if self.has_object(&h) {
+        if self.keep_existing(&h, data.len() as u64) {
             return Ok(h);
         }
         let tmp = self.tmp_file_path("obj");
@@ -163,7 +213,7 @@ impl Store {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        if self.publish_tmp(&tmp, &h)? {
+        if self.publish_tmp(&tmp, &h, data.len() as u64)? {
             self.sync_shard(&h)?;
         }
         Ok(h)
@@ -180,7 +230,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let new = self.publish_tmp(&tmp, &hash)?;
+        let new = self.publish_tmp(&tmp, &hash, size)?;
         Ok(Put {
             entry: Entry {
                 hash,
@@ -209,7 +259,7 @@ impl Store {
             executable: is_executable(&meta),
         };
         let dest = self.object_path(&hash);
-        if dest.exists() {
+        if self.keep_existing(&hash, size) {
             fs::remove_file(path).ctx("remove", path)?;
             return Ok(Put { entry, new: false });
         }

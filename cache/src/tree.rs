@@ -46,6 +46,35 @@ pub fn rel_path_problem(p: &str) -> Option<&'static str> {
     None
 }
 
+/// `p`, a relative path as a user writes it (`./a`, `a/../b`, `d/`), as the [`Tree`] key
+/// it names (`a`, `b`, `d`); `Err` says why it names none: absolute, empty or only `.`,
+/// climbing above its root, or containing NUL or a newline. This is *the* check that a
+/// path given in a pipeline stays inside the directory it is relative to.
+pub fn normalize_rel(p: &str) -> std::result::Result<String, &'static str> {
+    if p.starts_with('/') {
+        return Err("absolute path");
+    }
+    if p.contains('\0') || p.contains('\n') {
+        return Err("path contains NUL or newline");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err("path climbs above its root with `..`");
+                }
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return Err("empty path (or only `.`)");
+    }
+    Ok(parts.join("/"))
+}
+
 /// Whether `p` may be a [`Tree`] key.
 pub fn valid_rel_path(p: &str) -> bool {
     rel_path_problem(p).is_none()
