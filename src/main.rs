@@ -64,6 +64,10 @@ enum Cmd {
     Check {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
+        /// Do not require the workspace paths the pipelines read to exist (a CI machine
+        /// without the data).
+        #[arg(long)]
+        no_path_check: bool,
     },
     /// Print the DAG of stage instances.
     Dag {
@@ -116,7 +120,22 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let json_requested = std::env::args_os().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if json_requested && e.use_stderr() => {
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
+                .to_string();
+            Fail::usage(first).print(true);
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -127,72 +146,207 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
-    let workspace = match &cli.workspace {
-        Some(w) => w.clone(),
-        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    let code = match Ctx::new(&cli).and_then(|ctx| dispatch(&ctx, &cli.cmd)) {
+        Ok(code) => code,
+        Err(f) => {
+            f.print(cli.json);
+            f.exit
+        }
     };
-    let cache_dir = cli.cache_dir.clone().unwrap_or_else(|| workspace.join(".flow"));
-    let ctx = Ctx {
-        json: cli.json,
-        workspace,
-        cache_dir,
-    };
-    let code = match &cli.cmd {
-        Cmd::Check { pipelines } => cmd_check(&ctx, pipelines),
-        Cmd::Dag { pipeline, format } => cmd_dag(&ctx, pipeline, *format),
-        Cmd::Status { pipeline } => cmd_status(&ctx, pipeline),
+    ExitCode::from(code)
+}
+
+fn dispatch(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Fail> {
+    match cmd {
+        Cmd::Check {
+            pipelines,
+            no_path_check,
+        } => Ok(cmd_check(ctx, pipelines, !no_path_check)),
+        Cmd::Dag { pipeline, format } => cmd_dag(ctx, pipeline, *format),
+        Cmd::Status { pipeline } => cmd_status(ctx, pipeline),
         Cmd::Run {
             pipeline,
             jobs,
             cpus,
             targets,
             keep_going,
-        } => cmd_run(&ctx, pipeline, *jobs, *cpus, targets, *keep_going),
-        Cmd::Doctor => cmd_doctor(&ctx),
-        Cmd::Verify => cmd_verify(&ctx),
+        } => cmd_run(ctx, pipeline, *jobs, *cpus, targets, *keep_going),
+        Cmd::Doctor => Ok(cmd_doctor(ctx)),
+        Cmd::Verify => cmd_verify(ctx),
         Cmd::Gc {
             pipelines,
             dry_run,
             keep_history,
-        } => cmd_gc(&ctx, pipelines, *dry_run, *keep_history),
+        } => cmd_gc(ctx, pipelines, *dry_run, *keep_history),
         Cmd::Compare {
             pipelines,
             stage,
             run,
             latex,
-        } => cmd_compare(&ctx, pipelines, stage.as_deref(), *run, latex.as_deref()),
-    };
-    ExitCode::from(code)
+        } => cmd_compare(ctx, pipelines, stage.as_deref(), *run, latex.as_deref()),
+    }
+}
+
+/// A command that could not do its job: `error: <message>` on stderr, or with `--json`
+/// `{"ok": false, "error": <message>, "code": <code>}` on stdout; exits with `exit`.
+#[derive(Debug)]
+struct Fail {
+    exit: u8,
+    /// Stable, kebab-case: `usage`, `cache`, `io`, `stale`, `compare`, `stage`, `engine`.
+    code: &'static str,
+    message: String,
+}
+
+impl Fail {
+    fn new(exit: u8, code: &'static str, message: impl Into<String>) -> Fail {
+        Fail {
+            exit,
+            code,
+            message: message.into(),
+        }
+    }
+    fn usage(message: impl Into<String>) -> Fail {
+        Fail::new(2, "usage", message)
+    }
+    fn cache(e: impl std::fmt::Display) -> Fail {
+        Fail::new(2, "cache", e.to_string())
+    }
+    fn print(&self, json: bool) {
+        if self.code == "printed" {
+            return;
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "error": self.message, "code": self.code, "exit": self.exit})
+            );
+        } else {
+            eprintln!("error: {}", self.message);
+        }
+    }
 }
 
 #[derive(Clone)]
 struct Ctx {
     json: bool,
+    /// Absolute (stage sandboxes link to workspace paths).
     workspace: PathBuf,
     cache_dir: PathBuf,
 }
 
 impl Ctx {
+    fn new(cli: &Cli) -> Result<Ctx, Fail> {
+        let workspace = match &cli.workspace {
+            Some(w) => match std::fs::metadata(w) {
+                Ok(m) if m.is_dir() => std::fs::canonicalize(w)
+                    .map_err(|e| Fail::usage(format!("cannot resolve workspace {}: {e}", w.display())))?,
+                Ok(_) => return Err(Fail::usage(format!("-C {}: not a directory", w.display()))),
+                Err(e) => return Err(Fail::usage(format!("-C {}: {e}", w.display()))),
+            },
+            None => {
+                std::env::current_dir().map_err(|e| Fail::usage(format!("cannot tell the current directory: {e}")))?
+            }
+        };
+        let cache_dir = cli.cache_dir.clone().unwrap_or_else(|| workspace.join(".flow"));
+        Ok(Ctx {
+            json: cli.json,
+            workspace,
+            cache_dir,
+        })
+    }
+
     /// Pipeline paths are taken relative to the current directory, as the user typed them.
     fn load(&self, path: &Path) -> Result<Dag, Vec<Diagnostic>> {
         flow_engine::load_dag(path, &flow_stages::registry())
     }
-    fn open_store(&self) -> Result<Store, u8> {
-        let store = Store::open(&self.cache_dir).map_err(|e| {
-            eprintln!("error: {e}");
-            2
-        })?;
+
+    /// [`Ctx::load`], or the diagnostics printed and exit 2.
+    fn load_or_report(&self, path: &Path) -> Result<Dag, Fail> {
+        self.load(path).map_err(|diags| {
+            report_diags(self, &diags);
+            Fail::new(2, "invalid-pipeline", "").printed()
+        })
+    }
+
+    fn open_store(&self) -> Result<Store, Fail> {
+        let store = Store::open(&self.cache_dir).map_err(Fail::cache)?;
         // The torch worker's answer (libtorch version for keys) is kept between runs.
         flow_stages::worker::set_info_cache_dir(store.root().join("state"));
         Ok(store)
     }
 
+    /// The cache for commands that only read it (`status`, `verify`, `compare`): works on a
+    /// read-only cache and creates nothing.
+    fn open_store_read_only(&self) -> Result<Store, Fail> {
+        let store = Store::open_read_only(&self.cache_dir).map_err(Fail::cache)?;
+        flow_stages::worker::set_info_cache_dir(store.root().join("state"));
+        Ok(store)
+    }
+
     /// The store, under its exclusive lock.
-    fn open_locked(&self) -> Result<(Store, flow_cache::LockGuard), u8> {
+    fn open_locked(&self) -> Result<(Store, flow_cache::LockGuard), Fail> {
         let store = self.open_store()?;
         let lock = lock_cache(&store)?;
         Ok((store, lock))
     }
+
+    /// Where user-facing commands may not write: the cache and `out/` (whose files are the
+    /// cache's objects).
+    fn check_user_output(&self, path: &Path) -> Result<(), Fail> {
+        let abs = std::path::absolute(path).map_err(|e| Fail::usage(format!("{}: {e}", path.display())))?;
+        let resolved = match std::fs::canonicalize(&abs) {
+            Ok(p) => p,
+            Err(_) => match (abs.parent(), abs.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf()).join(name),
+                _ => abs.clone(),
+            },
+        };
+        let forbidden = [
+            (self.cache_dir.clone(), "the cache"),
+            (self.workspace.join("out"), "out/ (its files are the cache's objects)"),
+        ];
+        for (root, what) in forbidden {
+            let root = std::fs::canonicalize(&root).unwrap_or(root);
+            if resolved.starts_with(&root) {
+                return Err(Fail::usage(format!(
+                    "refusing to write {}: it is inside {what}; write it somewhere else",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Fail {
+    /// A failure whose message was already shown (diagnostics): nothing more is printed.
+    fn printed(self) -> Fail {
+        Fail {
+            code: "printed",
+            ..self
+        }
+    }
+}
+
+/// Write a user-requested file (`--latex FILE`): never inside the cache or `out/`, and by
+/// tmp file + rename, so that an existing file's inode (which may be a hard link to a cache
+/// object) is never written through.
+fn write_user_file(ctx: &Ctx, path: &Path, bytes: &[u8]) -> Result<(), Fail> {
+    ctx.check_user_output(path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Fail::usage(format!("{} names no file", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let io = |e: std::io::Error| Fail::new(1, "io", format!("cannot write {}: {e}", path.display()));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
 }
 
 // ---------- diagnostics ----------
@@ -210,11 +364,23 @@ fn report_diags(ctx: &Ctx, diags: &[Diagnostic]) -> u8 {
 
 // ---------- check / dag ----------
 
-fn cmd_check(ctx: &Ctx, files: &[PathBuf]) -> u8 {
+fn cmd_check(ctx: &Ctx, files: &[PathBuf], check_paths: bool) -> u8 {
     let mut all_ok = true;
     let mut results = Vec::new();
     for f in files {
-        match ctx.load(f) {
+        let loaded = ctx.load(f).and_then(|dag| {
+            let missing = if check_paths {
+                dag.check_paths(&ctx.workspace)
+            } else {
+                Vec::new()
+            };
+            if missing.is_empty() {
+                Ok(dag)
+            } else {
+                Err(missing)
+            }
+        });
+        match loaded {
             Ok(dag) => {
                 let stages = dag.pipeline.stages.len();
                 let instances = dag.graph.node_count();
@@ -257,11 +423,8 @@ fn cmd_check(ctx: &Ctx, files: &[PathBuf]) -> u8 {
     }
 }
 
-fn cmd_dag(ctx: &Ctx, file: &Path, format: Format) -> u8 {
-    let dag = match ctx.load(file) {
-        Ok(d) => d,
-        Err(diags) => return report_diags(ctx, &diags),
-    };
+fn cmd_dag(ctx: &Ctx, file: &Path, format: Format) -> Result<u8, Fail> {
+    let dag = ctx.load_or_report(file)?;
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&dag.to_json()).unwrap());
     } else {
@@ -272,27 +435,22 @@ fn cmd_dag(ctx: &Ctx, file: &Path, format: Format) -> u8 {
         };
         print!("{}", dag.render(f));
     }
-    0
+    Ok(0)
 }
 
 // ---------- status ----------
 
-fn cmd_status(ctx: &Ctx, file: &Path) -> u8 {
-    let dag = match ctx.load(file) {
-        Ok(d) => d,
-        Err(diags) => return report_diags(ctx, &diags),
-    };
-    let store = match ctx.open_store() {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
+fn cmd_status(ctx: &Ctx, file: &Path) -> Result<u8, Fail> {
+    let dag = ctx.load_or_report(file)?;
+    // Reads only: works on a cache it cannot write (the stat cache is saved if it can be).
+    let store = ctx.open_store_read_only()?;
     let mut fsc = FileStateCache::load(&store);
     let paths = flow_engine::plan::digest_paths(&dag, &ctx.workspace, &mut fsc);
     let _ = fsc.save(&store);
     let st = flow_engine::plan::status(&dag, &store, &paths);
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&st).unwrap());
-        return 0;
+        return Ok(0);
     }
     let width = st.iter().map(|s| s.stage.len()).max().unwrap_or(0);
     for s in &st {
@@ -310,7 +468,7 @@ fn cmd_status(ctx: &Ctx, file: &Path) -> u8 {
     }
     let fresh = st.iter().filter(|s| s.state == State::Fresh).count();
     println!("{fresh}/{} fresh", st.len());
-    0
+    Ok(0)
 }
 
 // ---------- compare ----------
@@ -378,21 +536,23 @@ fn fresh_predictions(
         .map_err(|e| e.to_string())
 }
 
-fn cmd_compare(ctx: &Ctx, files: &[PathBuf], stage: Option<&str>, run: bool, latex: Option<&Path>) -> u8 {
+fn cmd_compare(ctx: &Ctx, files: &[PathBuf], stage: Option<&str>, run: bool, latex: Option<&Path>) -> Result<u8, Fail> {
     use flow_stages::report::compare;
+    if let Some(path) = latex {
+        // Before any work: a LaTeX file inside out/ or the cache would alter a cache object.
+        ctx.check_user_output(path)?;
+    }
     let mut dags = Vec::new();
     for f in files {
-        match ctx.load(f) {
-            Ok(d) => dags.push(d),
-            Err(diags) => return report_diags(ctx, &diags),
-        }
+        dags.push(ctx.load_or_report(f)?);
     }
     let mut exps = Vec::new();
     let mut stale = Vec::new();
     for (f, dag) in files.iter().zip(&dags) {
-        let store = match ctx.open_store() {
-            Ok(s) => s,
-            Err(c) => return c,
+        let store = if run {
+            ctx.open_store()?
+        } else {
+            ctx.open_store_read_only()?
         };
         let mut got = fresh_predictions(ctx, &store, dag, stage);
         if run && matches!(got, Ok(Err(_))) {
@@ -407,17 +567,18 @@ fn cmd_compare(ctx: &Ctx, files: &[PathBuf], stage: Option<&str>, run: bool, lat
                 None,
                 &target,
                 false,
-            );
+            )?;
             if code != 0 {
-                return code;
+                return Err(Fail::new(
+                    code,
+                    "stage",
+                    format!("running {} for the comparison failed", f.display()),
+                ));
             }
             got = fresh_predictions(ctx, &store, dag, stage);
         }
         match got {
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
+            Err(e) => return Err(Fail::usage(e)),
             Ok(Err(why)) => stale.push(why),
             Ok(Ok(p)) => exps.push(compare::Experiment {
                 name: dag.pipeline.name.clone(),
@@ -432,31 +593,30 @@ fn cmd_compare(ctx: &Ctx, files: &[PathBuf], stage: Option<&str>, run: bool, lat
         }
     }
     if !stale.is_empty() {
-        for s in &stale {
-            eprintln!("stale: {s}");
+        if !ctx.json {
+            for s in &stale {
+                eprintln!("stale: {s}");
+            }
         }
-        eprintln!("error: run the stale experiments first (`flow run FILE`), or pass --run");
-        return 1;
+        return Err(Fail::new(
+            1,
+            "stale",
+            format!(
+                "run the stale experiments first (`flow run FILE`), or pass --run: {}",
+                stale.join("; ")
+            ),
+        ));
     }
-    let c = match compare::compare(&exps) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
+    let c = compare::compare(&exps).map_err(|e| Fail::new(1, "compare", e.to_string()))?;
     if let Some(path) = latex {
-        if let Err(e) = std::fs::write(path, compare::latex(&c)) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return 1;
-        }
+        write_user_file(ctx, path, compare::latex(&c).as_bytes())?;
     }
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&c).unwrap());
     } else {
         print!("{}", compare::markdown(&c));
     }
-    0
+    Ok(0)
 }
 
 // ---------- run ----------
@@ -549,7 +709,10 @@ impl Ui {
                     pb.finish_and_clear();
                 }
                 // Failures are shown even with --json (on stderr).
-                let msg = format!("  FAILED  {id}: {error}\n          log: {}", log.display());
+                let log = log
+                    .map(|l| format!("\n          log: {}", l.display()))
+                    .unwrap_or_default();
+                let msg = format!("  FAILED  {id}: {error}{log}");
                 if self.mp.is_some() || self.plain {
                     self.println(msg);
                 } else {
@@ -559,6 +722,21 @@ impl Ui {
             }
             RunEvent::Skipped { id } => {
                 self.println(format!("  skipped {id}"));
+            }
+            RunEvent::Interrupted { id } => {
+                if let Some(pb) = self.bars.lock().unwrap().remove(&id) {
+                    pb.finish_and_clear();
+                }
+                self.println(format!("  interrupted {id} (nothing of it was kept)"));
+            }
+            RunEvent::Warning { message } => {
+                // Shown even with --json (on stderr); also in the summary's `warnings`.
+                let msg = format!("warning: {message}");
+                if self.mp.is_some() || self.plain {
+                    self.println(msg);
+                } else {
+                    eprintln!("{msg}");
+                }
             }
         }
     }
@@ -581,24 +759,26 @@ fn cmd_run(
     cpus: Option<usize>,
     targets: &[String],
     keep_going: bool,
-) -> u8 {
-    let dag = match ctx.load(file) {
-        Ok(d) => d,
-        Err(diags) => return report_diags(ctx, &diags),
-    };
+) -> Result<u8, Fail> {
+    let dag = ctx.load_or_report(file)?;
     for t in targets {
         if !dag.by_id.contains_key(t) && dag.pipeline.stage(t).is_none() {
-            eprintln!(
-                "error: --target `{t}` is not a stage or instance of pipeline `{}`",
+            return Err(Fail::usage(format!(
+                "--target `{t}` is not a stage or instance of pipeline `{}`",
                 dag.pipeline.name
-            );
-            return 2;
+            )));
         }
     }
-    let (store, _lock) = match ctx.open_locked() {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
+    // Bounds before anything is spawned or locked.
+    for (flag, v, max) in [
+        ("--jobs", jobs, flow_engine::run::MAX_JOBS),
+        ("--cpus", cpus, flow_engine::run::MAX_CPUS),
+    ] {
+        if let Some(v) = v.filter(|v| *v == 0 || *v > max) {
+            return Err(Fail::usage(format!("{flag} {v} is out of range: 1..={max}")));
+        }
+    }
+    let (store, _lock) = ctx.open_locked()?;
     let json = ctx.json;
     match store.clean_stale_tmp() {
         Ok(n) if n > 0 => tracing::info!("removed {n} unfinished work dirs of interrupted runs"),
@@ -648,18 +828,17 @@ fn cmd_run(
     let ui = Ui::new(json);
     let result = flow_engine::run(&dag, &store, &paths, &opts, &cancel, &|e| ui.event(e));
     ui.finish();
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
+    let summary = result.map_err(|e| Fail::new(1, "engine", e.to_string()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap());
     } else {
+        let interrupted = if summary.interrupted.is_empty() {
+            String::new()
+        } else {
+            format!(", {} interrupted", summary.interrupted.len())
+        };
         eprintln!(
-            "{}: {} executed, {} cached, {} failed, {} skipped in {:.1}s — outputs in {}",
+            "{}: {} executed, {} cached, {} failed, {} skipped{interrupted} in {:.1}s — outputs in {}",
             summary.pipeline,
             summary.executed.len(),
             summary.cached.len(),
@@ -669,34 +848,38 @@ fn cmd_run(
             Path::new("out").join(&summary.pipeline).display()
         );
         for f in &summary.failed {
-            eprintln!("failed: {} — {}\n  log: {}", f.stage, f.error, f.log.display());
+            let log = f
+                .log
+                .as_ref()
+                .map(|l| format!("\n  log: {}", l.display()))
+                .unwrap_or_default();
+            eprintln!("failed: {} — {}{log}", f.stage, f.error);
         }
     }
-    if summary.cancelled {
+    Ok(if summary.cancelled {
         130
     } else if !summary.failed.is_empty() {
         1
     } else {
         0
-    }
+    })
 }
 
 /// Take the cache lock, saying so while waiting for another process.
-fn lock_cache(store: &Store) -> Result<flow_cache::LockGuard, u8> {
-    store
-        .lock(&mut |e| match e {
-            LockEvent::Waiting { pid } => eprintln!(
-                "waiting for another flow run on this cache{} …",
-                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-            ),
-            LockEvent::TookOverStale { pid } => {
-                eprintln!("note: took over the cache lock of pid {pid}, which is no longer running")
-            }
-        })
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            2
-        })
+fn lock_cache(store: &Store) -> Result<flow_cache::LockGuard, Fail> {
+    store.lock(&mut on_lock_event).map_err(Fail::cache)
+}
+
+fn on_lock_event(e: LockEvent) {
+    match e {
+        LockEvent::Waiting { pid } => eprintln!(
+            "waiting for another flow run on this cache{} …",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ),
+        LockEvent::TookOverStale { pid } => {
+            eprintln!("note: took over the cache lock of pid {pid}, which is no longer running")
+        }
+    }
 }
 
 fn human_size(bytes: u64) -> String {
@@ -710,18 +893,15 @@ fn human_size(bytes: u64) -> String {
 
 // ---------- verify / gc ----------
 
-fn cmd_verify(ctx: &Ctx) -> u8 {
-    let (store, _lock) = match ctx.open_locked() {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
-    let out = match flow_engine::maintain::verify(&store) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
+fn cmd_verify(ctx: &Ctx) -> Result<u8, Fail> {
+    // A cache this user cannot write is verified all the same (damage is reported, only not
+    // moved to quarantine); the lock keeps runs from publishing meanwhile.
+    let store = ctx.open_store_read_only()?;
+    if !store.root().join("objects").is_dir() {
+        return Err(Fail::cache(format!("no cache at {}", store.root().display())));
+    }
+    let _lock = store.lock_for_reading(&mut on_lock_event).map_err(Fail::cache)?;
+    let out = flow_engine::maintain::verify(&store).map_err(Fail::cache)?;
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
     } else {
@@ -745,6 +925,9 @@ fn cmd_verify(ctx: &Ctx) -> u8 {
                     format!("used by {}", b.used_by.join(", "))
                 };
                 println!("  {} {} — {used}", &b.hash[..16], b.problem);
+                if let Some(e) = &b.quarantine_error {
+                    println!("    not moved to quarantine: {e}");
+                }
             }
         }
         if !out.broken_records.is_empty() {
@@ -760,26 +943,16 @@ fn cmd_verify(ctx: &Ctx) -> u8 {
             println!("all good");
         }
     }
-    if out.clean() {
-        0
-    } else {
-        1
-    }
+    Ok(if out.clean() { 0 } else { 1 })
 }
 
-fn cmd_gc(ctx: &Ctx, files: &[PathBuf], dry_run: bool, keep_history: bool) -> u8 {
+fn cmd_gc(ctx: &Ctx, files: &[PathBuf], dry_run: bool, keep_history: bool) -> Result<u8, Fail> {
     let mut dags = Vec::new();
     for f in files {
-        match ctx.load(f) {
-            Ok(d) => dags.push(d),
-            Err(diags) => return report_diags(ctx, &diags),
-        }
+        dags.push(ctx.load_or_report(f)?);
     }
     // No run may publish or read while records and objects go.
-    let (store, _lock) = match ctx.open_locked() {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
+    let (store, _lock) = ctx.open_locked()?;
     let mut fsc = FileStateCache::load(&store);
     let paths: Vec<_> = dags
         .iter()
@@ -789,16 +962,10 @@ fn cmd_gc(ctx: &Ctx, files: &[PathBuf], dry_run: bool, keep_history: bool) -> u8
     let pairs: Vec<_> = dags.iter().zip(paths.iter()).collect();
     let live = flow_engine::maintain::live_keys(&pairs, &store);
     let names: std::collections::BTreeSet<String> = dags.iter().map(|d| d.pipeline.name.clone()).collect();
-    let out = match flow_engine::maintain::gc(&store, &live, keep_history.then_some(&names), dry_run) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
+    let out = flow_engine::maintain::gc(&store, &live, keep_history.then_some(&names), dry_run).map_err(Fail::cache)?;
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
-        return 0;
+        return Ok(0);
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
@@ -819,7 +986,7 @@ fn cmd_gc(ctx: &Ctx, files: &[PathBuf], dry_run: bool, keep_history: bool) -> u8
         human_size(out.bytes_kept),
         names.into_iter().collect::<Vec<_>>().join(", ")
     );
-    0
+    Ok(0)
 }
 
 // ---------- doctor ----------

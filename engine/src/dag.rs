@@ -80,6 +80,40 @@ impl Dag {
             })
             .collect()
     }
+    /// The workspace paths the pipeline reads that do not exist under `workspace` (or are
+    /// symlinks that cannot be followed), one diagnostic at each mention: what `flow run`
+    /// would fail on, found by `flow check`.
+    pub fn check_paths(&self, workspace: &std::path::Path) -> Vec<Diagnostic> {
+        let mut diags = Vec::new();
+        for d in &self.pipeline.stages {
+            for input in d.config.inputs() {
+                let InputSource::Path(rel) = &input.source else {
+                    continue;
+                };
+                let abs = workspace.join(rel);
+                let problem = match (std::fs::symlink_metadata(&abs), std::fs::metadata(&abs)) {
+                    (Err(_), _) => "does not exist".to_string(),
+                    (Ok(_), Err(e)) => format!("is a symlink that cannot be followed ({e})"),
+                    (Ok(_), Ok(_)) => continue,
+                };
+                diags.push(
+                    Diagnostic::at(
+                        Code::MissingPath,
+                        &d.src,
+                        ref_span(d, &input.port, rel),
+                        format!(
+                            "stage `{}` reads workspace path `{rel}` (param `{}`), which {problem} in the workspace",
+                            d.name, input.port,
+                        ),
+                    )
+                    .label("no such path")
+                    .help("paths are relative to the workspace (-C DIR, default: the current directory); `flow check --no-path-check` skips this on a machine without the data"),
+                );
+            }
+        }
+        diags
+    }
+
     /// Every instance downstream of (and including) the given ones.
     pub fn downstream(&self, roots: &[NodeIndex]) -> Vec<NodeIndex> {
         let mut seen = vec![false; self.graph.node_count()];
@@ -124,6 +158,38 @@ fn ref_span(d: &StageDecl, port: &str, name: &str) -> (usize, usize) {
     find_string_lit(text, name, from).unwrap_or(d.span)
 }
 
+/// The `n`-th (1-based) `"name"` literal after the stage's declaration, or the best
+/// [`ref_span`] when there are fewer.
+fn nth_ref_span(d: &StageDecl, name: &str, n: usize) -> (usize, usize) {
+    let mut at = d.span.0 + d.span.1;
+    let mut last = None;
+    for _ in 0..n {
+        match find_string_lit(&d.src.text, name, at) {
+            Some(sp) => {
+                at = sp.0 + sp.1;
+                last = Some(sp);
+            }
+            None => break,
+        }
+    }
+    last.unwrap_or(d.span)
+}
+
+/// A stage's own problem as a diagnostic, at the offending value when it says which.
+fn stage_problem(d: &StageDecl, prob: crate::stage::ConfigProblem) -> Diagnostic {
+    let from = d.span.0 + d.span.1;
+    let span = match prob.needle.as_deref() {
+        Some(field) if field.ends_with(':') => match find_field(&d.src.text[from..], &field[..field.len() - 1]) {
+            (0, 0) => None,
+            (at, len) => Some((from + at, len)),
+        },
+        Some(n) => find_string_lit(&d.src.text, n, d.span.0),
+        None => None,
+    }
+    .unwrap_or(d.span);
+    Diagnostic::at(prob.code, &d.src, span, format!("stage `{}`: {}", d.name, prob.message)).help_opt(prob.help)
+}
+
 /// Validate the pipeline and expand it into the instance DAG.
 pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
     let mut diags = Vec::new();
@@ -134,15 +200,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
     let mut stage_edges: Vec<(usize, usize, String)> = Vec::new(); // (producer, consumer, port)
     for (ci, d) in p.stages.iter().enumerate() {
         for prob in d.config.validate() {
-            let span = prob
-                .needle
-                .as_deref()
-                .and_then(|n| find_string_lit(&d.src.text, n, d.span.0))
-                .unwrap_or(d.span);
-            diags.push(
-                Diagnostic::at(prob.code, &d.src, span, format!("stage `{}`: {}", d.name, prob.message))
-                    .help_opt(prob.help),
-            );
+            diags.push(stage_problem(d, prob));
         }
         let own_folds = match d.config.fan_out() {
             FanOut::Foreach(n) => Some(n),
@@ -187,7 +245,34 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                 Some(_) => {}
             }
         }
+        // The same producer (or path) twice on one param would be two edges to one input:
+        // nothing reads it twice, so it is a mistake, reported at the second mention.
+        let mut seen: HashMap<(String, InputSource), usize> = HashMap::new();
         for input in d.config.inputs() {
+            let n = seen.entry((input.port.clone(), input.source.clone())).or_insert(0);
+            *n += 1;
+            if *n == 2 {
+                let (what, name) = match &input.source {
+                    InputSource::Stage(s) => ("stage", s),
+                    InputSource::Path(p) => ("workspace path", p),
+                };
+                diags.push(
+                    Diagnostic::at(
+                        Code::DuplicateInput,
+                        &d.src,
+                        nth_ref_span(d, name, 2),
+                        format!(
+                            "stage `{}` lists {what} `{name}` twice in param `{}`",
+                            d.name, input.port
+                        ),
+                    )
+                    .label("listed again here")
+                    .help("remove the second mention: each input is read once"),
+                );
+            }
+            if *n > 1 {
+                continue;
+            }
             let InputSource::Stage(from) = &input.source else {
                 continue;
             };
@@ -230,6 +315,18 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                 continue;
             }
             stage_edges.push((pi, ci, input.port.clone()));
+        }
+    }
+
+    // Problems that need the producers' facts (an image size too small for a model, …).
+    for (ci, d) in p.stages.iter().enumerate() {
+        let facts: Vec<(String, serde_json::Value)> = stage_edges
+            .iter()
+            .filter(|(_, c, _)| *c == ci)
+            .map(|(pi, _, port)| (port.clone(), p.stages[*pi].config.output_facts()))
+            .collect();
+        for prob in d.config.validate_inputs(&facts) {
+            diags.push(stage_problem(d, prob));
         }
     }
 

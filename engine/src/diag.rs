@@ -64,11 +64,15 @@ pub enum Code {
     UnknownField,
     InvalidValue,
     DuplicateStage,
+    /// The same input (stage or workspace path) listed twice for one param.
+    DuplicateInput,
     MissingReference,
     TypeMismatch,
     Cycle,
     FoldMismatch,
     PathEscape,
+    /// A workspace path the pipeline reads does not exist (or is a dangling symlink).
+    MissingPath,
     Extends,
     Invalid,
 }
@@ -82,11 +86,13 @@ impl Code {
             Code::UnknownField => "unknown-field",
             Code::InvalidValue => "invalid-value",
             Code::DuplicateStage => "duplicate-stage",
+            Code::DuplicateInput => "duplicate-input",
             Code::MissingReference => "missing-reference",
             Code::TypeMismatch => "type-mismatch",
             Code::Cycle => "cycle",
             Code::FoldMismatch => "fold-mismatch",
             Code::PathEscape => "path-escape",
+            Code::MissingPath => "missing-path",
             Code::Extends => "extends",
             Code::Invalid => "invalid",
         }

@@ -26,6 +26,11 @@
 //! order stages are declared in. Workspace paths enter as written (relative) plus their
 //! content digest. Changing this encoding changes every key: bump `KEY_FORMAT` and the
 //! golden tests in `tests/golden_keys.rs` together.
+//!
+//! The same rule binds what stages *write*, since outputs enter downstream keys by content:
+//! no wall-clock facts (seconds, images/s, dates), thread counts or resume history inside
+//! output files. Those go to the run record's `meta`, which no key sees; otherwise a re-made,
+//! bit-identical result has a new hash and early cutoff never happens.
 
 use serde::Serialize;
 use serde_json::Value;

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod run;
 pub mod spec;
 pub mod stage;
+pub mod views;
 
 pub use dag::{build_dag, Dag, DagFormat, Instance};
 pub use diag::{Code, Diagnostic, SourceFile};

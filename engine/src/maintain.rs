@@ -43,6 +43,9 @@ pub struct BadObject {
     pub problem: String,
     /// Output paths of records that use it (`train@fold2: model.safetensors`).
     pub used_by: Vec<String>,
+    /// Why it could not be moved to `quarantine/` (a cache that is not writable); `null`
+    /// when it was moved.
+    pub quarantine_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -113,8 +116,14 @@ pub fn verify(store: &Store) -> Result<VerifyOutcome, CacheError> {
         .iter()
         .map(|h| (*h, "content does not match its hash".to_string()))
         .chain(rep.unreadable.iter().cloned());
+    let mut left_in_place = HashSet::new();
     for (h, problem) in damaged {
-        store.quarantine_object(&h)?;
+        // A cache we may not write (read-only mount, another user's) is still verified:
+        // the damage is reported, only not taken out of service.
+        let quarantine_error = store.quarantine_object(&h).err().map(|e| e.to_string());
+        if quarantine_error.is_some() {
+            left_in_place.insert(h);
+        }
         let mut used_by = users.get(&h).cloned().unwrap_or_default();
         used_by.sort();
         used_by.dedup();
@@ -122,11 +131,24 @@ pub fn verify(store: &Store) -> Result<VerifyOutcome, CacheError> {
             hash: h.to_hex(),
             problem,
             used_by,
+            quarantine_error,
         });
     }
-    // After quarantine, every record whose outputs are not all there is broken.
+    // After quarantine, every record whose outputs are not all there is broken, and so is
+    // one that uses a damaged object that could not be moved.
     for r in &recs {
-        if let Some(problem) = outputs_problem(store, r) {
+        let damaged_here = std::iter::once(&r.output)
+            .chain(r.tree.entries.values().map(|e| &e.hash))
+            .find(|h| left_in_place.contains(*h));
+        if let Some(h) = damaged_here {
+            out.broken_records.push(BrokenRecord {
+                record: rref(r),
+                problem: format!(
+                    "uses damaged object {} (not quarantined: the cache is not writable)",
+                    h.short()
+                ),
+            });
+        } else if let Some(problem) = outputs_problem(store, r) {
             out.broken_records.push(BrokenRecord {
                 record: rref(r),
                 problem,

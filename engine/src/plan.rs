@@ -73,17 +73,54 @@ pub enum State {
 #[serde(tag = "reason", rename_all = "kebab-case")]
 pub enum DirtyReason {
     NeverRun,
-    ParamChanged { name: String, old: String, new: String },
-    ParamAdded { name: String, new: String },
-    ParamRemoved { name: String, old: String },
-    InputChanged { port: String, from: String },
-    InputsChanged { port: String, before: usize, now: usize },
-    UpstreamPending { from: Vec<String> },
-    PathChanged { path: String },
-    PathMissing { path: String },
-    VersionChanged { old: u32, new: u32 },
-    EnvChanged { name: String, old: String, new: String },
-    OutputsBad { detail: String },
+    ParamChanged {
+        name: String,
+        old: String,
+        new: String,
+    },
+    ParamAdded {
+        name: String,
+        new: String,
+    },
+    ParamRemoved {
+        name: String,
+        old: String,
+    },
+    InputChanged {
+        port: String,
+        from: String,
+    },
+    InputsChanged {
+        port: String,
+        before: usize,
+        now: usize,
+    },
+    UpstreamPending {
+        from: Vec<String>,
+    },
+    PathChanged {
+        path: String,
+    },
+    PathMissing {
+        path: String,
+    },
+    /// The path exists but cannot be digested: `detail` names the entry and what is wrong.
+    PathUnreadable {
+        path: String,
+        detail: String,
+    },
+    VersionChanged {
+        old: u32,
+        new: u32,
+    },
+    EnvChanged {
+        name: String,
+        old: String,
+        new: String,
+    },
+    OutputsBad {
+        detail: String,
+    },
     NotCached,
 }
 
@@ -104,6 +141,7 @@ impl fmt::Display for DirtyReason {
             DirtyReason::UpstreamPending { from } => write!(f, "upstream will run first: {}", from.join(", ")),
             DirtyReason::PathChanged { path } => write!(f, "workspace path {path} changed"),
             DirtyReason::PathMissing { path } => write!(f, "workspace path {path} does not exist"),
+            DirtyReason::PathUnreadable { path, detail } => write!(f, "workspace path {path} cannot be read: {detail}"),
             DirtyReason::VersionChanged { old, new } => write!(f, "stage version changed: {old} -> {new}"),
             DirtyReason::EnvChanged { name, old, new } => write!(f, "{name} changed: {old} -> {new}"),
             DirtyReason::OutputsBad { detail } => write!(f, "cached outputs unusable: {detail}"),
@@ -170,7 +208,7 @@ pub struct PathState {
 }
 
 /// Digests of workspace paths (content, via the stat cache).
-pub type PathDigests = HashMap<String, Result<PathState, String>>;
+pub type PathDigests = HashMap<String, Result<PathState, PathProblem>>;
 
 /// Digest every workspace path the DAG reads. Unchanged files are not re-read.
 pub fn digest_paths(dag: &Dag, workspace: &Path, fsc: &mut FileStateCache) -> PathDigests {
@@ -183,21 +221,56 @@ pub fn digest_paths(dag: &Dag, workspace: &Path, fsc: &mut FileStateCache) -> Pa
     let mut out = HashMap::new();
     for rel in rels {
         let abs = workspace.join(&rel);
-        let d = if abs.exists() {
-            fsc.digest_path(&abs)
+        let d = match std::fs::symlink_metadata(&abs) {
+            Err(_) => Err(PathProblem::Missing),
+            Ok(m) if m.file_type().is_symlink() && std::fs::metadata(&abs).is_err() => {
+                let target = std::fs::read_link(&abs)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                let why = std::fs::metadata(&abs).err().map(|e| e.to_string()).unwrap_or_default();
+                Err(PathProblem::Unreadable(format!(
+                    "it is a symlink to `{target}` that cannot be followed ({why})"
+                )))
+            }
+            Ok(_) => fsc
+                .digest_path(&abs)
                 .map(|d| PathState {
                     hash: d.hash,
                     tree: d.tree.map(std::sync::Arc::new),
                     files: d.files,
                     rehashed: d.rehashed,
                 })
-                .map_err(|e| e.to_string())
-        } else {
-            Err(format!("workspace path `{rel}` does not exist"))
+                .map_err(|e| PathProblem::Unreadable(relative_to(&e.to_string(), workspace))),
         };
         out.insert(rel, d);
     }
     out
+}
+
+/// `msg` with the workspace prefix of paths removed (`/home/u/ws/data/x` → `data/x`).
+fn relative_to(msg: &str, workspace: &Path) -> String {
+    let prefix = format!("{}/", workspace.display());
+    msg.replace(&prefix, "")
+}
+
+/// Why a workspace path has no digest.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PathProblem {
+    Missing,
+    /// Names the offending entry and what is wrong with it.
+    Unreadable(String),
+}
+
+impl PathProblem {
+    fn reason(&self, path: &str) -> DirtyReason {
+        match self {
+            PathProblem::Missing => DirtyReason::PathMissing { path: path.to_string() },
+            PathProblem::Unreadable(detail) => DirtyReason::PathUnreadable {
+                path: path.to_string(),
+                detail: detail.clone(),
+            },
+        }
+    }
 }
 
 /// Build the key document of `n`, given its upstream outputs. `Err` lists the upstream
@@ -232,7 +305,8 @@ pub fn key_doc(
                 path: p.rel,
                 hash: st.hash.to_hex(),
             }),
-            _ => missing.push(DirtyReason::PathMissing { path: p.rel }),
+            Some(Err(problem)) => missing.push(problem.reason(&p.rel)),
+            None => missing.push(DirtyReason::PathMissing { path: p.rel }),
         }
     }
     if !pending.is_empty() || !missing.is_empty() {

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam::channel;
 use flow_cache::{Hash, Materialize, Store, Tree};
 use petgraph::graph::NodeIndex;
+use petgraph::visit::EdgeRef;
 use serde::Serialize;
 
 use crate::dag::Dag;
 use crate::key::KeyDoc;
 use crate::plan::{key_doc, last_run_name, lookup, LastRun, PathDigests, RunRecord};
 use crate::stage::{ExecCtx, ResolvedInput, ResolvedPath, StageError};
+use crate::views::Views;
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -73,10 +75,21 @@ pub enum RunEvent {
     Failed {
         id: String,
         error: String,
-        log: PathBuf,
+        /// The instance's log, when it has one (a stage that failed before it started has none).
+        log: Option<PathBuf>,
     },
+    /// Not started because of a failure or cancellation.
     Skipped {
         id: String,
+    },
+    /// Was running when the run was cancelled (Ctrl-C); nothing of it was published.
+    Interrupted {
+        id: String,
+    },
+    /// Something the user should know that did not fail the run (e.g. a view under `out/`
+    /// that flow would not replace).
+    Warning {
+        message: String,
     },
 }
 
@@ -84,7 +97,8 @@ pub enum RunEvent {
 pub struct Failure {
     pub stage: String,
     pub error: String,
-    pub log: PathBuf,
+    /// `null` when the instance failed before it had a log.
+    pub log: Option<PathBuf>,
 }
 
 /// What `flow run --json` prints.
@@ -96,13 +110,22 @@ pub struct RunSummary {
     pub failed: Vec<Failure>,
     /// Not started because of a failure or cancellation.
     pub skipped: Vec<String>,
+    /// Running when the run was cancelled; nothing of them was published.
+    pub interrupted: Vec<String>,
     pub cancelled: bool,
     pub seconds: f64,
     /// Files under the workspace paths the pipeline reads, and how many of them had to be
     /// read to know their content (the rest were known unchanged from the stat cache).
     pub workspace_files: usize,
     pub workspace_files_read: usize,
+    /// Problems that did not fail the run (views under `out/` left alone, …).
+    pub warnings: Vec<String>,
 }
+
+/// The most instances [`run`] runs at once (`--jobs`), and the largest CPU budget (`--cpus`):
+/// beyond, a thread per job is a typo, not a machine.
+pub const MAX_JOBS: usize = 1024;
+pub const MAX_CPUS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -206,9 +229,36 @@ pub fn run(
     let mut running = 0usize;
     let mut finished: Vec<bool> = vec![false; dag.graph.node_count()];
 
+    if opts.jobs == 0 || opts.jobs > MAX_JOBS {
+        return Err(EngineError::Other(format!(
+            "--jobs {} is out of range: at least 1 and at most {MAX_JOBS} instances at once",
+            opts.jobs
+        )));
+    }
+    if opts.cpus == 0 || opts.cpus > MAX_CPUS {
+        return Err(EngineError::Other(format!(
+            "--cpus {} is out of range: at least 1 and at most {MAX_CPUS}",
+            opts.cpus
+        )));
+    }
+    let views = opts
+        .out_root
+        .as_deref()
+        .map(|r| Views::new(store, r, &dag.pipeline.name));
+    if let Some(w) = note_pipeline_file(store, dag) {
+        on_event(RunEvent::Warning { message: w.clone() });
+        summary.warnings.push(w);
+    }
+    let warn = |summary: &mut RunSummary, message: String| {
+        on_event(RunEvent::Warning {
+            message: message.clone(),
+        });
+        summary.warnings.push(message);
+    };
     let (job_tx, job_rx) = channel::unbounded::<Job>();
     let (done_tx, done_rx) = channel::unbounded::<Done>();
-    let workers = opts.jobs.max(1);
+    // No more threads than instances that could run.
+    let workers = opts.jobs.min(total.max(1));
 
     let result: Result<(), EngineError> = crossbeam::scope(|scope| {
         for _ in 0..workers {
@@ -251,13 +301,16 @@ pub fn run(
                         ready.remove(i);
                         finished[n.index()] = true;
                         let error = reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
-                        let log = store.log_path("plan");
                         on_event(RunEvent::Failed {
                             id: id.clone(),
                             error: error.clone(),
-                            log: log.clone(),
+                            log: None,
                         });
-                        summary.failed.push(Failure { stage: id, error, log });
+                        summary.failed.push(Failure {
+                            stage: id,
+                            error,
+                            log: None,
+                        });
                         failed_any = true;
                         continue;
                     }
@@ -266,7 +319,9 @@ pub fn run(
                 if let Ok(rec) = lookup(store, &key) {
                     ready.remove(i);
                     note_last(store, dag, n, &key);
-                    expose(store, dag, n, &rec.tree, opts);
+                    if let Some(Err(w)) = views.as_ref().map(|v| expose(v, dag, n, &rec.tree)) {
+                        warn(&mut summary, w);
+                    }
                     outputs.insert(n, rec.output);
                     trees.insert(n, (rec.tree, rec.meta));
                     summary.cached.push(id.clone());
@@ -346,7 +401,9 @@ pub fn run(
             match done.result {
                 Ok(rec) => {
                     note_last(store, dag, n, &rec.key);
-                    expose(store, dag, n, &rec.tree, opts);
+                    if let Some(Err(w)) = views.as_ref().map(|v| expose(v, dag, n, &rec.tree)) {
+                        warn(&mut summary, w);
+                    }
                     outputs.insert(n, rec.output);
                     trees.insert(n, (rec.tree, rec.meta));
                     summary.executed.push(id.clone());
@@ -355,13 +412,13 @@ pub fn run(
                 }
                 Err(StageError::Cancelled) => {
                     summary.cancelled = true;
-                    summary.skipped.push(id.clone());
-                    on_event(RunEvent::Skipped { id });
+                    summary.interrupted.push(id.clone());
+                    on_event(RunEvent::Interrupted { id });
                 }
                 Err(e) => {
                     failed_any = true;
                     let key = dag_key_for_log(dag, n, &outputs, paths);
-                    let log = store.log_path(&key);
+                    let log = Some(store.log_path(&key)).filter(|l| l.is_file());
                     let error = e.to_string();
                     on_event(RunEvent::Failed {
                         id: id.clone(),
@@ -389,6 +446,18 @@ pub fn run(
     if cancel.load(Ordering::Relaxed) {
         summary.cancelled = true;
     }
+    if let Some(v) = &views {
+        let mut stages: std::collections::BTreeMap<String, Option<u32>> =
+            dag.pipeline.stages.iter().map(|d| (d.name.clone(), None)).collect();
+        for i in dag.graph.node_weights().filter(|i| i.fold.is_some()) {
+            if let Some(folds) = stages.get_mut(&i.stage) {
+                *folds.get_or_insert(0) += 1;
+            }
+        }
+        for w in v.sweep(&stages) {
+            warn(&mut summary, w);
+        }
+    }
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -406,11 +475,14 @@ fn release(
     ready: &mut Vec<NodeIndex>,
     finished: &[bool],
 ) {
-    for m in dag.graph.neighbors_directed(n, petgraph::Direction::Outgoing) {
-        // One decrement per edge (a stage may read the same producer through two ports).
-        let edges = dag.graph.edges_connecting(n, m).count();
+    // `waiting` counts incoming edges, so one decrement per outgoing edge (a consumer may
+    // read this producer through several ports: it is visited once per edge).
+    for e in dag.graph.edges_directed(n, petgraph::Direction::Outgoing) {
+        let m = e.target();
         if let Some(w) = waiting.get_mut(&m) {
-            *w = w.saturating_sub(edges);
+            *w = w
+                .checked_sub(1)
+                .expect("an instance is released once per incoming edge");
             if *w == 0 && !finished[m.index()] && !ready.contains(&m) {
                 ready.push(m);
             }
@@ -419,6 +491,37 @@ fn release(
     // Keep topological order so output is deterministic.
     let pos: HashMap<NodeIndex, usize> = dag.order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     ready.sort_by_key(|n| pos[n]);
+}
+
+/// Which file last ran under a pipeline name (`meta/pipelines/<name>`).
+#[derive(Serialize, serde::Deserialize, PartialEq)]
+struct PipelineFile {
+    file: PathBuf,
+}
+
+/// Remember which file runs under this pipeline's name; a warning when another file that
+/// still exists ran under the same name before (both would show their outputs in
+/// `out/<name>/` and share `flow status` history).
+fn note_pipeline_file(store: &Store, dag: &Dag) -> Option<String> {
+    let name = format!("pipelines/{}", dag.pipeline.name);
+    let file = std::fs::canonicalize(&dag.pipeline.file).ok()?;
+    let before = store.read_meta::<PipelineFile>(&name).ok().flatten();
+    let now = PipelineFile { file: file.clone() };
+    if before.as_ref() == Some(&now) {
+        return None;
+    }
+    let _ = store.write_meta_nosync(&name, &now);
+    let other = before?.file;
+    other.is_file().then(|| {
+        format!(
+            "pipeline name `{}` was last run from {}, and now from {}: both show their outputs in out/{}/ \
+             and share its history; give one of them another `name`",
+            dag.pipeline.name,
+            other.display(),
+            file.display(),
+            dag.pipeline.name
+        )
+    })
 }
 
 fn note_last(store: &Store, dag: &Dag, n: NodeIndex, key: &str) {
@@ -432,78 +535,10 @@ fn note_last(store: &Store, dag: &Dag, n: NodeIndex, key: &str) {
     }
 }
 
-/// Show an instance's outputs under `out/<pipeline>/<stage>/[foldK/]` as read-only hard
-/// links to the store's objects. A view that already shows exactly `tree` is left alone.
-fn expose(store: &Store, dag: &Dag, n: NodeIndex, tree: &Tree, opts: &RunOptions) {
-    let Some(root) = &opts.out_root else { return };
+/// Show an instance's outputs under `out/<pipeline>/<stage>/[foldK/]` (see [`crate::views`]).
+fn expose(views: &Views<'_>, dag: &Dag, n: NodeIndex, tree: &Tree) -> Result<(), String> {
     let inst = dag.instance(n);
-    let mut dest = root.join(&dag.pipeline.name).join(&inst.stage);
-    if let Some(f) = inst.fold {
-        dest = dest.join(format!("fold{f}"));
-    }
-    if view_is_current(store, tree, &dest) {
-        return;
-    }
-    let res = (|| -> Result<(), String> {
-        let parent = dest.parent().ok_or("no parent")?;
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        let tmp = parent.join(format!(
-            ".{}.tmp{}",
-            dest.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-        store
-            .materialize(tree, &tmp, Materialize::Link)
-            .map_err(|e| e.to_string())?;
-        if dest.exists() {
-            // Keep fold subdirectories of per-fold stages when replacing a single view.
-            std::fs::remove_dir_all(&dest).map_err(|e| e.to_string())?;
-        }
-        std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
-        Ok(())
-    })();
-    if let Err(e) = res {
-        tracing::warn!("cannot update {}: {e}", dest.display());
-    }
-}
-
-/// `dest` holds exactly `tree`'s files (nothing else), each the object itself (same inode)
-/// or a symlink to it.
-fn view_is_current(store: &Store, tree: &Tree, dest: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fn count_files(dir: &std::path::Path) -> std::io::Result<usize> {
-        let mut n = 0;
-        for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            n += if e.file_type()?.is_dir() {
-                count_files(&e.path())?
-            } else {
-                1
-            };
-        }
-        Ok(n)
-    }
-    if count_files(dest).ok() != Some(tree.entries.len()) {
-        return false;
-    }
-    for (rel, e) in &tree.entries {
-        let p = dest.join(rel);
-        let Ok(lm) = std::fs::symlink_metadata(&p) else {
-            return false;
-        };
-        let obj = store.object_path(&e.hash);
-        let same = if lm.file_type().is_symlink() {
-            std::fs::read_link(&p).is_ok_and(|t| t == obj)
-        } else {
-            std::fs::metadata(&obj).is_ok_and(|om| om.ino() == lm.ino() && om.dev() == lm.dev())
-        };
-        if !same {
-            return false;
-        }
-    }
-    true
+    views.expose(&inst.stage, inst.fold, tree)
 }
 
 fn sanitize(id: &str) -> String {
@@ -635,4 +670,99 @@ fn execute(
 /// Log path of an instance's last run (for messages).
 pub fn log_of(store: &Store, key: &str) -> PathBuf {
     store.log_path(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::{parse_as, FanOut, Input, PortType, Registry, StageConfig, StageKind};
+
+    /// A test stage: `folds` instances (or one), reading `reads` = [(port, stage)], sleeping
+    /// `sleep_ms × (fold + 1)`, writing how many inputs it saw.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct T {
+        #[serde(default)]
+        folds: Option<u32>,
+        #[serde(default)]
+        reads: Vec<(String, String)>,
+        #[serde(default)]
+        sleep_ms: u64,
+    }
+
+    impl StageConfig for T {
+        fn inputs(&self) -> Vec<Input> {
+            self.reads
+                .iter()
+                .map(|(port, s)| Input::stage(port.clone(), s.clone(), &[PortType::ANY]))
+                .collect()
+        }
+        fn output(&self) -> PortType {
+            PortType::FILES
+        }
+        fn fan_out(&self) -> FanOut {
+            self.folds.map_or(FanOut::Single, FanOut::Foreach)
+        }
+        fn key_params(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap()
+        }
+        fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
+            std::thread::sleep(Duration::from_millis(
+                self.sleep_ms * (u64::from(ctx.fold.unwrap_or(0)) + 1),
+            ));
+            std::fs::write(
+                ctx.out_dir.join("o.txt"),
+                format!("{} read {}", ctx.instance, ctx.inputs.len()),
+            )?;
+            Ok(())
+        }
+    }
+
+    fn run_text(text: &str) -> (RunSummary, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.ron"), text).unwrap();
+        let mut reg = Registry::new();
+        reg.register(StageKind {
+            name: "T",
+            version: 1,
+            summary: "test stage",
+            parse: parse_as::<T>,
+        });
+        let dag = crate::load_dag(&dir.path().join("p.ron"), &reg).unwrap_or_else(|d| panic!("{d:?}"));
+        let store = Store::open(&dir.path().join(".flow")).unwrap();
+        let mut fsc = flow_cache::FileStateCache::load(&store);
+        let paths = crate::plan::digest_paths(&dag, dir.path(), &mut fsc);
+        let opts = RunOptions {
+            jobs: 4,
+            cpus: 4,
+            gpus: vec![],
+            workspace: dir.path().to_path_buf(),
+            out_root: Some(dir.path().join("out")),
+            targets: None,
+            keep_going: false,
+        };
+        let s = run(&dag, &store, &paths, &opts, &AtomicBool::new(false), &|_| {}).unwrap();
+        (s, dir)
+    }
+
+    // A consumer reading one per-fold producer through two ports has 2 × folds incoming
+    // edges. The scheduler decremented its count by the edges between the pair once per
+    // *edge*, so it was ready after 2 of 3 folds and failed ("upstream will run first").
+    #[test]
+    fn a_consumer_of_one_producer_on_two_ports_waits_for_every_fold() {
+        let (s, dir) = run_text(
+            r#"Pipeline(name: "two", stages: {
+                "p": T(folds: 3, sleep_ms: 60),
+                "c": T(reads: [("x", "p"), ("y", "p")]),
+            })"#,
+        );
+        assert!(s.failed.is_empty(), "{:?}", s.failed);
+        let mut executed = s.executed.clone();
+        executed.sort();
+        assert_eq!(executed, ["c", "p@fold0", "p@fold1", "p@fold2"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/two/c/o.txt")).unwrap(),
+            "c read 6"
+        );
+    }
 }

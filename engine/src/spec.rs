@@ -113,6 +113,65 @@ impl<'de> Deserialize<'de> for RawStages {
     }
 }
 
+/// The longest pipeline name: it is a directory name under `out/` and in the cache's `meta/`.
+pub const MAX_PIPELINE_NAME: usize = 100;
+
+/// A pipeline name is a single directory name under `out/` (and in the cache's `meta/`): it
+/// must never be a path (`..`, `a/b`, `/x`), empty, hidden (`.x`) or look like an option.
+pub fn check_pipeline_name(name: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "invalid pipeline name {name:?}: {why}; the name is the directory `out/<name>/`, so use letters, digits, \
+             `_`, `-` and `.` (not first)"
+        ))
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name == "." || name == ".." || name.contains('/') {
+        return bad("it is a path, not a name");
+    }
+    if name.len() > MAX_PIPELINE_NAME {
+        return bad(&format!("longer than {MAX_PIPELINE_NAME} bytes"));
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("it starts with `.` or `-`");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_-.".contains(*c)))
+    {
+        return bad(&format!("{c:?} is not allowed"));
+    }
+    Ok(())
+}
+
+/// Byte span of the string literal that follows the first top-level `field:` (escapes
+/// included), or of the field name when no literal follows.
+fn field_value_span(text: &str, field: &str) -> (usize, usize) {
+    let (at, len) = find_field(text, field);
+    if (at, len) == (0, 0) {
+        return (0, 0);
+    }
+    let rest = &text[at + len..];
+    let Some(colon) = rest.find(':') else { return (at, len) };
+    let after = &rest[colon + 1..];
+    let ws = after.len() - after.trim_start().len();
+    let start = at + len + colon + 1 + ws;
+    if !text[start..].starts_with('"') {
+        return (at, len);
+    }
+    let mut escaped = false;
+    for (i, c) in text[start + 1..].char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return (start, i + 2),
+            _ => escaped = false,
+        }
+    }
+    (at, len)
+}
+
 fn check_stage_name(name: &str) -> Result<(), String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(format!(
@@ -285,6 +344,12 @@ fn load_inner(
     let raw = parsed.map_err(|e| vec![ron_diagnostic(&src, &e)])?;
 
     let mut diags = Vec::new();
+    if let Err(m) = check_pipeline_name(&raw.name) {
+        diags.push(
+            Diagnostic::at(Code::InvalidValue, &src, field_value_span(&src.text, "name"), m)
+                .label("not a directory name"),
+        );
+    }
     // Defaults: a struct-like map of name -> value.
     let mut defaults = Defaults::default();
     if let Some(v) = &raw.defaults {

@@ -29,7 +29,7 @@ impl fmt::Display for PortType {
 }
 
 /// Where an input comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum InputSource {
     /// Another stage of the pipeline, by name.
     Stage(String),
@@ -97,7 +97,9 @@ impl Default for Resources {
 pub struct ConfigProblem {
     pub code: crate::diag::Code,
     pub message: String,
-    /// Text of the offending value, used to point at it in the file (e.g. `"../x"`).
+    /// Where to point in the file: the offending string value (`../x`, found as the literal
+    /// `"../x"` after the stage's name), or a field name followed by `:` (`count:`) for a
+    /// value that is not a string. `None`: the stage's name.
     pub needle: Option<String>,
     pub help: Option<String>,
 }
@@ -227,6 +229,17 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
         Vec::new()
     }
     fn validate(&self) -> Vec<ConfigProblem> {
+        Vec::new()
+    }
+    /// What is known of this stage's output before it runs, for consumers'
+    /// [`StageConfig::validate_inputs`] (Preprocess: `{"image_size": 64}`). Default: nothing.
+    fn output_facts(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Problems only the producers can reveal, found without running anything: `inputs`
+    /// pairs each stage input's param with its producer's [`StageConfig::output_facts`]
+    /// (`Null` when the producer says nothing). Reported by `flow check` like `validate`.
+    fn validate_inputs(&self, _inputs: &[(String, serde_json::Value)]) -> Vec<ConfigProblem> {
         Vec::new()
     }
     fn resources(&self) -> Resources {
