@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Component, Path};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -89,27 +89,10 @@ pub fn kind() -> StageKind {
     }
 }
 
-/// Whether a relative path stays inside its root (no absolute path, no `..` above the root).
+/// Whether a relative path stays inside its root (no absolute path, no `..` above the root,
+/// not empty): [`flow_cache::normalize_rel`] accepts it.
 pub fn stays_inside(p: &str) -> bool {
-    let path = Path::new(p);
-    if p.is_empty() || path.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = 0;
-    for c in path.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    depth > 0
+    flow_cache::normalize_rel(p).is_ok()
 }
 
 fn subst(s: &str, fold: Option<u32>) -> String {
@@ -152,6 +135,56 @@ impl StageConfig for Exec {
     }
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut v = Vec::new();
+        let mut normal: Vec<(String, &String)> = Vec::new();
+        for o in &self.outputs {
+            let Ok(n) = flow_cache::normalize_rel(o) else {
+                continue;
+            };
+            if let Some((_, first)) = normal.iter().find(|(m, _)| *m == n) {
+                v.push(ConfigProblem {
+                    code: Code::InvalidValue,
+                    message: if *first == o {
+                        format!("output `{o}` is listed twice")
+                    } else {
+                        format!("outputs `{first}` and `{o}` are the same path")
+                    },
+                    needle: Some(o.clone()),
+                    help: Some("list each output once".into()),
+                });
+            } else if let Some((m, first)) = normal
+                .iter()
+                .find(|(m, _)| n.starts_with(&format!("{m}/")) || m.starts_with(&format!("{n}/")))
+            {
+                let (outer, inner) = if n.len() > m.len() { (*first, o) } else { (o, *first) };
+                v.push(ConfigProblem {
+                    code: Code::InvalidValue,
+                    message: format!("output `{inner}` is inside output `{outer}`"),
+                    needle: Some(o.clone()),
+                    help: Some("a directory output already publishes everything in it; list it once".into()),
+                });
+            } else {
+                normal.push((n, o));
+            }
+        }
+        // An output at or under a workspace path input would be taken from the workspace
+        // (that input is a link to it): publishing would move the user's files into the cache.
+        for i in &self.inputs {
+            let ExecInput::Path(p) = i else { continue };
+            let Ok(pn) = flow_cache::normalize_rel(p) else { continue };
+            for (n, o) in &normal {
+                if *n == pn || n.starts_with(&format!("{pn}/")) || pn.starts_with(&format!("{n}/")) {
+                    v.push(ConfigProblem {
+                        code: Code::PathEscape,
+                        message: format!(
+                            "output `{o}` overlaps workspace input `{p}`: the command sees that input as a link to \
+                             the workspace, so the output would be the workspace's own files"
+                        ),
+                        needle: Some((*o).clone()),
+                        help: Some("write outputs under another name (e.g. `results/...`)".into()),
+                    });
+                }
+            }
+        }
         for o in &self.outputs {
             if !stays_inside(o) {
                 v.push(ConfigProblem {
@@ -291,6 +324,7 @@ impl StageConfig for Exec {
         for (k, v) in &self.env {
             cmd.env(k, subst(v, ctx.fold));
         }
+        let stamps = input_stamps(ctx, &placed);
         let mut child = cmd
             .spawn()
             .map_err(|e| StageError::msg(format!("cannot start command: {e}")))?;
@@ -308,13 +342,46 @@ impl StageConfig for Exec {
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         };
+        // Inputs written in place are cache objects altered: take them out of service (the
+        // producer re-runs next time) and fail, whatever the command's status.
+        let now = input_stamps(ctx, &placed);
+        let altered: Vec<&String> = stamps
+            .iter()
+            .zip(&now)
+            .filter(|(a, b)| a.1.is_some() && b.1.is_some() && a.1 != b.1)
+            .map(|(a, _)| &a.0)
+            .collect();
+        if !altered.is_empty() {
+            for rel in &altered {
+                if let Some(e) = ctx.inputs.iter().find_map(|i| i.tree.entries.get(*rel)) {
+                    let _ = ctx.store.quarantine_object(&e.hash);
+                }
+            }
+            let names: Vec<&str> = altered.iter().map(|s| s.as_str()).collect();
+            return Err(StageError::msg(format!(
+                "the command wrote into its input file(s) {} in place: they are read-only objects of the cache \
+                 (writable only because flow runs as root). They were taken out of service and their stage \
+                 will re-run; write to a new file instead",
+                names.join(", ")
+            )));
+        }
         if !status.success() {
             let tail = log_tail(ctx.log_path, 8);
             return Err(StageError::msg(format!("command failed ({status}){tail}")));
         }
         for o in &self.outputs {
-            let rel = subst(o, ctx.fold);
+            let rel = flow_cache::normalize_rel(&subst(o, ctx.fold))
+                .map_err(|why| StageError::msg(format!("output `{o}` (fold substituted): {why}")))?;
             let src = work.join(&rel);
+            // Never through a link the sandbox made (a workspace path input): that would
+            // move the workspace's own files into the cache. `validate` refuses such
+            // outputs; this holds for one written at run time too.
+            if let Some(link) = link_on_the_way(work, &rel) {
+                return Err(StageError::msg(format!(
+                    "declared output `{rel}` lies inside `{link}`, a link to the workspace or the cache: \
+                     not taking it (outputs must be files the command wrote)"
+                )));
+            }
             if src.symlink_metadata().is_err() {
                 return Err(StageError::msg(format!(
                     "declared output `{rel}` was not created by the command"
@@ -332,8 +399,39 @@ impl StageConfig for Exec {
     }
 }
 
-/// Mirror `src` at `dest`: real directories, files as symlinks. (A symlinked directory
-/// would be invisible to `find dir`, which does not follow a symlink given as start point.)
+/// The first ancestor of `work/rel` (below `work`) that is a symlink, if any.
+fn link_on_the_way(work: &Path, rel: &str) -> Option<String> {
+    let mut at = work.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate().take(parts.len().saturating_sub(1)) {
+        at.push(part);
+        if at.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            return Some(parts[..=i].join("/"));
+        }
+    }
+    None
+}
+
+/// Size and modification time of the cache object behind every linked input file: a command
+/// that writes into one in place (possible as root, though objects are read-only) alters the
+/// object; one that replaces the file (a new inode at the same path) does not.
+fn input_stamps(ctx: &ExecCtx<'_>, placed: &BTreeMap<String, String>) -> Vec<(String, Option<(u64, i64, i64)>)> {
+    use std::os::unix::fs::MetadataExt;
+    placed
+        .iter()
+        .map(|(rel, from)| {
+            let obj = ctx
+                .inputs
+                .iter()
+                .find(|i| i.from == *from)
+                .and_then(|i| i.tree.entries.get(rel))
+                .map(|e| ctx.store.object_path(&e.hash));
+            let m = obj.and_then(|o| std::fs::metadata(o).ok());
+            (rel.clone(), m.map(|m| (m.len(), m.mtime(), m.mtime_nsec())))
+        })
+        .collect()
+}
+
 fn log_tail(path: &Path, n: usize) -> String {
     let Ok(f) = std::fs::File::open(path) else {
         return String::new();

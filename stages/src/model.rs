@@ -9,7 +9,7 @@
 //! "infer": EnsembleInfer(models: ["retrain"], data: "preprocess", split: "split", calibration: "calibrate", tta: [Identity, HFlip]),
 //! ```
 //! Per-fold outputs of Train/Retrain (`out/<p>/train/foldK/`): `model.safetensors` (PyTorch-
-//! loadable), `history.csv` (epoch, train_loss, val_loss, val_auc, lr, seconds, train_images_per_s), `meta.json`,
+//! loadable), `history.csv` (epoch, train_loss, val_loss, val_auc, lr), `meta.json`,
 //! `scores.csv` (`item,role,label,source,logit` for every item of the fold: train/val/test).
 
 use flow_engine::{
@@ -55,6 +55,53 @@ pub enum Model {
     EfficientNetB3,
     MobileNetV2,
 }
+/// The widest `SimpleCnn` first layer and the most blocks: beyond, a typo, not a model.
+pub const SIMPLE_CNN_MAX_WIDTH: i64 = 4096;
+pub const SIMPLE_CNN_MAX_DEPTH: i64 = 10;
+
+impl Model {
+    /// What is wrong with the model's own params (the worker builds only models without
+    /// problems; `flow check` reports the same).
+    /// Each names the param (`width`) and says what is wrong.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Model::SimpleCnn { width, depth, .. } => {
+                let mut v = Vec::new();
+                if !(1..=SIMPLE_CNN_MAX_WIDTH).contains(width) {
+                    v.push((
+                        "width",
+                        format!("SimpleCnn `width` {width} must be in 1..={SIMPLE_CNN_MAX_WIDTH}"),
+                    ));
+                }
+                if !(1..=SIMPLE_CNN_MAX_DEPTH).contains(depth) {
+                    v.push((
+                        "depth",
+                        format!("SimpleCnn `depth` {depth} must be in 1..={SIMPLE_CNN_MAX_DEPTH}"),
+                    ));
+                }
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Why the model cannot take `size`-pixel images, if it cannot.
+    pub fn size_problem(&self, size: u64) -> Option<String> {
+        match self {
+            Model::SimpleCnn { depth, .. } if (1..=SIMPLE_CNN_MAX_DEPTH).contains(depth) && size >> depth == 0 => {
+                Some(format!(
+                    "SimpleCnn depth {depth} halves {size}-pixel images {depth} times, below 1 pixel: use depth ≤ {}",
+                    (size.max(1) as f64).log2().floor()
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Training batches beyond this are a typo (and an allocation failure).
+pub const MAX_BATCH_SIZE: usize = 65_536;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum GlobalPool {
     #[default]
@@ -208,7 +255,8 @@ pub struct Train {
 pub fn train_kind() -> StageKind {
     StageKind {
         name: "Train",
-        version: 1,
+        // 2: no timings or thread counts in history.csv / meta.json / infer.json.
+        version: 2,
         summary: "train a binary detector per fold (libtorch)",
         parse: parse_as::<Train>,
     }
@@ -239,6 +287,16 @@ fn train_problems(t: &Train) -> Vec<ConfigProblem> {
     if t.batch_size == 0 || t.accumulate == 0 {
         v.push(p("`batch_size` and `accumulate` must be at least 1".into()));
     }
+    if t.batch_size > MAX_BATCH_SIZE {
+        v.push(p(format!(
+            "`batch_size` {} is more than {MAX_BATCH_SIZE}",
+            t.batch_size
+        )));
+    }
+    v.extend(t.model.problems().into_iter().map(|(field, m)| ConfigProblem {
+        needle: Some(format!("{field}:")),
+        ..p(m)
+    }));
     if let Some(w) = &t.pretrained {
         if !crate::exec::stays_inside(w) {
             v.push(ConfigProblem {
@@ -291,6 +349,23 @@ impl StageConfig for Train {
     fn validate(&self) -> Vec<ConfigProblem> {
         train_problems(self)
     }
+    fn validate_inputs(&self, inputs: &[(String, serde_json::Value)]) -> Vec<ConfigProblem> {
+        let mut v = Vec::new();
+        for (_, facts) in inputs.iter().filter(|(port, _)| port == "data") {
+            let Some(size) = facts["image_size"].as_u64() else {
+                continue;
+            };
+            if let Some(m) = self.model.size_problem(size) {
+                v.push(ConfigProblem {
+                    code: Code::InvalidValue,
+                    message: format!("{m} (`{}` makes {size}-pixel images)", self.data),
+                    needle: Some("depth:".into()),
+                    help: None,
+                });
+            }
+        }
+        v
+    }
     fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
         crate::worker::run_in_worker("Train", self, ctx)
     }
@@ -334,7 +409,8 @@ pub struct Retrain {
 pub fn retrain_kind() -> StageKind {
     StageKind {
         name: "Retrain",
-        version: 1,
+        // 2: no timings or thread counts in history.csv / meta.json / infer.json.
+        version: 2,
         summary: "fine-tune per fold with hard negatives up-weighted (libtorch)",
         parse: parse_as::<Retrain>,
     }
@@ -446,7 +522,8 @@ pub struct EnsembleInfer {
 pub fn infer_kind() -> StageKind {
     StageKind {
         name: "EnsembleInfer",
-        version: 1,
+        // 2: no timings or thread counts in history.csv / meta.json / infer.json.
+        version: 2,
         summary: "out-of-fold ensemble predictions with TTA (libtorch)",
         parse: parse_as::<EnsembleInfer>,
     }

@@ -181,8 +181,18 @@ pub enum WorkerEvent {
         frac: f64,
         msg: String,
     },
-    /// Run-record meta of the instance (see `ExecCtx::meta`).
+    /// Run-record meta of the instance (see `ExecCtx::meta`): facts of this run that are not
+    /// determined by the key (seconds, threads, resumes). Objects merge key by key.
     Meta(serde_json::Value),
+}
+
+/// Merge a worker's meta event into the instance's run-record meta (objects key by key;
+/// anything else replaces).
+fn merge_meta(into: &mut serde_json::Value, m: serde_json::Value) {
+    match (into.as_object_mut(), m) {
+        (Some(o), serde_json::Value::Object(n)) => o.extend(n),
+        (_, m) => *into = m,
+    }
 }
 
 /// Run a torch stage instance in a `flow-worker` process: the `execute` of every torch kind.
@@ -282,7 +292,7 @@ pub fn run_in_worker<P: serde::Serialize>(
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             match serde_json::from_str::<WorkerEvent>(&line) {
                 Ok(WorkerEvent::Progress { frac, msg }) => (ctx.progress)(frac, &msg),
-                Ok(WorkerEvent::Meta(m)) => *ctx.meta.lock().expect("meta") = m,
+                Ok(WorkerEvent::Meta(m)) => merge_meta(&mut ctx.meta.lock().expect("meta"), m),
                 Err(_) => tracing::debug!("worker: {line}"),
             }
         }

@@ -184,15 +184,7 @@ impl StageConfig for Ingest {
                     v.push(ConfigProblem {
                         code: Code::InvalidValue,
                         message: "Demo `count` must be at least 4".into(),
-                        needle: None,
-                        help: None,
-                    });
-                }
-                if *size < 16 {
-                    v.push(ConfigProblem {
-                        code: Code::InvalidValue,
-                        message: "Demo `size` must be at least 16".into(),
-                        needle: None,
+                        needle: Some("count:".into()),
                         help: None,
                     });
                 }
@@ -203,6 +195,21 @@ impl StageConfig for Ingest {
                             message: format!("unknown demo source `{s}`"),
                             needle: Some(s.clone()),
                             help: Some(format!("known sources: {}", demo::KNOWN_SOURCES.join(", "))),
+                        });
+                    }
+                }
+                let names: Vec<String> = match sources {
+                    Some(s) => s.clone(),
+                    None => demo::DEFAULT_SOURCES.iter().map(|s| s.to_string()).collect(),
+                };
+                // The generator's own rules (size and count bounds), when the sources are fine.
+                if *count >= 4 && names.iter().all(|s| demo::KNOWN_SOURCES.contains(&s.as_str())) {
+                    if let Err((field, m)) = demo::validate(*count, *size, &names) {
+                        v.push(ConfigProblem {
+                            code: Code::InvalidValue,
+                            message: m,
+                            needle: Some(format!("{field}:")),
+                            help: None,
                         });
                     }
                 }

@@ -116,6 +116,9 @@ impl StageConfig for Preprocess {
     fn resources(&self) -> Resources {
         Resources { threads: 0, gpu: false }
     }
+    fn output_facts(&self) -> serde_json::Value {
+        serde_json::json!({ "image_size": self.size })
+    }
     fn validate(&self) -> Vec<ConfigProblem> {
         if !(8..=1024).contains(&self.size) {
             return vec![ConfigProblem {
@@ -156,6 +159,9 @@ impl StageConfig for Preprocess {
         }
         let stats: Mutex<Vec<[f64; 6]>> = Mutex::new(vec![[0.0; 6]; n]);
         let errors: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+        // A failure to write the output (a full disk) is not the image's fault: the first one
+        // stops every thread and is reported once, not once per remaining image.
+        let fatal: Mutex<Option<String>> = Mutex::new(None);
         let next = AtomicUsize::new(0);
         let done = AtomicUsize::new(0);
         let threads = ctx.threads.max(1).min(n.max(1));
@@ -166,7 +172,7 @@ impl StageConfig for Preprocess {
                     let mut px = vec![0u8; item_bytes as usize];
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n || ctx.cancelled() {
+                        if i >= n || ctx.cancelled() || fatal.lock().expect("lock").is_some() {
                             break;
                         }
                         let it = &items[i];
@@ -178,14 +184,21 @@ impl StageConfig for Preprocess {
                             }
                             imageops::process_into(&bytes, self.size, self.crop, self.filter, &mut px)
                                 .map_err(|e| e.to_string())?;
-                            let (shard, row) = (i / rows_per_shard, i % rows_per_shard);
-                            shards[shard]
-                                .write_all_at(&px, row as u64 * item_bytes)
-                                .map_err(|e| format!("cannot write shard: {e}"))?;
                             Ok(channel_stats(&px))
                         })();
                         match res {
-                            Ok(st) => stats.lock().expect("lock")[i] = st,
+                            Ok(st) => {
+                                let (shard, row) = (i / rows_per_shard, i % rows_per_shard);
+                                match shards[shard].write_all_at(&px, row as u64 * item_bytes) {
+                                    Ok(()) => stats.lock().expect("lock")[i] = st,
+                                    Err(e) => {
+                                        let mut f = fatal.lock().expect("lock");
+                                        f.get_or_insert_with(|| {
+                                            format!("cannot write {}: {e}", ctx.out_dir.join(&names[shard]).display())
+                                        });
+                                    }
+                                }
+                            }
                             Err(e) => errors.lock().expect("lock").push((path.display().to_string(), e)),
                         }
                         let k = done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -200,14 +213,15 @@ impl StageConfig for Preprocess {
         if ctx.cancelled() {
             return Err(StageError::Cancelled);
         }
-        let mut errors = errors.into_inner().expect("lock");
+        if let Some(e) = fatal.into_inner().expect("lock") {
+            return Err(StageError::msg(e));
+        }
+        let errors = errors.into_inner().expect("lock");
         if !errors.is_empty() {
-            errors.sort();
-            let list: Vec<String> = errors.iter().take(20).map(|(p, e)| format!("\n  {p}: {e}")).collect();
             return Err(StageError::msg(format!(
                 "{} image(s) could not be preprocessed:{}",
                 errors.len(),
-                list.join("")
+                summarize_errors(errors)
             )));
         }
         for f in &shards {
@@ -276,4 +290,37 @@ pub fn channel_stats(px: &[u8]) -> [f64; 6] {
         s[4] as f64 / n / 65025.0,
         s[5] as f64 / n / 65025.0,
     ]
+}
+
+/// Per-item errors, grouped by message (a whole dataset failing the same way is one line,
+/// with its count and a few of the paths), the most frequent first, at most 10 groups.
+fn summarize_errors(mut errors: Vec<(String, String)>) -> String {
+    errors.sort();
+    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (path, e) in &errors {
+        groups.entry(e.as_str()).or_default().push(path.as_str());
+    }
+    let mut groups: Vec<(&str, Vec<&str>)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    let mut out = String::new();
+    for (e, paths) in groups.iter().take(10) {
+        if paths.len() == 1 {
+            out.push_str(&format!("\n  {}: {e}", paths[0]));
+        } else {
+            let more = if paths.len() > 3 {
+                format!(", … {} more", paths.len() - 3)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "\n  {} images: {e} ({}{more})",
+                paths.len(),
+                paths.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    if groups.len() > 10 {
+        out.push_str(&format!("\n  … and {} other kinds of error", groups.len() - 10));
+    }
+    out
 }

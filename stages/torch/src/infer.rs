@@ -18,7 +18,7 @@
 //!
 //! Outputs: `predictions.csv` — `item,group,label,source,fold,score,<member>…` sorted by item,
 //! probabilities with 9 decimals — and `infer.json` (members, temperatures, TTA, aggregate,
-//! cascade counts, seconds).
+//! cascade counts). Seconds and threads go to the run record's meta, not into outputs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -290,11 +290,14 @@ pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
             "per_fold": per_fold,
         },
         "device": device_name(device),
-        "threads": tch::get_num_threads(),
-        "seconds": seconds,
         "libtorch": crate::libtorch_version(),
     });
     util::write_json(&spec.out_dir.join("infer.json"), &info)?;
+    util::meta_event(serde_json::json!({
+        "device": device_name(device),
+        "threads": tch::get_num_threads(),
+        "seconds": seconds,
+    }));
     log(format!(
         "EnsembleInfer: {n} items, {} member(s), TTA {:?}, {} by the ensemble, {fast_only} by the fast model only, {seconds:.1} s",
         members.len(),

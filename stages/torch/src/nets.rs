@@ -83,16 +83,15 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
             highpass,
             pool,
         } => {
-            if *width < 1 || *depth < 1 || *depth > 10 {
-                return Err(format!(
-                    "SimpleCnn needs width ≥ 1 and depth 1..=10 (got width {width}, depth {depth})"
-                ));
-            }
-            if size >> *depth == 0 {
-                return Err(format!(
-                    "SimpleCnn depth {depth} halves {size}-pixel images {depth} times, below 1 pixel: use depth ≤ {}",
-                    (size as f64).log2().floor()
-                ));
+            // The same rules `flow check` applies (one definition, in flow-stages).
+            if let Some(p) = model
+                .problems()
+                .into_iter()
+                .map(|(_, m)| m)
+                .next()
+                .or_else(|| model.size_problem(size as u64))
+            {
+                return Err(p);
             }
             (
                 Box::new(simple_cnn(&root, *width, *depth, *highpass, *pool, device)),

@@ -3,13 +3,19 @@
 //!
 //! Outputs (in the instance's out dir):
 //! * `model.safetensors` — the best epoch's weights (torchvision names, see [`crate::nets`]);
-//! * `history.csv` — `epoch,train_loss,val_loss,val_auc,lr,seconds,train_images_per_s` (1-based epochs; empty
+//! * `history.csv` — `epoch,train_loss,val_loss,val_auc,lr` (1-based epochs; empty
 //!   cells where a value does not exist, e.g. val AUC of a one-class validation set);
 //! * `scores.csv` — `item,role,label,source,logit` for every item of the split (roles
 //!   train/val/test/excluded), in `index.csv` order, logits of the best weights in eval mode;
 //! * `meta.json` — model, params, effective training params, fold, counts per role and class,
-//!   best epoch, selection rule, normalisation, device, threads, timings, libtorch version,
-//!   pretrained tensors skipped.
+//!   best epoch, selection rule, normalisation, device, libtorch version, pretrained tensors
+//!   skipped.
+//!
+//! Outputs hold only what the key determines: no wall-clock facts, thread counts or resume
+//! history, so a re-made model is byte-identical and everything downstream stays cached
+//! (early cutoff). Those facts go to the run record's meta instead ([`util::meta_event`]):
+//! `seconds`, `threads`, `resumed_after_epoch`, and per epoch `seconds` and
+//! `train_images_per_s` (the training loop only: what `bench/train` compares with PyTorch).
 //!
 //! Training details:
 //! * Sample weights: Retrain's hard negatives weigh `weight`, every other item 1; the batch
@@ -840,7 +846,6 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
     let seconds = t0.elapsed().as_secs_f64();
     let mut meta = serde_json::json!({
         "kind": job.kind,
-        "instance": job.spec.instance,
         "fold": k,
         "model": p.model,
         "model_name": nets::model_name(&p.model),
@@ -861,11 +866,8 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
         "optimizer_steps": opt.step,
         "device": device_name(device),
         "mixed_precision": use_amp,
-        "threads": tch::get_num_threads(),
-        "seconds": seconds,
         "libtorch": crate::libtorch_version(),
         "pretrained": pretrained,
-        "resumed_after_epoch": resumed_from,
         "seed": seed,
     });
     if let Some(m) = meta.as_object_mut() {
@@ -878,6 +880,14 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
         "best_epoch": st.best_epoch,
         "best_val_auc": best_row.and_then(|h| h.val_auc),
         "device": device_name(device),
+        "threads": tch::get_num_threads(),
+        "seconds": seconds,
+        "resumed_after_epoch": resumed_from,
+        "epochs": st.history.iter().map(|h| serde_json::json!({
+            "epoch": h.epoch,
+            "seconds": h.seconds,
+            "train_images_per_s": h.train_images_per_s,
+        })).collect::<Vec<_>>(),
     }));
     log(format!(
         "{} fold {k} done in {seconds:.1} s: best epoch {} ({selection} {})",
@@ -890,19 +900,18 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
     Ok(())
 }
 
+/// `history.csv`: what the key determines only (timings go to the run record's meta).
 fn write_history(path: &Path, rows: &[HistRow]) -> Res<()> {
-    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr,seconds,train_images_per_s\n");
+    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr\n");
     let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for r in rows {
         s.push_str(&format!(
-            "{},{:.6},{},{},{:.6e},{:.3},{:.1}\n",
+            "{},{:.6},{},{},{:.6e}\n",
             r.epoch,
             r.train_loss,
             o(r.val_loss),
             o(r.val_auc),
             r.lr,
-            r.seconds,
-            r.train_images_per_s
         ));
     }
     std::fs::write(path, s).ctx(|| format!("cannot write {}", path.display()))

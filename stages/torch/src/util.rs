@@ -43,6 +43,9 @@ pub fn progress(frac: f64, msg: impl Into<String>) {
 }
 
 /// Prints the run-record meta event.
+/// Facts for the instance's run record (`meta`, merged key by key over earlier events): what
+/// is true of this run but not determined by the key — seconds, threads, resumes. They must
+/// never go into output files, whose hashes are what downstream keys and early cutoff use.
 pub fn meta_event(meta: serde_json::Value) {
     let line = serde_json::to_string(&WorkerEvent::Meta(meta)).expect("json");
     let mut out = std::io::stdout().lock();
