@@ -235,7 +235,7 @@ fn a_tampered_cached_output_is_not_trusted() {
     // out/ holds hard links to the objects: find c.txt's object by its inode.
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(ws.path().join("out/chain/c/c.txt")).unwrap().ino();
-    let obj = walk(&ws.path().join(".flow/objects"))
+    let obj = common::files_under(&ws.path().join(".flow/objects"))
         .into_iter()
         .find(|p| std::fs::metadata(p).unwrap().ino() == ino)
         .expect("c.txt's object");
@@ -257,7 +257,7 @@ fn unchanged_workspace_files_are_not_read_again() {
     }
     // Old mtimes: files modified in the last 2 s are re-read on purpose (racy stat).
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    for e in walk(&ws.path().join("data")) {
+    for e in common::files_under(&ws.path().join("data")) {
         std::fs::File::options()
             .write(true)
             .open(&e)
@@ -279,17 +279,4 @@ fn unchanged_workspace_files_are_not_read_again() {
     let s = ws.run("p.ron", 0);
     assert_eq!(s.raw["workspace_files_read"], 1);
     assert_eq!(s.executed, set(&["a"]));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            v.extend(walk(&p));
-        } else {
-            v.push(p);
-        }
-    }
-    v
 }

@@ -3,6 +3,7 @@
 //! problem is fixed) executes exactly what did not finish.
 
 mod common;
+use common::{chown_tree, files_under, in_mount_namespace, stdout_json as json, unprivileged};
 use common::{set, Ws};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -25,35 +26,9 @@ fn setup() -> Ws {
     ws
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad json ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 fn verify(ws: &Ws) -> (i32, serde_json::Value) {
     let out = ws.flow(&["verify", "--json"]);
     (out.status.code().unwrap_or(-1), json(&out))
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                v.extend(files_under(&p));
-            } else {
-                v.push(p);
-            }
-        }
-    }
-    v.sort();
-    v
 }
 
 /// Overwrite a read-only published file (a hard link to its object) with other bytes of the
@@ -255,35 +230,6 @@ fn gc_waits_for_a_running_pipeline_and_removes_nothing_it_uses() {
     assert_eq!(verify(&ws).0, 0);
 }
 
-/// Run `flow` as an unprivileged user (root ignores file modes) or as ourselves.
-fn unprivileged(ws: &Ws, args: &[&str]) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
-    let mut c = ws.cmd(args);
-    if unsafe { libc::geteuid() } == 0 {
-        unsafe {
-            c.pre_exec(|| {
-                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    c.output().unwrap()
-}
-
-fn chown_tree(path: &std::path::Path, uid: u32) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    unsafe {
-        libc::lchown(c.as_ptr(), uid, uid);
-    }
-    if path.is_dir() && !path.is_symlink() {
-        for e in std::fs::read_dir(path).unwrap().flatten() {
-            chown_tree(&e.path(), uid);
-        }
-    }
-}
-
 #[test]
 fn unwritable_cache_is_a_clear_error_and_publishes_nothing() {
     use std::os::unix::fs::PermissionsExt;
@@ -337,35 +283,6 @@ fn unwritable_cache_is_a_clear_error_and_publishes_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("/proc/flow-cache"), "{err}");
-}
-
-/// Runs `script` in a private mount namespace (as root there), where it can mount a small
-/// tmpfs. None where user namespaces are not available.
-fn in_mount_namespace(script: &str, cwd: &std::path::Path) -> Option<std::process::Output> {
-    let probe = std::process::Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            "mount -t tmpfs none /mnt 2>/dev/null || mount -t tmpfs none /tmp",
-        ])
-        .output()
-        .ok()?;
-    if !probe.status.success() {
-        return None;
-    }
-    Some(
-        std::process::Command::new("unshare")
-            .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
-            .current_dir(cwd)
-            .env("FLOW", common::flow_bin())
-            .env_remove("FLOW_CACHE_DIR")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap(),
-    )
 }
 
 #[test]

@@ -79,6 +79,39 @@ fn the_model_chain_runs_out_of_fold_and_caches() {
     let _ = set(&[]);
 }
 
+// Issue 11: history.csv and meta.json held wall-clock facts, so a re-made, bit-identical
+// model had a new output hash and calibrate, mine, retrain, infer all re-ran.
+#[test]
+fn a_re_made_model_is_byte_identical_and_nothing_downstream_reruns() {
+    let ws = Ws::new();
+    ws.write("p.ron", CHAIN);
+    ws.run("p.ron", 0);
+    let key = ws
+        .status("p.ron")
+        .iter()
+        .find(|s| s["stage"] == "train@fold0")
+        .and_then(|s| s["key"].as_str().map(String::from))
+        .unwrap();
+    let rec_path = ws.path().join(format!(".flow/runs/{key}.json"));
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    // Outputs hold what the key determines; timings live in the run record.
+    let history = ws.read("out/ml/train/fold0/history.csv");
+    assert_eq!(history.lines().next(), Some("epoch,train_loss,val_loss,val_auc,lr"));
+    let meta: serde_json::Value = serde_json::from_str(&ws.read("out/ml/train/fold0/meta.json")).unwrap();
+    for volatile in ["seconds", "threads", "resumed_after_epoch"] {
+        assert!(meta.get(volatile).is_none(), "meta.json has {volatile}");
+    }
+    assert!(rec["meta"]["seconds"].as_f64().unwrap() > 0.0, "{}", rec["meta"]);
+    assert!(rec["meta"]["epochs"][1]["train_images_per_s"].as_f64().unwrap() > 0.0);
+    // The model is made again (its record gone): same bytes, so nothing downstream runs.
+    std::fs::remove_file(&rec_path).unwrap();
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.executed, set(&["train@fold0"]));
+    assert_eq!(s.cached.len(), 9, "{:?}", s.cached);
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    assert_eq!(again["output"], rec["output"]);
+}
+
 #[test]
 fn a_training_error_names_the_instance_and_the_cause() {
     let ws = Ws::new();

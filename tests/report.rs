@@ -157,6 +157,20 @@ fn compare_needs_fresh_experiments_and_tests_against_the_baseline() {
     assert_eq!(e[1]["fold_auc"].as_object().unwrap().len(), 3);
     let tex = ws.read("t.tex");
     assert!(tex.contains("\\begin{tabular}") && tex.contains("cmp-wide"), "{tex}");
+    // A LaTeX file that is a hard link to a cache object (made through out/): the file is
+    // replaced, never written through, so the object stays intact.
+    let report = ws.path().join("out/cmp-base/report/report.md");
+    let before = std::fs::read(&report).unwrap();
+    std::fs::hard_link(&report, ws.path().join("linked.tex")).unwrap();
+    let out = ws.flow(&["compare", "base.ron", "wide.ron", "--latex", "linked.tex"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ws.read("linked.tex").contains("\\begin{tabular}"));
+    assert_eq!(
+        std::fs::read(&report).unwrap(),
+        before,
+        "the cache object was written through"
+    );
+    assert!(ws.flow(&["verify"]).status.success());
     // Text output: a Markdown table.
     let out = ws.flow(&["compare", "base.ron", "wide.ron"]);
     let text = String::from_utf8_lossy(&out.stdout);

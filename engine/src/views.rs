@@ -223,6 +223,14 @@ impl<'a> Views<'a> {
             None => (stage.to_string(), pdir.clone(), stage.to_string()),
             Some(k) => {
                 let sdir = pdir.join(stage);
+                // The stage was a single instance before: its view goes first (if flow's).
+                if fs::symlink_metadata(&sdir).is_ok_and(|m| m.is_dir()) && self.recorded(stage).is_some() {
+                    let rec = self.recorded(stage).expect("checked");
+                    if self.matches(&sdir, &rec).is_ok() {
+                        flow_cache::remove_tree(&sdir).map_err(|e| e.to_string())?;
+                        let _ = self.store.remove_meta(&self.record_name(stage));
+                    }
+                }
                 self.ensure_dir(&sdir, stage)?;
                 (format!("{stage}/fold{k}"), sdir, format!("fold{k}"))
             }
