@@ -38,6 +38,12 @@ pub enum CacheError {
         name: String,
         what: &'static str,
     },
+    /// A directory given as the cache that is not one (and not empty).
+    #[error(
+        "{} is not a flow cache ({what}): give an empty or new directory as the cache",
+        shown(path)
+    )]
+    NotACache { path: PathBuf, what: String },
     /// [`crate::Tree::parse`] rejected its input; the entry path is named when known.
     #[error("malformed tree manifest, line {line}: {what}")]
     BadTree { line: usize, what: String },
@@ -100,7 +106,8 @@ impl CacheError {
             | CacheError::Corrupt { path, .. }
             | CacheError::Encode { path, .. }
             | CacheError::Exists { path }
-            | CacheError::Unsupported { path, .. } => Some(path),
+            | CacheError::Unsupported { path, .. }
+            | CacheError::NotACache { path, .. } => Some(path),
             CacheError::Rename { from, .. } => Some(from),
             CacheError::InvalidName { dir, .. } => Some(dir),
             CacheError::BadTree { .. } => None,

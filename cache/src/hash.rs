@@ -14,6 +14,11 @@ impl Hash {
         Hash(*blake3::hash(b).as_bytes())
     }
 
+    /// blake3 of the content of the file at `path` (symlinks followed).
+    pub fn of_file(path: &std::path::Path) -> crate::Result<Hash> {
+        crate::fsutil::hash_file(path, false).map(|(h, _, _)| h)
+    }
+
     /// 64 lowercase hex characters.
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);

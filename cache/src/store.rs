@@ -23,6 +23,37 @@ pub(crate) fn next_counter() -> u64 {
     TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The file that marks a directory as a flow cache: a Cache Directory Tag
+/// (<https://bford.info/cachedir/>), so backup tools skip it too.
+pub const CACHE_TAG: &str = "CACHEDIR.TAG";
+const CACHE_TAG_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by flow (https://bford.info/cachedir/).\n";
+
+/// `root` is absent, empty, tagged, or a flow cache from before the tag; else an error.
+fn check_is_cache(root: &Path) -> Result<()> {
+    let mut entries = match fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(CacheError::NotACache {
+                path: root.to_path_buf(),
+                what: "it is a file".into(),
+            })
+        }
+        Err(e) => return Err(CacheError::io("list", root, e)),
+    };
+    if entries.next().is_none() || root.join(CACHE_TAG).is_file() {
+        return Ok(());
+    }
+    if root.join("objects").is_dir() && root.join("runs").is_dir() {
+        return Ok(());
+    }
+    Err(CacheError::NotACache {
+        path: root.to_path_buf(),
+        what: format!("it holds other files and no {CACHE_TAG}"),
+    })
+}
+
 /// A cache root: `objects/` (immutable blobs named by blake3, mode 0444), `runs/` (run
 /// records), `meta/`, `state/` (file-state cache), `tmp/`, `logs/` and the `lock` file.
 /// Cheap to share between threads (`&Store` is all any method needs).
@@ -76,7 +107,12 @@ struct Put {
 impl Store {
     /// Open (creating if needed) the cache at `root` and its subdirectories; the root is made
     /// absolute. Fails with the offending path if anything cannot be created or written.
+    ///
+    /// An existing directory must be a flow cache (it has the [`CACHE_TAG`] file, or is a cache
+    /// from before the tag: `objects/` and `runs/`) or be empty: `--cache-dir data` must never
+    /// make a user's directory a cache that `flow gc` then empties.
     pub fn open(root: &Path) -> Result<Store> {
+        check_is_cache(root)?;
         fs::create_dir_all(root).ctx("create", root)?;
         let abs = fs::canonicalize(root).ctx("resolve", root)?;
         for d in SUBDIRS {
@@ -87,6 +123,10 @@ impl Store {
         let probe = store.tmp_file_path("probe");
         File::create_new(&probe).ctx("write", &probe)?;
         fs::remove_file(&probe).ctx("remove", &probe)?;
+        let tag = store.root.join(CACHE_TAG);
+        if !tag.exists() {
+            store.write_replace(&tag, &[CACHE_TAG_TEXT.as_bytes()], false)?;
+        }
         Ok(store)
     }
 
@@ -94,6 +134,7 @@ impl Store {
     /// cache): nothing is created or written. A missing root is an empty cache (every lookup
     /// finds nothing); a relative root is made absolute.
     pub fn open_read_only(root: &Path) -> Result<Store> {
+        check_is_cache(root)?;
         let abs = match fs::canonicalize(root) {
             Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::NotFound => std::path::absolute(root).ctx("resolve", root)?,
@@ -391,22 +432,100 @@ impl Store {
 
     /// Cheap freshness check: every object of `t` exists with the recorded size (stat only).
     pub fn check_tree(&self, t: &Tree) -> Vec<Problem> {
-        let mut out = Vec::new();
+        self.check_tree_stamped(t, &Default::default()).0
+    }
+
+    /// The modification time of object `h` in nanoseconds, or `None` if it is absent. Objects
+    /// are never written after publishing, so a later, different value means someone wrote
+    /// into one (through an `out/` hard link, as root).
+    pub fn object_mtime(&self, h: &Hash) -> Option<i64> {
+        let m = fs::metadata(self.object_path(h)).ok()?;
+        Some(m.mtime() * 1_000_000_000 + m.mtime_nsec())
+    }
+
+    /// [`Store::check_tree`], plus: an entry whose object's modification time differs from
+    /// the one recorded in `mtimes` (what [`Store::object_mtime`] said at publishing) was
+    /// possibly written after it was cached, so it is re-hashed — a problem unless its bytes
+    /// still match. Returns the problems and, for entries re-hashed intact (a cache copied
+    /// without its mtimes, a `touch`), their new mtimes, to record.
+    pub fn check_tree_stamped(
+        &self,
+        t: &Tree,
+        mtimes: &std::collections::BTreeMap<String, i64>,
+    ) -> (Vec<Problem>, std::collections::BTreeMap<String, i64>) {
+        let mut problems = Vec::new();
+        let mut restamped = std::collections::BTreeMap::new();
         for (path, e) in &t.entries {
-            let what = match fs::metadata(self.object_path(&e.hash)) {
-                Ok(m) if !m.is_file() => "object is not a regular file".to_string(),
-                Ok(m) if m.len() != e.size => format!("size {} != recorded {}", m.len(), e.size),
-                Ok(_) => continue,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => "object missing".to_string(),
-                Err(err) => format!("cannot stat object: {err}"),
+            // One stat per object: the size check of `check_tree` and the mtime.
+            let m = match fs::metadata(self.object_path(&e.hash)) {
+                Ok(m) => m,
+                Err(err) => {
+                    let what = if err.kind() == io::ErrorKind::NotFound {
+                        "object missing".to_string()
+                    } else {
+                        format!("cannot stat object: {err}")
+                    };
+                    problems.push(Problem {
+                        path: path.clone(),
+                        hash: e.hash,
+                        what,
+                    });
+                    continue;
+                }
             };
-            out.push(Problem {
-                path: path.clone(),
-                hash: e.hash,
-                what,
-            });
+            let what = if !m.is_file() {
+                Some("object is not a regular file".to_string())
+            } else if m.len() != e.size {
+                Some(format!("size {} != recorded {}", m.len(), e.size))
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                problems.push(Problem {
+                    path: path.clone(),
+                    hash: e.hash,
+                    what,
+                });
+                continue;
+            }
+            let now = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+            if mtimes.get(path).is_none_or(|want| *want == now) {
+                continue;
+            }
+            match hash_file(&self.object_path(&e.hash), false) {
+                Ok((got, _, _)) if got == e.hash => {
+                    restamped.insert(path.clone(), now);
+                }
+                _ => problems.push(Problem {
+                    path: path.clone(),
+                    hash: e.hash,
+                    what: "written after it was cached (its bytes changed)".into(),
+                }),
+            }
         }
-        out
+        (problems, restamped)
+    }
+
+    /// Whether `path` is one of this store's objects under another name: a hard link to it
+    /// (same file system and inode) or a symlink at it — what `out/` views are made of. A
+    /// regular file is hashed to find which object it would be.
+    pub fn is_object_link(&self, path: &Path) -> bool {
+        let Ok(lm) = fs::symlink_metadata(path) else {
+            return false;
+        };
+        if lm.file_type().is_symlink() {
+            let objects = self.dir("objects");
+            return fs::read_link(path).is_ok_and(|t| t.starts_with(&objects) && t.is_file());
+        }
+        if !lm.is_file() || lm.nlink() < 2 {
+            return false;
+        }
+        match hash_file(path, false) {
+            Ok((h, _, _)) => {
+                fs::metadata(self.object_path(&h)).is_ok_and(|om| om.ino() == lm.ino() && om.dev() == lm.dev())
+            }
+            Err(_) => false,
+        }
     }
 
     /// Create `dest/<path>` for every entry of `t` (parent directories as needed), as an

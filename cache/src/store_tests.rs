@@ -241,3 +241,97 @@ fn error_messages_name_paths() {
     );
     assert_eq!(e.io_kind(), Some(std::io::ErrorKind::StorageFull));
 }
+
+// Issue 11: an object edited in place (root can write read-only files, e.g. through an out/
+// hard link) was kept by the next publish of the same content, damaged, forever.
+#[test]
+fn publishing_replaces_a_damaged_object() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let h = s.put_bytes(b"hello\n").unwrap();
+    let obj = s.object_path(&h);
+    let damage = |bytes: &[u8]| {
+        fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&obj, bytes).unwrap();
+    };
+    for damaged in [&b"hello\nX\n"[..], b"HELLO\n", b""] {
+        damage(damaged);
+        // Through each publishing path: bytes, a moved file, a copied file.
+        assert_eq!(s.put_bytes(b"hello\n").unwrap(), h);
+        assert_eq!(s.read_object(&h).unwrap(), b"hello\n");
+        damage(damaged);
+        let f = s.root().join("f");
+        fs::write(&f, b"hello\n").unwrap();
+        assert_eq!(s.put_file_move(&f).unwrap().hash, h);
+        assert_eq!(s.read_object(&h).unwrap(), b"hello\n");
+        damage(damaged);
+        fs::write(&f, b"hello\n").unwrap();
+        assert_eq!(s.put_file_copy(&f).unwrap().hash, h);
+        assert_eq!(s.read_object(&h).unwrap(), b"hello\n");
+        fs::remove_file(&f).unwrap();
+    }
+    // Each damaged copy was kept for a look.
+    assert_eq!(s.quarantined().unwrap().len(), 9);
+    // Intact objects are kept as they are (same inode).
+    let ino = fs::metadata(&obj).unwrap().ino();
+    s.put_bytes(b"hello\n").unwrap();
+    assert_eq!(fs::metadata(&obj).unwrap().ino(), ino);
+}
+
+#[test]
+fn a_moved_mtime_is_re_hashed() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let f = s.root().join("f");
+    fs::write(&f, b"abc").unwrap();
+    let e = s.put_file_move(&f).unwrap();
+    let mut t = Tree::default();
+    t.entries.insert("f".into(), e.clone());
+    let stamps: std::collections::BTreeMap<String, i64> = [("f".to_string(), s.object_mtime(&e.hash).unwrap())]
+        .into_iter()
+        .collect();
+    assert_eq!(s.check_tree_stamped(&t, &stamps), (vec![], Default::default()));
+    let obj = s.object_path(&e.hash);
+    fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
+    // Same size, same bytes, later mtime: intact, and the new mtime is handed back.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(&obj)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let (problems, restamped) = s.check_tree_stamped(&t, &stamps);
+    assert!(problems.is_empty());
+    assert_eq!(restamped.get("f"), s.object_mtime(&e.hash).as_ref());
+    // Same size, other bytes: a problem, though `check_tree` (size only) sees none.
+    fs::write(&obj, b"xyz").unwrap();
+    assert!(s.check_tree(&t).is_empty());
+    let (problems, _) = s.check_tree_stamped(&t, &stamps);
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].what.contains("written after it was cached"), "{problems:?}");
+}
+
+#[test]
+fn a_directory_that_is_not_a_cache_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("data/quarantine")).unwrap();
+    fs::write(d.path().join("data/quarantine/q.txt"), "q").unwrap();
+    let e = Store::open(&d.path().join("data")).unwrap_err().to_string();
+    assert!(e.contains("is not a flow cache"), "{e}");
+    assert!(Store::open_read_only(&d.path().join("data")).is_err());
+    assert_eq!(
+        fs::read_dir(d.path().join("data")).unwrap().count(),
+        1,
+        "nothing was created"
+    );
+    // New, empty, tagged, and pre-tag caches are fine.
+    let s = Store::open(&d.path().join("new")).unwrap();
+    assert!(s.root().join(crate::CACHE_TAG).is_file());
+    assert!(Store::open(&d.path().join("new")).is_ok());
+    fs::remove_file(s.root().join(crate::CACHE_TAG)).unwrap();
+    assert!(
+        Store::open(&d.path().join("new")).is_ok(),
+        "a cache from before the tag"
+    );
+}
