@@ -124,14 +124,15 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if json_requested && e.use_stderr() => {
+            // clap's message without its usage/help footer, on one line.
             let msg = e.to_string();
-            let first = msg
+            let text: Vec<&str> = msg
                 .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("error: ")
-                .to_string();
-            Fail::usage(first).print(true);
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            Fail::usage(text.join(" ").trim_start_matches("error: ").to_string()).print(true);
             return ExitCode::from(2);
         }
         Err(e) => e.exit(),

@@ -75,7 +75,12 @@ impl Dag {
             .inputs()
             .into_iter()
             .filter_map(|i| match i.source {
-                InputSource::Path(p) => Some(PathInput { port: i.port, rel: p }),
+                // Normalised (`./data/` → `data`): what keys, digests and sandboxes use. The
+                // DAG was built only if every path normalises (see `workspace_path_problem`).
+                InputSource::Path(p) => Some(PathInput {
+                    port: i.port,
+                    rel: flow_cache::normalize_rel(&p).unwrap_or(p),
+                }),
                 InputSource::Stage(_) => None,
             })
             .collect()
@@ -90,7 +95,7 @@ impl Dag {
                 let InputSource::Path(rel) = &input.source else {
                     continue;
                 };
-                let abs = workspace.join(rel);
+                let abs = workspace.join(flow_cache::normalize_rel(rel).unwrap_or_else(|_| rel.clone()));
                 let problem = match (std::fs::symlink_metadata(&abs), std::fs::metadata(&abs)) {
                     (Err(_), _) => "does not exist".to_string(),
                     (Ok(_), Err(e)) => format!("is a symlink that cannot be followed ({e})"),
@@ -156,6 +161,36 @@ fn ref_span(d: &StageDecl, port: &str, name: &str) -> (usize, usize) {
         at = sp.0 + sp.1;
     }
     find_string_lit(text, name, from).unwrap_or(d.span)
+}
+
+/// A workspace-path input, normalised (`./data/` → `data`), or why it cannot be one: it
+/// must stay inside the workspace and must not be flow's own `out/` or cache (which change
+/// on every run). This is the one check every workspace-path input of every kind gets.
+fn workspace_path_problem(p: &str) -> Result<String, (String, &'static str)> {
+    const HELP: &str = "workspace inputs are paths relative to the workspace root";
+    let n = match flow_cache::normalize_rel(p) {
+        Ok(n) => n,
+        Err(_) if p.trim_matches('/').split('/').all(|c| c.is_empty() || c == ".") && !p.starts_with('/') => {
+            return Err((
+                format!("input path `{p}` is the whole workspace, which holds flow's own out/ and cache"),
+                "name the directory that holds the data",
+            ))
+        }
+        Err(_) => return Err((format!("input path `{p}` is outside the workspace"), HELP)),
+    };
+    let first = n.split('/').next().unwrap_or("");
+    if first == "out" || first == ".flow" {
+        let what = if first == "out" {
+            "out/ (its views change on every run)"
+        } else {
+            "the cache"
+        };
+        return Err((
+            format!("input path `{p}` is inside flow's own {what}"),
+            "read another stage's outputs with Stage(\"name\") instead",
+        ));
+    }
+    Ok(n)
 }
 
 /// The `n`-th (1-based) `"name"` literal after the stage's declaration, or the best
@@ -249,7 +284,30 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
         // nothing reads it twice, so it is a mistake, reported at the second mention.
         let mut seen: HashMap<(String, InputSource), usize> = HashMap::new();
         for input in d.config.inputs() {
-            let n = seen.entry((input.port.clone(), input.source.clone())).or_insert(0);
+            let normal = match &input.source {
+                InputSource::Path(p) => match workspace_path_problem(p) {
+                    Ok(n) => InputSource::Path(n),
+                    Err((message, help)) => {
+                        diags.push(
+                            Diagnostic::at(
+                                Code::PathEscape,
+                                &d.src,
+                                ref_span(d, &input.port, p),
+                                format!("stage `{}`: {message}", d.name),
+                            )
+                            .label("here")
+                            .help(help),
+                        );
+                        continue;
+                    }
+                },
+                s => s.clone(),
+            };
+            let listed = match (&input.source, &normal) {
+                (InputSource::Path(raw), InputSource::Path(n)) if raw != n => format!("`{n}` (as `{raw}`)"),
+                (InputSource::Path(raw), _) | (InputSource::Stage(raw), _) => format!("`{raw}`"),
+            };
+            let n = seen.entry((input.port.clone(), normal)).or_insert(0);
             *n += 1;
             if *n == 2 {
                 let (what, name) = match &input.source {
@@ -262,7 +320,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
                         &d.src,
                         nth_ref_span(d, name, 2),
                         format!(
-                            "stage `{}` lists {what} `{name}` twice in param `{}`",
+                            "stage `{}` lists {what} {listed} twice in param `{}`",
                             d.name, input.port
                         ),
                     )

@@ -33,6 +33,10 @@ pub struct RunRecord {
     pub duration_s: f64,
     pub host: String,
     pub flow_version: String,
+    /// Modification time (ns) of each output's object when it was published: a different one
+    /// later means the object may have been written into (see [`outputs_problem`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mtimes: BTreeMap<String, i64>,
     /// What the stage said about its outputs that is *not* part of their content (e.g. where
     /// a dataset lives in the workspace). Downstream stages see it; keys never do.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
@@ -329,27 +333,41 @@ pub fn key_doc(
     })
 }
 
-/// The record for `key` if its outputs are intact; otherwise why not.
+/// The record for `key` if its outputs are intact; otherwise why not. Objects whose mtime
+/// moved but whose bytes are intact get their new mtime recorded (best effort: a read-only
+/// cache just re-hashes them next time).
 pub fn lookup(store: &Store, key: &str) -> Result<RunRecord, DirtyReason> {
     match store.read_record::<RunRecord>(key) {
-        Ok(Some(rec)) => match outputs_problem(store, &rec) {
-            None => Ok(rec),
-            Some(detail) => Err(DirtyReason::OutputsBad { detail }),
+        Ok(Some(mut rec)) => match check_outputs(store, &rec) {
+            Ok(restamped) => {
+                if !restamped.is_empty() {
+                    rec.mtimes.extend(restamped);
+                    let _ = store.write_record(key, &rec);
+                }
+                Ok(rec)
+            }
+            Err(detail) => Err(DirtyReason::OutputsBad { detail }),
         },
         Ok(None) => Err(DirtyReason::NotCached),
         Err(e) => Err(DirtyReason::OutputsBad { detail: e.to_string() }),
     }
 }
 
-/// Why a record's outputs cannot be used (stat-level: every object present with its recorded
-/// size, and the output manifest), or None.
+/// Why a record's outputs cannot be used, or None: every object present with its recorded
+/// size and, where its mtime moved since publishing, its bytes intact; and the output
+/// manifest present.
 pub fn outputs_problem(store: &Store, rec: &RunRecord) -> Option<String> {
-    if let Some(p) = store.check_tree(&rec.tree).first() {
-        Some(format!("{} ({})", p.path, p.what))
+    check_outputs(store, rec).err()
+}
+
+fn check_outputs(store: &Store, rec: &RunRecord) -> Result<BTreeMap<String, i64>, String> {
+    let (problems, restamped) = store.check_tree_stamped(&rec.tree, &rec.mtimes);
+    if let Some(p) = problems.first() {
+        Err(format!("{} ({})", p.path, p.what))
     } else if !store.has_object(&rec.output) {
-        Some("output manifest missing".into())
+        Err("output manifest missing".into())
     } else {
-        None
+        Ok(restamped)
     }
 }
 

@@ -241,6 +241,7 @@ pub fn run(
             opts.cpus
         )));
     }
+    check_inputs_hold_no_flow_dirs(store, paths, opts)?;
     let views = opts
         .out_root
         .as_deref()
@@ -493,6 +494,37 @@ fn release(
     ready.sort_by_key(|n| pos[n]);
 }
 
+/// A workspace-path input that holds the cache or `out/` (`--cache-dir data` with
+/// `Path("data")`, or a link to `out/`) would never be fresh — its content changes with every
+/// run — and hands the command a writable view of the cache: refused.
+fn check_inputs_hold_no_flow_dirs(store: &Store, paths: &PathDigests, opts: &RunOptions) -> Result<(), EngineError> {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    let flow_dirs: Vec<(PathBuf, &str)> = [
+        canon(store.root()).map(|p| (p, "the cache")),
+        opts.out_root.as_deref().and_then(canon).map(|p| (p, "out/")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut rels: Vec<&String> = paths.keys().collect();
+    rels.sort();
+    for rel in rels {
+        let Some(input) = canon(&opts.workspace.join(rel)) else {
+            continue;
+        };
+        for (dir, what) in &flow_dirs {
+            if dir.starts_with(&input) {
+                return Err(EngineError::Other(format!(
+                    "workspace input `{rel}` holds {what} ({}): it would change on every run; keep the cache \
+                     and out/ outside the paths a pipeline reads",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Which file last ran under a pipeline name (`meta/pipelines/<name>`).
 #[derive(Serialize, serde::Deserialize, PartialEq)]
 struct PipelineFile {
@@ -648,6 +680,11 @@ fn execute(
     // Publish: objects, tree, then the record (last).
     let tree = store.ingest_dir(&out_dir)?;
     let output = store.put_tree(&tree)?;
+    let mtimes = tree
+        .entries
+        .iter()
+        .filter_map(|(p, e)| store.object_mtime(&e.hash).map(|m| (p.clone(), m)))
+        .collect();
     let rec = RunRecord {
         key: job.key.clone(),
         pipeline: dag.pipeline.name.clone(),
@@ -659,6 +696,7 @@ fn execute(
         duration_s: t.elapsed().as_secs_f64(),
         host: host(),
         flow_version: env!("CARGO_PKG_VERSION").to_string(),
+        mtimes,
         meta: meta.into_inner().unwrap_or(serde_json::Value::Null),
     };
     store.write_record(&job.key, &rec)?;

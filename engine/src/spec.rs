@@ -172,10 +172,20 @@ fn field_value_span(text: &str, field: &str) -> (usize, usize) {
     (at, len)
 }
 
+/// The longest stage name (it is a directory name under `out/<pipeline>/` and part of
+/// scratch file names).
+pub const MAX_STAGE_NAME: usize = 100;
+
 fn check_stage_name(name: &str) -> Result<(), String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(format!(
             "invalid stage name `{name}`: use letters, digits, `_` and `-` (`@` is reserved for folds)"
+        ));
+    }
+    if name.len() > MAX_STAGE_NAME {
+        return Err(format!(
+            "invalid stage name `{}…`: longer than {MAX_STAGE_NAME} characters",
+            &name[..20]
         ));
     }
     Ok(())
@@ -297,6 +307,17 @@ fn load_inner(
     registry: &Registry,
     chain: &mut Vec<PathBuf>,
 ) -> Result<Pipeline, Vec<Diagnostic>> {
+    // A fifo would block the read forever; a directory or device is no pipeline either.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(vec![Diagnostic::no_source(
+                Code::Io,
+                shown.clone(),
+                format!("cannot read {}: not a regular file", shown.display()),
+            )])
+        }
+        _ => {}
+    }
     let bytes = std::fs::read(path).map_err(|e| {
         vec![Diagnostic::no_source(
             Code::Io,
@@ -464,6 +485,19 @@ fn ron_diagnostic(src: &Arc<SourceFile>, e: &ron::error::SpannedError) -> Diagno
             }
         }
     }
+    // A bad stage name: RON stops after the key; point at the key's literal.
+    if let Some(n) = msg
+        .split_once("invalid stage name `")
+        .and_then(|(_, r)| r.split('`').next())
+    {
+        // The name as shown may be cut short (`sss…`): find the literal by its start.
+        let start = format!("\"{}", n.trim_end_matches('…'));
+        if let Some(p) = src.text[..off.min(src.text.len())].rfind(&start) {
+            let end = src.text[p + 1..].find('"').map_or(src.text.len(), |e| p + 1 + e + 1);
+            off = p;
+            len = end - p;
+        }
+    }
     if len == 1 {
         // One character, whatever its width in bytes (the last one if RON points past the end).
         (off, len) = src.char_span(off);
@@ -514,6 +548,10 @@ fn classify(msg: &str) -> Code {
 }
 
 fn tidy_message(msg: &str) -> String {
+    // RON says "Unexpected missing field named `x` in `Y`".
+    let msg = &msg
+        .replace("Unexpected missing field named ", "missing field ")
+        .replace("unexpected missing field named ", "missing field ");
     // "unknown field `x`, expected one of ..." → keep the first clause; the list goes to help.
     if let Some((head, _)) = msg.split_once(", expected one of") {
         return head.to_string();

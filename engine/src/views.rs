@@ -379,7 +379,7 @@ impl<'a> Views<'a> {
         for name in sorted_names(&pdir) {
             let path = pdir.join(&name);
             if name.starts_with('.') {
-                remove_if_leftover(&path, &name);
+                self.remove_if_leftover(&path, &name, &mut warnings);
                 continue;
             }
             match stages.get(&name) {
@@ -393,7 +393,7 @@ impl<'a> Views<'a> {
                     for s in sorted_names(&path) {
                         let sp = path.join(&s);
                         if s.starts_with('.') {
-                            remove_if_leftover(&sp, &s);
+                            self.remove_if_leftover(&sp, &s, &mut warnings);
                             continue;
                         }
                         let current = s
@@ -413,6 +413,36 @@ impl<'a> Views<'a> {
             }
         }
         warnings
+    }
+
+    /// Remove `path` if it is a half-made view of a dead run: named `.<name>.view.<pid>.<n>`
+    /// or `.<name>.old.<pid>.<n>` by a process that is gone, a real directory, and holding
+    /// only links to this store's objects. Anything else with such a name is the user's.
+    fn remove_if_leftover(&self, path: &Path, name: &str, warnings: &mut Vec<String>) {
+        let mut parts = name.rsplitn(4, '.');
+        let (Some(n), Some(pid), Some(what)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { return };
+        if n.parse::<u64>().is_err() || !(what == "view" || what == "old") {
+            return;
+        }
+        if pid == std::process::id() || flow_cache::pid_alive(pid) {
+            return;
+        }
+        let mut files = Vec::new();
+        let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        if is_dir
+            && list_files(path, "", &mut files).is_ok()
+            && files.iter().all(|f| self.store.is_object_link(&path.join(f)))
+        {
+            let _ = flow_cache::remove_tree(path);
+        } else {
+            warnings.push(format!(
+                "{} looks like a half-made view of a killed run, but holds files flow did not put there; left alone",
+                path.display()
+            ));
+        }
     }
 
     fn remove_view(&self, rel: &str, path: &Path, warnings: &mut Vec<String>, why: &str) {
@@ -449,22 +479,6 @@ fn sorted_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// Remove `path` if it is a half-made view of a dead run (`.<name>.view.<pid>.<n>` or
-/// `.<name>.old.<pid>.<n>`).
-fn remove_if_leftover(path: &Path, name: &str) {
-    let mut parts = name.rsplitn(4, '.');
-    let (Some(n), Some(pid), Some(what)) = (parts.next(), parts.next(), parts.next()) else {
-        return;
-    };
-    let Ok(pid) = pid.parse::<u32>() else { return };
-    if n.parse::<u64>().is_err() || !(what == "view" || what == "old") {
-        return;
-    }
-    if pid != std::process::id() && !flow_cache::pid_alive(pid) {
-        let _ = flow_cache::remove_tree(path);
-    }
 }
 
 /// Every non-directory under `dir`, as `/`-separated paths relative to it (symlinks not
