@@ -272,6 +272,14 @@ impl StageConfig for Calibrate {
                 help: None,
             });
         }
+        if self.bins > 10_000 {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: format!("`bins` {} is more than 10000", self.bins),
+                needle: Some("bins:".into()),
+                help: None,
+            });
+        }
         if self.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
             v.push(ConfigProblem {
                 code: Code::InvalidValue,

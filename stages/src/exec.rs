@@ -197,18 +197,7 @@ impl StageConfig for Exec {
                 });
             }
         }
-        for i in &self.inputs {
-            if let ExecInput::Path(p) = i {
-                if !stays_inside(p) {
-                    v.push(ConfigProblem {
-                        code: Code::PathEscape,
-                        message: format!("input path `{p}` is outside the workspace"),
-                        needle: Some(p.clone()),
-                        help: Some("workspace inputs are paths relative to the workspace root".into()),
-                    });
-                }
-            }
-        }
+        // Workspace-path inputs are checked by the engine, as every kind's are.
         if self.outputs.is_empty() {
             v.push(ConfigProblem {
                 code: Code::InvalidValue,
@@ -273,10 +262,24 @@ impl StageConfig for Exec {
                 placed.insert(rel.clone(), input.from.clone());
             }
         }
-        for p in ctx.paths {
+        // Outermost paths first: `data` covers `data/sub`, whichever order they were listed in.
+        let mut paths: Vec<&flow_engine::ResolvedPath> = ctx.paths.iter().collect();
+        paths.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let mut linked: Vec<&str> = Vec::new();
+        for p in paths {
+            if linked
+                .iter()
+                .any(|l| p.rel == *l || p.rel.starts_with(&format!("{l}/")))
+            {
+                continue;
+            }
             let dest = work.join(&p.rel);
             if dest.symlink_metadata().is_ok() {
-                continue;
+                return Err(StageError::msg(format!(
+                    "workspace input `{}` and a stage input's files both want the path `{}` in the \
+                     command's directory; rename one of them",
+                    p.rel, p.rel
+                )));
             }
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -284,21 +287,25 @@ impl StageConfig for Exec {
             // One symlink per workspace path, file or directory: O(1) however many files a
             // dataset holds (a farm of per-file links cost ~1 s per 50k files and stage).
             std::os::unix::fs::symlink(&p.abs, &dest)?;
+            linked.push(&p.rel);
         }
 
-        let mut cmd = match &self.cmd {
+        // The command runs under a small `sh` that owns a process group: if flow dies
+        // (even by SIGKILL) the kernel sends that `sh` SIGTERM (PR_SET_PDEATHSIG), and it
+        // kills the whole group — the command *and* everything it started, which a death
+        // signal to the direct child alone would leave running.
+        const GUARD: &str = "trap 'kill -KILL 0' TERM; \"$@\" & wait $!";
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(GUARD).arg("flow-exec");
+        match &self.cmd {
             Cmd::Shell(s) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(subst(s, ctx.fold));
-                c
+                cmd.arg("sh").arg("-c").arg(subst(s, ctx.fold));
             }
             Cmd::Argv(a) if !a.is_empty() => {
-                let mut c = Command::new(subst(&a[0], ctx.fold));
-                c.args(a[1..].iter().map(|x| subst(x, ctx.fold)));
-                c
+                cmd.args(a.iter().map(|x| subst(x, ctx.fold)));
             }
             Cmd::Argv(_) => return Err(StageError::msg("`cmd` is an empty list")),
-        };
+        }
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -311,10 +318,11 @@ impl StageConfig for Exec {
             .env("FLOW_THREADS", ctx.threads.to_string())
             .env("OMP_NUM_THREADS", ctx.threads.to_string())
             .process_group(0);
-        // If flow itself dies (SIGKILL), take the command down with it.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it only
+        // sets this (forked) process's parent-death signal before exec.
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });
         }

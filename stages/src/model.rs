@@ -270,44 +270,89 @@ fn torch_env() -> Vec<(String, String)> {
     )]
 }
 
-fn train_problems(t: &Train) -> Vec<ConfigProblem> {
-    let mut v = Vec::new();
-    let p = |m: String| ConfigProblem {
-        code: Code::InvalidValue,
-        message: m,
-        needle: None,
-        help: None,
-    };
-    if t.epochs == 0 {
-        v.push(p("`epochs` must be at least 1".into()));
+/// The most epochs a training stage may ask for, and the most accumulation steps.
+pub const MAX_EPOCHS: u32 = 100_000;
+pub const MAX_ACCUMULATE: u32 = 65_536;
+
+/// Range checks for params, each pointing at its field. Floats must be finite: NaN and
+/// infinity have no JSON form (they would reach the worker, and the key, as `null`).
+pub(crate) struct Checks(pub Vec<ConfigProblem>);
+
+impl Checks {
+    pub fn new() -> Checks {
+        Checks(Vec::new())
     }
-    if !(t.lr > 0.0 && t.lr < 10.0) {
-        v.push(p(format!("`lr` {} must be in (0, 10)", t.lr)));
+    fn push(&mut self, field: &str, message: String) {
+        self.0.push(ConfigProblem {
+            code: Code::InvalidValue,
+            message,
+            needle: Some(format!("{field}:")),
+            help: None,
+        });
     }
-    if t.batch_size == 0 || t.accumulate == 0 {
-        v.push(p("`batch_size` and `accumulate` must be at least 1".into()));
-    }
-    if t.batch_size > MAX_BATCH_SIZE {
-        v.push(p(format!(
-            "`batch_size` {} is more than {MAX_BATCH_SIZE}",
-            t.batch_size
-        )));
-    }
-    v.extend(t.model.problems().into_iter().map(|(field, m)| ConfigProblem {
-        needle: Some(format!("{field}:")),
-        ..p(m)
-    }));
-    if let Some(w) = &t.pretrained {
-        if !crate::exec::stays_inside(w) {
-            v.push(ConfigProblem {
-                code: Code::PathEscape,
-                message: format!("weights `{w}` are outside the workspace"),
-                needle: Some(w.clone()),
-                help: None,
-            });
+    /// `lo <= v <= hi` (`open_lo`: `lo < v`), and finite.
+    pub fn float(&mut self, field: &str, v: f64, lo: f64, hi: f64, open_lo: bool) {
+        let ok = v.is_finite() && (if open_lo { v > lo } else { v >= lo }) && v <= hi;
+        if !ok {
+            let l = if open_lo { "(" } else { "[" };
+            self.push(field, format!("`{field}` {v} must be a number in {l}{lo}, {hi}]"));
         }
     }
-    v
+    pub fn prob(&mut self, field: &str, v: f64) {
+        self.float(field, v, 0.0, 1.0, false);
+    }
+    pub fn int(&mut self, field: &str, v: u64, lo: u64, hi: u64) {
+        if !(lo..=hi).contains(&v) {
+            self.push(field, format!("`{field}` {v} must be in {lo}..={hi}"));
+        }
+    }
+}
+
+impl Augment {
+    fn check(&self, c: &mut Checks) {
+        for (f, v) in [
+            ("hflip", self.hflip),
+            ("vflip", self.vflip),
+            ("rotation", self.rotation),
+            ("color_jitter", self.color_jitter),
+            ("grayscale", self.grayscale),
+            ("blur", self.blur),
+            ("noise", self.noise),
+            ("jpeg", self.jpeg),
+            ("erase", self.erase),
+        ] {
+            c.prob(f, v);
+        }
+        c.float("rotation_degrees", self.rotation_degrees, 0.0, 180.0, false);
+        c.float("jitter_strength", self.jitter_strength, 0.0, 1.0, false);
+        c.float("noise_std", self.noise_std, 0.0, 1.0, false);
+        c.int("jpeg_quality", u64::from(self.jpeg_quality), 1, 100);
+    }
+}
+
+fn train_problems(t: &Train) -> Vec<ConfigProblem> {
+    let mut c = Checks::new();
+    c.int("epochs", u64::from(t.epochs), 1, u64::from(MAX_EPOCHS));
+    c.float("lr", t.lr, 0.0, 10.0, true);
+    c.float("weight_decay", t.weight_decay, 0.0, 10.0, false);
+    c.int("batch_size", t.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
+    c.int("accumulate", u64::from(t.accumulate), 1, u64::from(MAX_ACCUMULATE));
+    match t.schedule {
+        Schedule::Cosine { warmup_epochs } => c.float("warmup_epochs", warmup_epochs, 0.0, f64::from(t.epochs), false),
+        Schedule::OneCycle { pct_start } => c.float("pct_start", pct_start, 0.0, 1.0, true),
+        Schedule::Constant => {}
+    }
+    if let Some(g) = t.grad_clip {
+        c.float("grad_clip", g, 0.0, 1e6, true);
+    }
+    if let Loss::Focal { gamma } = t.loss {
+        c.float("gamma", gamma, 0.0, 100.0, false);
+    }
+    t.augment.check(&mut c);
+    for (field, m) in t.model.problems() {
+        c.push(field, m);
+    }
+    c.0
 }
 
 impl StageConfig for Train {
@@ -451,16 +496,17 @@ impl StageConfig for Retrain {
         }
     }
     fn validate(&self) -> Vec<ConfigProblem> {
-        let mut v = Vec::new();
-        if self.epochs == 0 || !(self.weight > 0.0) || !(self.lr > 0.0) {
-            v.push(ConfigProblem {
-                code: Code::InvalidValue,
-                message: "`epochs`, `weight` and `lr` must be positive".into(),
-                needle: None,
-                help: None,
-            });
+        let mut c = Checks::new();
+        c.int("epochs", u64::from(self.epochs), 1, u64::from(MAX_EPOCHS));
+        c.float("weight", self.weight, 0.0, 1e6, true);
+        c.float("lr", self.lr, 0.0, 10.0, true);
+        if let Some(b) = self.batch_size {
+            c.int("batch_size", b as u64, 1, MAX_BATCH_SIZE as u64);
         }
-        v
+        if let Some(a) = &self.augment {
+            a.check(&mut c);
+        }
+        c.0
     }
     fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
         crate::worker::run_in_worker("Retrain", self, ctx)
@@ -580,6 +626,12 @@ impl StageConfig for EnsembleInfer {
                 help: None,
             });
         }
+        let mut c = Checks::new();
+        c.int("batch_size", self.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
+        if let Some(k) = &self.cascade {
+            c.prob("threshold", k.threshold);
+        }
+        v.extend(c.0);
         if self.aggregate == Aggregate::CalibratedMean && self.calibration.is_none() {
             v.push(ConfigProblem {
                 code: Code::InvalidValue,

@@ -147,17 +147,8 @@ impl StageConfig for Ingest {
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut v = Vec::new();
         match &self.source {
-            Source::Folder { root, layout } => {
-                if !stays_inside(root) && root != "." {
-                    v.push(ConfigProblem {
-                        code: Code::PathEscape,
-                        message: format!("dataset root `{root}` is outside the workspace"),
-                        needle: Some(root.clone()),
-                        help: Some(
-                            "give the root relative to the workspace (link a dataset in if it lives elsewhere)".into(),
-                        ),
-                    });
-                }
+            Source::Folder { layout, .. } => {
+                // The root is a workspace-path input: the engine checks it.
                 if let Layout::Manifest(csv) = layout {
                     if !stays_inside(csv) {
                         v.push(ConfigProblem {

@@ -44,6 +44,9 @@ use crate::model::{CALIBRATION, MODELS, PREDICTIONS};
 
 pub const REPORT: PortType = PortType("report");
 
+/// The most bootstrap resamples a report may ask for (each is a full pass over the predictions).
+pub const MAX_BOOTSTRAP: usize = 100_000;
+
 fn d_bootstrap() -> usize {
     1000
 }
@@ -127,10 +130,10 @@ impl StageConfig for Report {
             needle: None,
             help: None,
         };
-        let mut v = Vec::new();
-        if self.bins < 2 {
-            v.push(p("`bins` must be at least 2"));
-        }
+        let mut c = crate::model::Checks::new();
+        c.int("bins", self.bins as u64, 2, 10_000);
+        c.int("bootstrap", self.bootstrap as u64, 0, MAX_BOOTSTRAP as u64);
+        let mut v = c.0;
         if !(self.level > 0.5 && self.level < 1.0) {
             v.push(p("`level` must be in (0.5, 1), e.g. 0.95"));
         }

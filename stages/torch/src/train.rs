@@ -353,6 +353,10 @@ struct State {
     stopped: bool,
     scaler: Scaler,
     history: Vec<HistRow>,
+    /// blake3 of each checkpoint file, checked before resuming: a damaged checkpoint would
+    /// otherwise be trusted and its result published.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
 }
 
 const CKPT_POINTER: &str = "checkpoint.json";
@@ -362,6 +366,9 @@ fn sync_file(p: &Path) {
         let _ = f.sync_all();
     }
 }
+
+/// The files of one checkpoint directory (all hashed into `checkpoint.json`).
+const CKPT_FILES: [&str; 3] = ["weights.safetensors", "optim.safetensors", "best.safetensors"];
 
 fn save_checkpoint(
     root: &Path,
@@ -399,8 +406,11 @@ fn save_checkpoint(
             nets::save_tensors(&v, &b)?;
         }
     }
-    for f in ["weights.safetensors", "optim.safetensors", "best.safetensors"] {
+    st.files.clear();
+    for f in CKPT_FILES {
         sync_file(&d.join(f));
+        let h = flow_cache::Hash::of_file(&d.join(f)).map_err(|e| e.to_string())?;
+        st.files.insert(f.to_string(), h.to_hex());
     }
     sync_file(&d);
     st.dir = name.clone();
@@ -445,6 +455,16 @@ fn load_checkpoint(root: &Path, fingerprint: &str) -> Option<Loaded> {
         return None;
     }
     let d = root.join(&st.dir);
+    for f in CKPT_FILES {
+        let got = flow_cache::Hash::of_file(&d.join(f)).map(|h| h.to_hex()).ok();
+        if got.is_none() || st.files.get(f) != got.as_ref() {
+            log(format!(
+                "ignoring damaged checkpoint {}: {f} does not match its recorded hash; training starts over",
+                d.display()
+            ));
+            return None;
+        }
+    }
     let read = |f: &str| nets::read_tensors(&d.join(f));
     match (
         read("weights.safetensors"),
@@ -566,6 +586,7 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
         stopped: false,
         scaler: Scaler::default(),
         history: Vec::new(),
+        files: Default::default(),
     };
     let mut best: HashMap<String, Tensor> = HashMap::new();
     let mut best_on_disk: Option<PathBuf> = None;

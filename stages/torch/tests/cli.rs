@@ -46,6 +46,13 @@ fn train_prints_progress_and_succeeds() {
     assert!(events
         .iter()
         .any(|e| matches!(e, WorkerEvent::Meta(m) if m["best_epoch"].as_u64().is_some())));
+    // Timings travel as run-record meta (never in output files): per epoch and in all.
+    assert!(events.iter().any(|e| matches!(e, WorkerEvent::Meta(m)
+        if m["seconds"].as_f64().is_some()
+            && m["threads"].as_u64().is_some()
+            && m["epochs"].as_array().is_some_and(|a| a.len() == 2 && a[1]["train_images_per_s"].as_f64().unwrap() > 0.0))));
+    let history = std::fs::read_to_string(sp.out_dir.join("history.csv")).unwrap();
+    assert_eq!(history.lines().next(), Some("epoch,train_loss,val_loss,val_auc,lr"));
     assert!(stderr.contains("epoch 2/2"), "{stderr}");
     for f in ["model.safetensors", "history.csv", "scores.csv", "meta.json"] {
         assert!(sp.out_dir.join(f).is_file(), "{f}");
