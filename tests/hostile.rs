@@ -46,8 +46,11 @@ const NAMES: (&[&str], &[&str]) = (
 const STAGES: [&[&str]; 2] = [&["a", "b", "c", "d"], &["out", "data", "x-y", "s_3"]];
 const BAD_STAGES: &[&str] = &["", "a/b", "..", "s@1", ".flow", "nope"];
 const OUTPUTS: (&[&str], &[&str]) = (
-    &["o", "./o", "d/o", "o/", "a/../o", "o{fold}", "x/y/z", "sub/", "out/y"],
+    &["o", "d/o", "o{fold}", "x/y/z", "sub/", "out/y"],
     &[
+        "./o",
+        "a/../o",
+        "o/",
         "data",
         "data/keep.txt",
         "link_out/v.txt",
@@ -59,15 +62,10 @@ const OUTPUTS: (&[&str], &[&str]) = (
     ],
 );
 const PATHS: (&[&str], &[&str]) = (
+    &["data", "data/keep.txt", "data/sub", "script.sh", "link_out"],
     &[
-        "data",
-        "data/keep.txt",
-        "data/sub",
-        "script.sh",
         "data/../data",
-        "link_out",
-    ],
-    &[
+        "./data/",
         "missing",
         "../victim",
         "/etc",
@@ -125,13 +123,17 @@ fn generate(seed: u64) -> Case {
         };
         let mut inputs = Vec::new();
         for _ in 0..g.rng.below(3) {
-            if !stages.is_empty() && g.rng.chance(1, 2) {
-                inputs.push(format!("Stage({})", quote(g.rng.pick(&stages).as_str())));
+            let input = if !stages.is_empty() && g.rng.chance(1, 2) {
+                format!("Stage({})", quote(g.rng.pick(&stages).as_str()))
             } else if g.hostile_left > 0 && g.rng.chance(1, 6) {
                 g.hostile_left -= 1;
-                inputs.push(format!("Stage({})", quote(*g.rng.pick(BAD_STAGES))));
+                format!("Stage({})", quote(*g.rng.pick(BAD_STAGES)))
             } else {
-                inputs.push(format!("Path({})", quote(g.pick2(PATHS))));
+                format!("Path({})", quote(g.pick2(PATHS)))
+            };
+            // Twice the same only as a hostile pick.
+            if !inputs.contains(&input) || g.hostile_left > 0 {
+                inputs.push(input);
             }
         }
         let mut outputs: Vec<&str> = Vec::new();

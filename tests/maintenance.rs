@@ -32,14 +32,22 @@ fn verify(ws: &Ws) -> (i32, serde_json::Value) {
 }
 
 /// Overwrite a read-only published file (a hard link to its object) with other bytes of the
-/// same length: a stat-only check cannot notice.
+/// same length and put its modification time back, as bit rot would leave it: a stat-only
+/// check cannot notice (an edit that moves the mtime is caught by the run itself).
 fn tamper_same_size(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let old = std::fs::read(path).unwrap();
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
     let mut new = old.clone();
     new[0] = if new[0] == b'9' { b'8' } else { b'9' };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(path, &new).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
 }
 
 #[test]

@@ -56,6 +56,18 @@ impl Ws {
             .unwrap_or_else(|e| panic!("bad json ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
         Summary::from(&v)
     }
+    /// Wait (at most 20 s) until a running stage's command has created `name` in its
+    /// sandbox under `.flow/tmp/`: the command has started.
+    pub fn wait_in_sandbox(&self, name: &str) {
+        let t0 = std::time::Instant::now();
+        while !files_under(&self.path().join(".flow/tmp"))
+            .iter()
+            .any(|p| p.ends_with(name))
+        {
+            assert!(t0.elapsed().as_secs() < 20, "no stage created {name} in its sandbox");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     pub fn status(&self, pipeline: &str) -> Vec<serde_json::Value> {
         let out = self.flow(&["status", "--json", pipeline]);
         assert!(
