@@ -371,7 +371,11 @@ fn cmd_check(ctx: &Ctx, files: &[PathBuf], check_paths: bool) -> u8 {
     for f in files {
         let loaded = ctx.load(f).and_then(|dag| {
             let missing = if check_paths {
-                dag.check_paths(&ctx.workspace)
+                let flow_dirs = [
+                    (ctx.cache_dir.clone(), "the cache"),
+                    (ctx.workspace.join("out"), "out/"),
+                ];
+                dag.check_paths(&ctx.workspace, &flow_dirs)
             } else {
                 Vec::new()
             };

@@ -27,7 +27,7 @@ pub use filestate::{FileStateCache, PathDigest};
 pub use fsutil::{pid_alive, remove_tree};
 pub use hash::Hash;
 pub use lock::{LockEvent, LockGuard};
-pub use store::{Materialize, Problem, Store, VerifyReport, CACHE_TAG, SUBDIRS};
+pub use store::{is_key_name, Materialize, Problem, Store, VerifyReport, CACHE_TAG, SUBDIRS};
 pub use tmp::TmpDir;
 pub use tree::{normalize_rel, rel_path_problem, valid_rel_path, Entry, Tree};
 

@@ -45,13 +45,22 @@ fn check_is_cache(root: &Path) -> Result<()> {
     if entries.next().is_none() || root.join(CACHE_TAG).is_file() {
         return Ok(());
     }
-    if root.join("objects").is_dir() && root.join("runs").is_dir() {
+    // A cache from before the tag has every subdirectory flow makes; a folder of the user's
+    // that happens to hold `objects/` and `runs/` is not one.
+    if SUBDIRS.iter().all(|d| root.join(d).is_dir()) {
         return Ok(());
     }
     Err(CacheError::NotACache {
         path: root.to_path_buf(),
         what: format!("it holds other files and no {CACHE_TAG}"),
     })
+}
+
+/// Whether `name` has the shape of a key or object hash (64 lowercase hex characters): the
+/// only names flow gives to records, logs, checkpoints and quarantined objects, and so the
+/// only ones its clean-ups remove.
+pub fn is_key_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A cache root: `objects/` (immutable blobs named by blake3, mode 0444), `runs/` (run
@@ -651,7 +660,8 @@ impl Store {
         }
     }
 
-    /// Files in `quarantine/` with their sizes.
+    /// Files flow put in `quarantine/` (regular files named `<hash>` or `<hash>.<pid>.<n>`),
+    /// with their sizes. Anything else there is not listed, so never removed.
     pub fn quarantined(&self) -> Result<Vec<(PathBuf, u64)>> {
         let q = self.dir("quarantine");
         let mut out = Vec::new();
@@ -661,8 +671,12 @@ impl Store {
             Ok(rd) => {
                 for e in rd {
                     let e = e.ctx("list", &q)?;
-                    let len = e.metadata().ctx("stat", &e.path())?.len();
-                    out.push((e.path(), len));
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let hash = name.split('.').next().unwrap_or("");
+                    let m = fs::symlink_metadata(e.path()).ctx("stat", &e.path())?;
+                    if is_key_name(hash) && m.is_file() {
+                        out.push((e.path(), m.len()));
+                    }
                 }
             }
         }

@@ -151,8 +151,14 @@ impl Store {
                 if tmp.join(format!("{name}{MARKER}")).exists() || !path.exists() {
                     continue;
                 }
+                // Without its marker, a directory is flow's only if it holds nothing but
+                // what a stage instance's scratch dir holds (`in/`, `out/`, `work/`).
+                let only_scratch = fs::read_dir(&path).is_ok_and(|rd| {
+                    rd.flatten()
+                        .all(|e| matches!(e.file_name().to_str(), Some("in" | "out" | "work")))
+                });
                 match pid_from_dir_name(&name) {
-                    Some(pid) if !pid_alive(pid) => {
+                    Some(pid) if !pid_alive(pid) && only_scratch => {
                         remove_tree(&path)?;
                         removed += 1;
                     }

@@ -86,9 +86,14 @@ impl Dag {
             .collect()
     }
     /// The workspace paths the pipeline reads that do not exist under `workspace` (or are
-    /// symlinks that cannot be followed), one diagnostic at each mention: what `flow run`
-    /// would fail on, found by `flow check`.
-    pub fn check_paths(&self, workspace: &std::path::Path) -> Vec<Diagnostic> {
+    /// symlinks that cannot be followed), or that reach into flow's own directories
+    /// (`flow_dirs`: the cache and `out/`, with what to call them) through a link, one
+    /// diagnostic at each mention: what `flow run` would fail on, found by `flow check`.
+    pub fn check_paths(
+        &self,
+        workspace: &std::path::Path,
+        flow_dirs: &[(std::path::PathBuf, &str)],
+    ) -> Vec<Diagnostic> {
         let mut diags = Vec::new();
         for d in &self.pipeline.stages {
             for input in d.config.inputs() {
@@ -97,9 +102,23 @@ impl Dag {
                 };
                 let abs = workspace.join(flow_cache::normalize_rel(rel).unwrap_or_else(|_| rel.clone()));
                 let problem = match (std::fs::symlink_metadata(&abs), std::fs::metadata(&abs)) {
-                    (Err(_), _) => "does not exist".to_string(),
+                    (Err(_), _) => "does not exist in the workspace".to_string(),
                     (Ok(_), Err(e)) => format!("is a symlink that cannot be followed ({e})"),
-                    (Ok(_), Ok(_)) => continue,
+                    (Ok(_), Ok(_)) => match flow_dir_conflict(workspace, rel, flow_dirs) {
+                        Some(why) => {
+                            diags.push(
+                                Diagnostic::at(
+                                    Code::PathEscape,
+                                    &d.src,
+                                    ref_span(d, &input.port, rel),
+                                    format!("stage `{}`: {why}", d.name),
+                                )
+                                .label("here"),
+                            );
+                            continue;
+                        }
+                        None => continue,
+                    },
                 };
                 diags.push(
                     Diagnostic::at(
@@ -107,7 +126,7 @@ impl Dag {
                         &d.src,
                         ref_span(d, &input.port, rel),
                         format!(
-                            "stage `{}` reads workspace path `{rel}` (param `{}`), which {problem} in the workspace",
+                            "stage `{}` reads workspace path `{rel}` (param `{}`), which {problem}",
                             d.name, input.port,
                         ),
                     )
@@ -161,6 +180,32 @@ fn ref_span(d: &StageDecl, port: &str, name: &str) -> (usize, usize) {
         at = sp.0 + sp.1;
     }
     find_string_lit(text, name, from).unwrap_or(d.span)
+}
+
+/// Where the workspace path `rel` meets one of flow's own directories (`flow_dirs`: the
+/// cache, `out/`), links followed: it holds one, or lies inside one. A message, or None.
+pub fn flow_dir_conflict(
+    workspace: &std::path::Path,
+    rel: &str,
+    flow_dirs: &[(std::path::PathBuf, &str)],
+) -> Option<String> {
+    let input = std::fs::canonicalize(workspace.join(rel)).ok()?;
+    for (dir, what) in flow_dirs {
+        let Ok(dir) = std::fs::canonicalize(dir) else { continue };
+        let how = if dir.starts_with(&input) {
+            "holds"
+        } else if input.starts_with(&dir) {
+            "is inside"
+        } else {
+            continue;
+        };
+        return Some(format!(
+            "workspace input `{rel}` {how} {what} ({}): it would change on every run and hand the command \
+             flow's own files; keep the cache and out/ apart from the paths a pipeline reads",
+            dir.display()
+        ));
+    }
+    None
 }
 
 /// A workspace-path input, normalised (`./data/` → `data`), or why it cannot be one: it

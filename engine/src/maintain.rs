@@ -221,8 +221,9 @@ pub fn gc(
         }
     }
     out.records_removed.sort();
-    // Unparsable records reach nothing and are never trusted: they go too.
-    removed.extend(unreadable.iter().cloned());
+    // Unparsable records reach nothing and are never trusted: they go too — if the name is
+    // one flow gives (a key), so that a stranger's file in runs/ stays.
+    removed.extend(unreadable.iter().filter(|k| flow_cache::is_key_name(k)).cloned());
     if !dry_run {
         // Records first: an object is never gone while a record that needs it is there.
         for k in &removed {
@@ -246,7 +247,9 @@ pub fn gc(
     if let Ok(rd) = std::fs::read_dir(&resume) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !live.contains(&name) {
+            // Only checkpoint directories flow made (named by their key; never through a link).
+            let is_dir = std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir());
+            if is_dir && flow_cache::is_key_name(&name) && !live.contains(&name) {
                 out.resume_dirs_removed += 1;
                 if !dry_run {
                     let _ = std::fs::remove_dir_all(e.path());

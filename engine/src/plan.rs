@@ -361,6 +361,19 @@ pub fn outputs_problem(store: &Store, rec: &RunRecord) -> Option<String> {
 }
 
 fn check_outputs(store: &Store, rec: &RunRecord) -> Result<BTreeMap<String, i64>, String> {
+    // A record edited by hand (or by a bug) must not smuggle other content in under a hash
+    // that consumers' keys already use: its tree must be the one its output hash names.
+    if rec.tree.hash() != rec.output {
+        return Err("the record's file list does not hash to its output hash (edited?)".into());
+    }
+    if let Some((path, why)) = rec
+        .tree
+        .entries
+        .keys()
+        .find_map(|p| flow_cache::rel_path_problem(p).map(|w| (p, w)))
+    {
+        return Err(format!("the record lists an invalid path {path:?} ({why})"));
+    }
     let (problems, restamped) = store.check_tree_stamped(&rec.tree, &rec.mtimes);
     if let Some(p) = problems.first() {
         Err(format!("{} ({})", p.path, p.what))

@@ -498,28 +498,13 @@ fn release(
 /// `Path("data")`, or a link to `out/`) would never be fresh — its content changes with every
 /// run — and hands the command a writable view of the cache: refused.
 fn check_inputs_hold_no_flow_dirs(store: &Store, paths: &PathDigests, opts: &RunOptions) -> Result<(), EngineError> {
-    let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
-    let flow_dirs: Vec<(PathBuf, &str)> = [
-        canon(store.root()).map(|p| (p, "the cache")),
-        opts.out_root.as_deref().and_then(canon).map(|p| (p, "out/")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut flow_dirs = vec![(store.root().to_path_buf(), "the cache")];
+    flow_dirs.extend(opts.out_root.clone().map(|o| (o, "out/")));
     let mut rels: Vec<&String> = paths.keys().collect();
     rels.sort();
     for rel in rels {
-        let Some(input) = canon(&opts.workspace.join(rel)) else {
-            continue;
-        };
-        for (dir, what) in &flow_dirs {
-            if dir.starts_with(&input) {
-                return Err(EngineError::Other(format!(
-                    "workspace input `{rel}` holds {what} ({}): it would change on every run; keep the cache \
-                     and out/ outside the paths a pipeline reads",
-                    dir.display()
-                )));
-            }
+        if let Some(why) = crate::dag::flow_dir_conflict(&opts.workspace, rel, &flow_dirs) {
+            return Err(EngineError::Other(why));
         }
     }
     Ok(())
