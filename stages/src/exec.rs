@@ -102,6 +102,140 @@ fn subst(s: &str, fold: Option<u32>) -> String {
     }
 }
 
+fn problem(code: Code, message: String, needle: Option<&str>, help: &str) -> ConfigProblem {
+    ConfigProblem {
+        code,
+        message,
+        needle: needle.map(String::from),
+        help: Some(help.to_string()).filter(|h| !h.is_empty()),
+    }
+}
+
+impl Exec {
+    /// The outputs as each instance sees them (`{fold}` substituted): each inside the working
+    /// directory, listed once, not inside another, and apart from every workspace input (that
+    /// input is a link to the workspace, so the output would be the user's own files).
+    fn output_problems(&self) -> Vec<ConfigProblem> {
+        let mut v: Vec<ConfigProblem> = Vec::new();
+        let mut push = |p: ConfigProblem| {
+            if !v.iter().any(|q| q.message == p.message) {
+                v.push(p);
+            }
+        };
+        let inputs: Vec<(String, &String)> = self
+            .inputs
+            .iter()
+            .filter_map(|i| match i {
+                ExecInput::Path(p) => flow_cache::normalize_rel(p).ok().map(|n| (n, p)),
+                ExecInput::Stage(_) => None,
+            })
+            .collect();
+        // More folds than the engine allows are its error; never walk billions of them here.
+        let folds: Box<dyn Iterator<Item = Option<u32>>> = match self.folds {
+            Some(n) => Box::new((0..n.min(flow_engine::dag::MAX_FOLDS)).map(Some)),
+            None => Box::new(std::iter::once(None)),
+        };
+        let inside = |a: &str, b: &str| a.starts_with(&format!("{b}/"));
+        for fold in folds {
+            let when = fold
+                .filter(|_| self.outputs.iter().any(|o| o.contains("{fold}")))
+                .map(|f| format!(" (for fold {f})"))
+                .unwrap_or_default();
+            let mut seen: Vec<(String, &String)> = Vec::new();
+            for o in &self.outputs {
+                let Ok(n) = flow_cache::normalize_rel(&subst(o, fold)) else {
+                    push(problem(
+                        Code::PathEscape,
+                        format!("output `{o}` is outside the stage's output directory{when}"),
+                        Some(o),
+                        "outputs are paths relative to the command's working directory, without `..` above it",
+                    ));
+                    continue;
+                };
+                if let Some((_, first)) = seen.iter().find(|(m, _)| *m == n) {
+                    let message = if *first == o {
+                        format!("output `{o}` is listed twice")
+                    } else {
+                        format!("outputs `{first}` and `{o}` are the same path{when}")
+                    };
+                    push(problem(Code::InvalidValue, message, Some(o), "list each output once"));
+                    continue;
+                }
+                if let Some((m, first)) = seen.iter().find(|(m, _)| inside(&n, m) || inside(m, &n)) {
+                    let (outer, inner) = if n.len() > m.len() { (*first, o) } else { (o, *first) };
+                    push(problem(
+                        Code::InvalidValue,
+                        format!("output `{inner}` is inside output `{outer}`{when}"),
+                        Some(o),
+                        "a directory output already publishes everything in it; list it once",
+                    ));
+                    continue;
+                }
+                for (pn, p) in &inputs {
+                    if n == *pn || inside(&n, pn) || inside(pn, &n) {
+                        push(problem(
+                            Code::PathEscape,
+                            format!(
+                                "output `{o}` overlaps workspace input `{p}`{when}: the command sees that input as \
+                                 a link to the workspace, so the output would be the workspace's own files"
+                            ),
+                            Some(o),
+                            "write outputs under another name (e.g. `results/...`)",
+                        ));
+                    }
+                }
+                seen.push((n, o));
+            }
+        }
+        v
+    }
+
+    /// What the OS would refuse at spawn time: an empty argv, NUL bytes, environment names
+    /// that are empty or contain `=`.
+    fn command_problems(&self) -> Vec<ConfigProblem> {
+        let mut v = Vec::new();
+        let words: Vec<&String> = match &self.cmd {
+            Cmd::Shell(s) => vec![s],
+            Cmd::Argv(a) => a.iter().collect(),
+        };
+        if matches!(&self.cmd, Cmd::Argv(a) if a.is_empty()) {
+            v.push(problem(
+                Code::InvalidValue,
+                "`cmd` is an empty list".into(),
+                None,
+                "give the program and its arguments",
+            ));
+        }
+        if words.iter().any(|w| w.contains('\0')) {
+            v.push(problem(
+                Code::InvalidValue,
+                "`cmd` contains a NUL byte".into(),
+                None,
+                "",
+            ));
+        }
+        for (k, val) in &self.env {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                v.push(problem(
+                    Code::InvalidValue,
+                    format!("environment variable name {k:?} is empty or contains `=` or NUL"),
+                    None,
+                    "",
+                ));
+            }
+            if val.contains('\0') {
+                v.push(problem(
+                    Code::InvalidValue,
+                    format!("the value of `{k}` contains a NUL byte"),
+                    None,
+                    "",
+                ));
+            }
+        }
+        v
+    }
+}
+
 impl StageConfig for Exec {
     fn inputs(&self) -> Vec<Input> {
         self.inputs
@@ -134,69 +268,8 @@ impl StageConfig for Exec {
         }
     }
     fn validate(&self) -> Vec<ConfigProblem> {
-        let mut v = Vec::new();
-        let mut normal: Vec<(String, &String)> = Vec::new();
-        for o in &self.outputs {
-            let Ok(n) = flow_cache::normalize_rel(o) else {
-                continue;
-            };
-            if let Some((_, first)) = normal.iter().find(|(m, _)| *m == n) {
-                v.push(ConfigProblem {
-                    code: Code::InvalidValue,
-                    message: if *first == o {
-                        format!("output `{o}` is listed twice")
-                    } else {
-                        format!("outputs `{first}` and `{o}` are the same path")
-                    },
-                    needle: Some(o.clone()),
-                    help: Some("list each output once".into()),
-                });
-            } else if let Some((m, first)) = normal
-                .iter()
-                .find(|(m, _)| n.starts_with(&format!("{m}/")) || m.starts_with(&format!("{n}/")))
-            {
-                let (outer, inner) = if n.len() > m.len() { (*first, o) } else { (o, *first) };
-                v.push(ConfigProblem {
-                    code: Code::InvalidValue,
-                    message: format!("output `{inner}` is inside output `{outer}`"),
-                    needle: Some(o.clone()),
-                    help: Some("a directory output already publishes everything in it; list it once".into()),
-                });
-            } else {
-                normal.push((n, o));
-            }
-        }
-        // An output at or under a workspace path input would be taken from the workspace
-        // (that input is a link to it): publishing would move the user's files into the cache.
-        for i in &self.inputs {
-            let ExecInput::Path(p) = i else { continue };
-            let Ok(pn) = flow_cache::normalize_rel(p) else { continue };
-            for (n, o) in &normal {
-                if *n == pn || n.starts_with(&format!("{pn}/")) || pn.starts_with(&format!("{n}/")) {
-                    v.push(ConfigProblem {
-                        code: Code::PathEscape,
-                        message: format!(
-                            "output `{o}` overlaps workspace input `{p}`: the command sees that input as a link to \
-                             the workspace, so the output would be the workspace's own files"
-                        ),
-                        needle: Some((*o).clone()),
-                        help: Some("write outputs under another name (e.g. `results/...`)".into()),
-                    });
-                }
-            }
-        }
-        for o in &self.outputs {
-            if !stays_inside(o) {
-                v.push(ConfigProblem {
-                    code: Code::PathEscape,
-                    message: format!("output `{o}` is outside the stage's output directory"),
-                    needle: Some(o.clone()),
-                    help: Some(
-                        "outputs are paths relative to the command's working directory, without `..` above it".into(),
-                    ),
-                });
-            }
-        }
+        let mut v = self.output_problems();
+        v.extend(self.command_problems());
         // Workspace-path inputs are checked by the engine, as every kind's are.
         if self.outputs.is_empty() {
             v.push(ConfigProblem {
@@ -336,12 +409,15 @@ impl StageConfig for Exec {
         let mut child = cmd
             .spawn()
             .map_err(|e| StageError::msg(format!("cannot start command: {e}")))?;
+        let group = child.id() as i32;
+        // SAFETY: kill(2) with a negative pid signals the process group the guard leads; no
+        // memory is involved.
+        let kill_group = || unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        };
         let status = loop {
             if ctx.cancelled() {
-                // The command runs in its own process group: stop all of it.
-                unsafe {
-                    libc::kill(-(child.id() as i32), libc::SIGKILL);
-                }
+                kill_group();
                 let _ = child.wait();
                 return Err(StageError::Cancelled);
             }
@@ -350,6 +426,9 @@ impl StageConfig for Exec {
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         };
+        // The command is done: whatever it left running in the background (`cmd &`) would
+        // write into outputs — or published objects — after they were taken. Stop it.
+        kill_group();
         // Inputs written in place are cache objects altered: take them out of service (the
         // producer re-runs next time) and fail, whatever the command's status.
         let now = input_stamps(ctx, &placed);

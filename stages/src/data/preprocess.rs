@@ -143,6 +143,25 @@ impl StageConfig for Preprocess {
             Some(root) => (ctx.workspace.join(root), true),
             None => (input.dir.clone(), false),
         };
+        // Paths stay inside the dataset. Without a workspace root, each must be one of the
+        // producing stage's own outputs (an immutable object, so nothing to verify): a
+        // manifest that points elsewhere (`/abs/img.png`, `../x`) would make this stage's
+        // cached result depend on files no key sees.
+        for it in &items {
+            let n = flow_cache::normalize_rel(&it.path).map_err(|why| {
+                StageError::msg(format!(
+                    "manifest of `{}`: path `{}` leaves the dataset ({why}); paths are relative to the dataset",
+                    input.from, it.path
+                ))
+            })?;
+            if !verify && !input.tree.entries.contains_key(&n) {
+                return Err(StageError::msg(format!(
+                    "manifest of `{}`: `{}` is not one of its outputs; a dataset made by a stage lists files it \
+                     wrote (relative to its outputs)",
+                    input.from, it.path
+                )));
+            }
+        }
         let n = items.len();
         let item_bytes = (self.size as u64) * (self.size as u64) * 3;
         let rows_per_shard = (SHARD_BYTES / item_bytes).max(1) as usize;
