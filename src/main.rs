@@ -484,7 +484,7 @@ fn fresh_predictions(
     store: &Store,
     dag: &Dag,
     stage: Option<&str>,
-) -> Result<Result<flow_stages::report::stage::Predictions, String>, String> {
+) -> Result<Result<flow_stages::report::stage::Columns, String>, String> {
     let name = match stage {
         Some(s) => s.to_string(),
         None => {
@@ -492,7 +492,7 @@ fn fresh_predictions(
                 .pipeline
                 .stages
                 .iter()
-                .filter(|d| d.kind.name == "EnsembleInfer")
+                .filter(|d| d.config.output() == flow_stages::ports::PREDICTIONS)
                 .map(|d| d.name.as_str())
                 .collect();
             match v.as_slice() {
@@ -534,9 +534,15 @@ fn fresh_predictions(
     let entry = rec
         .tree
         .entries
-        .get("predictions.csv")
-        .ok_or_else(|| format!("{}: `{name}` has no predictions.csv", dag.pipeline.name))?;
-    flow_stages::report::stage::read_predictions(&store.object_path(&entry.hash))
+        .get(flow_stages::ports::predictions::ROWS)
+        .ok_or_else(|| {
+            format!(
+                "{}: `{name}` has no {}",
+                dag.pipeline.name,
+                flow_stages::ports::predictions::ROWS
+            )
+        })?;
+    flow_stages::report::stage::Columns::read_file(&store.object_path(&entry.hash))
         .map(Ok)
         .map_err(|e| e.to_string())
 }

@@ -27,7 +27,14 @@ use flow_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CALIBRATION, HARD_NEGATIVES, MODELS};
+use crate::metrics;
+use crate::ports::calibration::{
+    write_reliability, write_scores, BeforeAfter, CalibratedRow, CalibrationDoc, DocBin, FoldCalibration,
+    PooledQuality, Quality, Reliability, ReliabilityRow,
+};
+use crate::ports::hard_negatives::{FoldMined, HardNegative, MineSummary};
+use crate::ports::split::Role;
+use crate::ports::{CALIBRATION, HARD_NEGATIVES, MODELS};
 
 fn d_bins() -> usize {
     15
@@ -54,28 +61,6 @@ pub fn calibrate_kind() -> StageKind {
         summary: "temperature scaling per fold, ECE, reliability, cascade thresholds",
         parse: parse_as::<Calibrate>,
     }
-}
-
-/// One row of a model's `scores.csv`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScoreRow {
-    pub item: String,
-    pub role: String,
-    pub label: u8,
-    pub source: String,
-    pub logit: f64,
-}
-
-/// One row of Calibrate's `scores.csv`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CalibratedRow {
-    pub item: String,
-    pub fold: u32,
-    pub role: String,
-    pub label: u8,
-    pub source: String,
-    pub logit: f64,
-    pub prob: f64,
 }
 
 pub fn sigmoid(x: f64) -> f64 {
@@ -148,108 +133,24 @@ pub fn fit_temperature(logits: &[f64], labels: &[u8]) -> f64 {
     1.0 / a
 }
 
-/// Expected calibration error over P(fake) with equal-width bins.
-pub fn ece(probs: &[f64], labels: &[u8], bins: usize) -> f64 {
-    reliability(probs, labels, bins)
-        .iter()
-        .map(|b| b.count as f64 / probs.len().max(1) as f64 * (b.frac_pos - b.mean_pred).abs())
-        .sum()
-}
-
-pub fn brier(probs: &[f64], labels: &[u8]) -> f64 {
-    probs
-        .iter()
-        .zip(labels)
-        .map(|(p, &y)| (p - y as f64).powi(2))
-        .sum::<f64>()
-        / probs.len().max(1) as f64
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Bin {
-    pub lo: f64,
-    pub hi: f64,
-    pub count: usize,
-    pub mean_pred: f64,
-    pub frac_pos: f64,
-}
-
-pub fn reliability(probs: &[f64], labels: &[u8], bins: usize) -> Vec<Bin> {
-    let bins = bins.max(1);
-    let mut acc = vec![(0usize, 0.0f64, 0.0f64); bins];
-    for (&p, &y) in probs.iter().zip(labels) {
-        let b = ((p * bins as f64) as usize).min(bins - 1);
-        acc[b].0 += 1;
-        acc[b].1 += p;
-        acc[b].2 += y as f64;
-    }
-    acc.iter()
-        .enumerate()
-        .filter(|(_, a)| a.0 > 0)
-        .map(|(i, a)| Bin {
-            lo: i as f64 / bins as f64,
-            hi: (i + 1) as f64 / bins as f64,
-            count: a.0,
-            mean_pred: a.1 / a.0 as f64,
-            frac_pos: a.2 / a.0 as f64,
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Quality {
-    pub n: usize,
-    pub nll: f64,
-    pub ece: f64,
-    pub brier: f64,
-}
-
+/// NLL (exact, from logits scaled by `1/t`), ECE and Brier of `sigmoid(logit / t)`.
 fn quality(logits: &[f64], labels: &[u8], t: f64, bins: usize) -> Quality {
     let probs: Vec<f64> = logits.iter().map(|z| sigmoid(z / t)).collect();
     Quality {
         n: logits.len(),
         nll: nll(logits, labels, 1.0 / t),
-        ece: ece(&probs, labels, bins),
-        brier: brier(&probs, labels),
+        ece: metrics::ece(&probs, labels, bins).unwrap_or(0.0),
+        brier: metrics::brier(&probs, labels).unwrap_or(0.0),
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ThresholdRow {
-    pub threshold: f64,
-    /// Share of items with P(fake) < t (stopped by the filter).
-    pub filtration: f64,
-    /// Share of fakes with P(fake) < t (missed).
-    pub leakage: f64,
-    /// Share of reals passed on (p ≥ t).
-    pub false_alarm: f64,
-}
-
-pub fn thresholds(probs: &[f64], labels: &[u8], ts: &[f64]) -> Vec<ThresholdRow> {
-    let n = probs.len().max(1) as f64;
-    let fakes = labels.iter().filter(|&&y| y == 1).count().max(1) as f64;
-    let reals = labels.iter().filter(|&&y| y == 0).count().max(1) as f64;
-    ts.iter()
-        .map(|&t| {
-            let stopped = probs.iter().filter(|&&p| p < t).count() as f64;
-            let leaked = probs.iter().zip(labels).filter(|(p, y)| **p < t && **y == 1).count() as f64;
-            let alarms = probs.iter().zip(labels).filter(|(p, y)| **p >= t && **y == 0).count() as f64;
-            ThresholdRow {
-                threshold: t,
-                filtration: stopped / n,
-                leakage: leaked / fakes,
-                false_alarm: alarms / reals,
-            }
-        })
+/// The bins of `probs` as `calibration.json` writes them.
+fn bins_of(probs: &[f64], labels: &[u8], bins: usize) -> Vec<DocBin> {
+    metrics::reliability(probs, labels, bins)
+        .unwrap_or_default()
+        .iter()
+        .map(DocBin::from)
         .collect()
-}
-
-fn read_scores(path: &std::path::Path) -> Result<Vec<ScoreRow>, StageError> {
-    let mut r =
-        csv::Reader::from_path(path).map_err(|e| StageError::msg(format!("cannot read {}: {e}", path.display())))?;
-    r.deserialize()
-        .collect::<Result<Vec<ScoreRow>, _>>()
-        .map_err(|e| StageError::msg(format!("bad scores {}: {e}", path.display())))
 }
 
 impl StageConfig for Calibrate {
@@ -300,32 +201,40 @@ impl StageConfig for Calibrate {
             let fold = input
                 .fold
                 .ok_or_else(|| StageError::msg(format!("`{}` is not a per-fold model stage", input.from)))?;
-            let rows = read_scores(&input.dir.join("scores.csv"))?;
-            let pick = |role: &str| -> (Vec<f64>, Vec<u8>) {
+            let rows = crate::ports::models::read_scores(&input.dir).map_err(StageError::msg)?;
+            let pick = |role: Role| -> (Vec<f64>, Vec<u8>) {
                 rows.iter()
                     .filter(|r| r.role == role)
                     .map(|r| (r.logit, r.label))
                     .unzip()
             };
-            let (vz, vy) = pick("val");
-            let (tz, ty) = pick("test");
+            let (vz, vy) = pick(Role::Val);
+            let (tz, ty) = pick(Role::Test);
             let (fit_z, fit_y, fit_on) = if vz.is_empty() {
-                (pick("train").0, pick("train").1, "train")
+                let (z, y) = pick(Role::Train);
+                (z, y, "train")
             } else {
                 (vz.clone(), vy.clone(), "val")
             };
             let t = fit_temperature(&fit_z, &fit_y);
-            folds.push(serde_json::json!({
-                "fold": fold,
-                "from": input.from,
-                "temperature": t,
-                "fit_on": fit_on,
-                "val": {"before": quality(&vz, &vy, 1.0, self.bins), "after": quality(&vz, &vy, t, self.bins)},
-                "test": {"before": quality(&tz, &ty, 1.0, self.bins), "after": quality(&tz, &ty, t, self.bins)},
-                "thresholds_test": thresholds(&tz.iter().map(|z| sigmoid(z / t)).collect::<Vec<_>>(), &ty, &self.thresholds),
-            }));
+            let test_probs: Vec<f64> = tz.iter().map(|z| sigmoid(z / t)).collect();
+            folds.push(FoldCalibration {
+                fold,
+                from: input.from.clone(),
+                temperature: t,
+                fit_on: fit_on.into(),
+                val: BeforeAfter {
+                    before: quality(&vz, &vy, 1.0, self.bins),
+                    after: quality(&vz, &vy, t, self.bins),
+                },
+                test: BeforeAfter {
+                    before: quality(&tz, &ty, 1.0, self.bins),
+                    after: quality(&tz, &ty, t, self.bins),
+                },
+                thresholds_test: metrics::cascade(&test_probs, &ty, &self.thresholds),
+            });
             test_before.extend(tz.iter().map(|z| sigmoid(*z)));
-            test_after.extend(tz.iter().map(|z| sigmoid(z / t)));
+            test_after.extend(test_probs);
             test_labels.extend(ty);
             for r in rows {
                 let prob = sigmoid(r.logit / t);
@@ -343,63 +252,50 @@ impl StageConfig for Calibrate {
         if folds.is_empty() {
             return Err(StageError::msg("no model folds to calibrate"));
         }
-        let before = Quality {
+        let pooled = |probs: &[f64]| Quality {
             n: test_labels.len(),
-            nll: mean_nll(&test_before, &test_labels),
-            ece: ece(&test_before, &test_labels, self.bins),
-            brier: brier(&test_before, &test_labels),
+            nll: mean_nll(probs, &test_labels),
+            ece: metrics::ece(probs, &test_labels, self.bins).unwrap_or(0.0),
+            brier: metrics::brier(probs, &test_labels).unwrap_or(0.0),
         };
-        let after = Quality {
-            n: test_labels.len(),
-            nll: mean_nll(&test_after, &test_labels),
-            ece: ece(&test_after, &test_labels, self.bins),
-            brier: brier(&test_after, &test_labels),
-        };
+        let (before, after) = (pooled(&test_before), pooled(&test_after));
         let reduction = if before.ece > 0.0 {
             1.0 - after.ece / before.ece
         } else {
             0.0
         };
-        let summary = serde_json::json!({
-            "method": "temperature",
-            "bins": self.bins,
-            "folds": folds,
-            "pooled_test": {"before": before, "after": after, "ece_reduction": reduction},
-            "thresholds_test": thresholds(&test_after, &test_labels, &self.thresholds),
-            "reliability_test": {
-                "before": reliability(&test_before, &test_labels, self.bins),
-                "after": reliability(&test_after, &test_labels, self.bins),
+        let doc = CalibrationDoc {
+            method: "temperature".into(),
+            bins: self.bins,
+            folds,
+            pooled_test: PooledQuality {
+                before,
+                after,
+                ece_reduction: reduction,
             },
-        });
-        std::fs::write(
-            ctx.out_dir.join("calibration.json"),
-            serde_json::to_string_pretty(&summary).expect("json"),
-        )?;
-        let mut w =
-            csv::Writer::from_path(ctx.out_dir.join("reliability.csv")).map_err(|e| StageError::msg(e.to_string()))?;
-        w.write_record(["which", "lo", "hi", "count", "mean_pred", "frac_pos"])
-            .map_err(|e| StageError::msg(e.to_string()))?;
-        for (which, probs) in [("before", &test_before), ("after", &test_after)] {
-            for b in reliability(probs, &test_labels, self.bins) {
-                w.write_record([
-                    which.to_string(),
-                    format!("{:.6}", b.lo),
-                    format!("{:.6}", b.hi),
-                    b.count.to_string(),
-                    format!("{:.6}", b.mean_pred),
-                    format!("{:.6}", b.frac_pos),
-                ])
-                .map_err(|e| StageError::msg(e.to_string()))?;
-            }
+            thresholds_test: metrics::cascade(&test_after, &test_labels, &self.thresholds),
+            reliability_test: Reliability {
+                before: bins_of(&test_before, &test_labels, self.bins),
+                after: bins_of(&test_after, &test_labels, self.bins),
+            },
+        };
+        doc.write(ctx.out_dir).map_err(StageError::msg)?;
+        let mut reliability = Vec::new();
+        for (which, bins) in [
+            ("before", &doc.reliability_test.before),
+            ("after", &doc.reliability_test.after),
+        ] {
+            reliability.extend(bins.iter().map(|b| ReliabilityRow {
+                which: which.into(),
+                lo: b.lo,
+                hi: b.hi,
+                count: b.count,
+                mean_pred: b.mean_pred,
+                frac_pos: b.frac_pos,
+            }));
         }
-        w.flush()?;
-        let mut w =
-            csv::Writer::from_path(ctx.out_dir.join("scores.csv")).map_err(|e| StageError::msg(e.to_string()))?;
-        for r in &all_rows {
-            w.serialize(r).map_err(|e| StageError::msg(e.to_string()))?;
-        }
-        w.flush()?;
-        Ok(())
+        write_reliability(ctx.out_dir, &reliability).map_err(StageError::msg)?;
+        write_scores(ctx.out_dir, &all_rows).map_err(StageError::msg)
     }
 }
 
@@ -472,21 +368,12 @@ impl StageConfig for MineHardNegatives {
             .inputs_of("calibration")
             .next()
             .ok_or_else(|| StageError::msg("no calibration input"))?;
-        let path = input.dir.join("scores.csv");
-        let mut r = csv::Reader::from_path(&path)
-            .map_err(|e| StageError::msg(format!("cannot read {}: {e}", path.display())))?;
-        let rows: Vec<CalibratedRow> = r
-            .deserialize()
-            .collect::<Result<_, _>>()
-            .map_err(|e| StageError::msg(e.to_string()))?;
+        let rows = crate::ports::calibration::read_scores(&input.dir).map_err(StageError::msg)?;
         let mut by_fold: BTreeMap<u32, Vec<&CalibratedRow>> = BTreeMap::new();
-        for row in rows.iter().filter(|r| r.role == "train" && r.label == 0) {
+        for row in rows.iter().filter(|r| r.role == Role::Train && r.label == 0) {
             by_fold.entry(row.fold).or_default().push(row);
         }
-        let mut w = csv::Writer::from_path(ctx.out_dir.join("hard_negatives.csv"))
-            .map_err(|e| StageError::msg(e.to_string()))?;
-        w.write_record(["item", "fold", "score"])
-            .map_err(|e| StageError::msg(e.to_string()))?;
+        let mut mined = Vec::new();
         let mut summary = Vec::new();
         for (fold, mut reals) in by_fold {
             reals.sort_by(|a, b| b.prob.total_cmp(&a.prob).then_with(|| a.item.cmp(&b.item)));
@@ -495,21 +382,22 @@ impl StageConfig for MineHardNegatives {
                 (_, Some(t)) => reals.iter().take_while(|r| r.prob >= t).count(),
                 _ => 0,
             };
-            for r in &reals[..take] {
-                w.write_record([r.item.clone(), fold.to_string(), format!("{:.9}", r.prob)])
-                    .map_err(|e| StageError::msg(e.to_string()))?;
-            }
-            summary.push(
-                serde_json::json!({"fold": fold, "real_train_items": reals.len(), "hard_negatives": take,
-                "min_score": reals[..take].last().map(|r| r.prob)}),
-            );
+            mined.extend(reals[..take].iter().map(|r| HardNegative {
+                item: r.item.clone(),
+                fold,
+                score: r.prob,
+            }));
+            summary.push(FoldMined {
+                fold,
+                real_train_items: reals.len(),
+                hard_negatives: take,
+                min_score: reals[..take].last().map(|r| r.prob),
+            });
         }
-        w.flush()?;
-        std::fs::write(
-            ctx.out_dir.join("mine.json"),
-            serde_json::to_string_pretty(&serde_json::json!({"folds": summary})).expect("json"),
-        )?;
-        Ok(())
+        crate::ports::hard_negatives::write_rows(ctx.out_dir, &mined).map_err(StageError::msg)?;
+        MineSummary { folds: summary }
+            .write(ctx.out_dir)
+            .map_err(StageError::msg)
     }
 }
 
@@ -536,7 +424,10 @@ mod tests {
         assert!((t - 4.0).abs() < 0.4, "T = {t}");
         let before: Vec<f64> = logits.iter().map(|z| sigmoid(*z)).collect();
         let after: Vec<f64> = logits.iter().map(|z| sigmoid(z / t)).collect();
-        let (e0, e1) = (ece(&before, &labels, 15), ece(&after, &labels, 15));
+        let (e0, e1) = (
+            metrics::ece(&before, &labels, 15).unwrap(),
+            metrics::ece(&after, &labels, 15).unwrap(),
+        );
         assert!(
             e1 < 0.5 * e0,
             "ECE {e0} -> {e1}: the seeds' criterion is a >= 50 % reduction"
@@ -545,13 +436,13 @@ mod tests {
     }
 
     #[test]
-    fn ece_and_brier_by_hand() {
+    fn ece_brier_and_cascade_by_hand() {
         let p = [0.1, 0.2, 0.8, 0.9];
         let y = [0, 1, 1, 1];
         // 2 bins: [0,.5): mean p .15, frac .5 -> .35 * 2/4; [.5,1]: mean .85, frac 1 -> .15 * 2/4
-        assert!((ece(&p, &y, 2) - 0.25).abs() < 1e-12);
-        assert!((brier(&p, &y) - (0.01 + 0.64 + 0.04 + 0.01) / 4.0).abs() < 1e-12);
-        let t = thresholds(&p, &y, &[0.5]);
+        assert!((metrics::ece(&p, &y, 2).unwrap() - 0.25).abs() < 1e-12);
+        assert!((metrics::brier(&p, &y).unwrap() - (0.01 + 0.64 + 0.04 + 0.01) / 4.0).abs() < 1e-12);
+        let t = metrics::cascade(&p, &y, &[0.5]);
         assert_eq!((t[0].filtration, t[0].leakage, t[0].false_alarm), (0.5, 1.0 / 3.0, 0.0));
     }
 }

@@ -53,17 +53,9 @@ pub struct Exec {
     pub produces: Option<String>,
 }
 
-/// Artifact types an `Exec` may declare with `produces`.
-pub const EXEC_TYPES: &[PortType] = &[
-    PortType::FILES,
-    crate::data::ingest::DATASET,
-    crate::data::split::SPLIT,
-    crate::data::preprocess::TENSORS,
-    crate::model::MODELS,
-    crate::model::CALIBRATION,
-    crate::model::HARD_NEGATIVES,
-    crate::model::PREDICTIONS,
-];
+/// Artifact types an `Exec` may declare with `produces`: every port type (one list, made
+/// where the types are defined).
+pub const EXEC_TYPES: &[PortType] = crate::ports::ALL;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]

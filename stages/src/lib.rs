@@ -1,12 +1,21 @@
-//! flow's stage kinds. Every kind's *configuration* (params, ports, validation) is always
-//! compiled so `flow check` works without libtorch; only execution of torch-backed kinds
-//! needs the `torch` feature.
+//! flow's stage kinds. Every kind's *configuration* (params, ports, validation) is in this
+//! crate, which never links libtorch, so `flow check`, planning and every non-torch stage work
+//! without it; torch-backed kinds execute in `flow-worker` (crate `stages/torch`, see
+//! [`worker`]).
+//!
+//! * [`ports`] — every file passed between stages, defined once (a leaf module);
+//! * [`metrics`], [`stats`] — the one set of scikit-learn/scipy-checked metrics and tests;
+//! * the kinds: [`exec`], [`data`] (Ingest, Split, Preprocess), [`model`] (Train, Retrain,
+//!   EnsembleInfer), [`calibrate`] (Calibrate, MineHardNegatives), [`report`].
 
 pub mod calibrate;
 pub mod data;
 pub mod exec;
+pub mod metrics;
 pub mod model;
+pub mod ports;
 pub mod report;
+pub mod stats;
 pub mod torch_info;
 pub mod worker;
 

@@ -18,13 +18,8 @@ use flow_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::data::preprocess::TENSORS;
-use crate::data::split::SPLIT;
-
-pub const MODELS: PortType = PortType("models");
-pub const CALIBRATION: PortType = PortType("calibration");
-pub const HARD_NEGATIVES: PortType = PortType("hard-negatives");
-pub const PREDICTIONS: PortType = PortType("predictions");
+pub use crate::ports::{CALIBRATION, HARD_NEGATIVES, MODELS, PREDICTIONS};
+use crate::ports::{SPLIT, TENSORS};
 
 /// Backbones. All end in one logit (P(fake) = sigmoid).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 //! "ingest": Ingest(source: Folder(root: "kaggle", layout: PreSplit)),   // {train,val,test}/{real,fake}/…
 //! "ingest": Ingest(source: Folder(root: "data", layout: Manifest("labels.csv"))), // path,label[,source][,group][,split]
 //! ```
-//! Outputs: `manifest.csv` (see [`super::manifest`]), `report.json` (counts, skipped items,
+//! Outputs: `manifest.csv` (see [`crate::ports::dataset`]), `report.json` (counts, skipped items,
 //! merged duplicates) and, for the demo set, the images under `images/`. The dataset root is
 //! run-record meta, not content: renaming the folder reruns Ingest, which then writes the same
 //! manifest, so nothing downstream reruns.
@@ -17,7 +17,7 @@
 //! empty class. `on_bad_image: Fail` (default) fails with a table of offending paths; `Skip`
 //! leaves them out and lists them in `report.json`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -28,11 +28,10 @@ use flow_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{write_csv, Item};
 use super::{demo, imageops};
-use crate::exec::stays_inside;
+use crate::ports::dataset::{write_manifest, BadItem, IngestReport as Report, Item};
 
-pub const DATASET: PortType = PortType("dataset");
+pub use crate::ports::DATASET;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,7 +149,7 @@ impl StageConfig for Ingest {
             Source::Folder { layout, .. } => {
                 // The root is a workspace-path input: the engine checks it.
                 if let Layout::Manifest(csv) = layout {
-                    if !stays_inside(csv) {
+                    if flow_cache::normalize_rel(csv).is_err() {
                         v.push(ConfigProblem {
                             code: Code::PathEscape,
                             message: format!("manifest `{csv}` is outside the dataset root"),
@@ -247,24 +246,6 @@ struct Candidate {
     source: String,
     group: Option<String>,
     split: String,
-}
-
-/// A bad item: path and what is wrong with it.
-#[derive(Debug, Clone, Serialize)]
-pub struct BadItem {
-    pub path: String,
-    pub problem: String,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct Report {
-    items: usize,
-    by_label: BTreeMap<String, usize>,
-    by_source: BTreeMap<String, usize>,
-    groups: usize,
-    skipped: Vec<BadItem>,
-    /// Identical files under one label, merged into one group.
-    duplicates: Vec<Vec<String>>,
 }
 
 fn label_name(l: u8) -> &'static str {
@@ -482,7 +463,7 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
             for (i, rec) in r.records().enumerate() {
                 let rec = rec.map_err(|e| StageError::msg(format!("manifest {root}/{csv_rel} line {}: {e}", i + 2)))?;
                 let rel = rec.get(pc).unwrap_or("").trim().to_string();
-                if rel.is_empty() || !stays_inside(&rel) {
+                if flow_cache::normalize_rel(&rel).is_err() {
                     bad.push(BadItem {
                         path: format!("{csv_rel}:{}", i + 2),
                         problem: format!("bad path `{rel}`"),
@@ -744,11 +725,8 @@ fn finish(
         .map(|i| i.group.as_str())
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    write_csv(&ctx.out_dir.join("manifest.csv"), &items)?;
-    std::fs::write(
-        ctx.out_dir.join("report.json"),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )?;
+    write_manifest(ctx.out_dir, &items).map_err(StageError::msg)?;
+    report.write(ctx.out_dir).map_err(StageError::msg)?;
     *ctx.meta.lock().expect("meta") = meta;
     Ok(())
 }

@@ -4,6 +4,5 @@
 pub mod demo;
 pub mod imageops;
 pub mod ingest;
-pub mod manifest;
 pub mod preprocess;
 pub mod split;

@@ -26,24 +26,13 @@ use flow_engine::{
 use serde::{Deserialize, Serialize};
 
 use super::imageops::{self, Crop, Filter};
-use super::ingest::DATASET;
-use super::manifest::{read_csv, Item};
-
-pub const TENSORS: PortType = PortType("tensors");
+use crate::ports::dataset::{read_manifest, Item};
+use crate::ports::tensors::{shard_name, write_index, LAYOUT};
+pub use crate::ports::tensors::{IndexRow, Normalize, PreprocessInfo};
+pub use crate::ports::{DATASET, TENSORS};
 
 /// Largest shard file.
 const SHARD_BYTES: u64 = 1 << 30;
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
-pub enum Normalize {
-    /// ImageNet mean/std (what pretrained torchvision weights expect).
-    #[default]
-    ImageNet,
-    /// Mean/std of the real images of each fold's training set (seed 000's "real_norm").
-    RealOnly,
-    /// Pixels scaled to [0, 1] only.
-    None,
-}
 
 fn d_crop() -> Crop {
     Crop::Center
@@ -72,35 +61,6 @@ pub fn kind() -> StageKind {
         summary: "decode, square, resize into u8 shards",
         parse: parse_as::<Preprocess>,
     }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct IndexRow {
-    pub row: usize,
-    pub shard: usize,
-    pub item: String,
-    pub label: u8,
-    pub source: String,
-    pub group: String,
-    pub hash: String,
-    pub mean_r: f64,
-    pub mean_g: f64,
-    pub mean_b: f64,
-    pub sq_r: f64,
-    pub sq_g: f64,
-    pub sq_b: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PreprocessInfo {
-    pub size: u32,
-    pub crop: Crop,
-    pub filter: Filter,
-    pub normalize: Normalize,
-    pub count: usize,
-    pub rows_per_shard: usize,
-    pub shards: Vec<String>,
-    pub layout: String,
 }
 
 impl StageConfig for Preprocess {
@@ -135,7 +95,7 @@ impl StageConfig for Preprocess {
             .inputs_of("dataset")
             .next()
             .ok_or_else(|| StageError::msg("no dataset input"))?;
-        let items: Vec<Item> = read_csv(&input.dir.join("manifest.csv")).map_err(StageError::msg)?;
+        let items: Vec<Item> = read_manifest(&input.dir).map_err(StageError::msg)?;
         // Demo images live in the Ingest output; folder datasets in the workspace.
         // Files of the workspace may change under us: verify them against the manifest.
         // Files of a stage's outputs are immutable store objects, already content-addressed.
@@ -169,7 +129,7 @@ impl StageConfig for Preprocess {
         let mut shards = Vec::new();
         let mut names = Vec::new();
         for s in 0..nshards {
-            let name = format!("pixels-{s:03}.u8");
+            let name = shard_name(s);
             let rows = rows_per_shard.min(n - s * rows_per_shard);
             let f = std::fs::File::create(ctx.out_dir.join(&name))?;
             f.set_len(rows as u64 * item_bytes)?;
@@ -247,10 +207,11 @@ impl StageConfig for Preprocess {
             f.sync_all()?;
         }
         let stats = stats.into_inner().expect("lock");
-        let mut w =
-            csv::Writer::from_path(ctx.out_dir.join("index.csv")).map_err(|e| StageError::msg(e.to_string()))?;
-        for (i, (it, st)) in items.iter().zip(&stats).enumerate() {
-            w.serialize(IndexRow {
+        let index: Vec<IndexRow> = items
+            .iter()
+            .zip(&stats)
+            .enumerate()
+            .map(|(i, (it, st))| IndexRow {
                 row: i,
                 shard: i / rows_per_shard,
                 item: it.item.clone(),
@@ -265,10 +226,9 @@ impl StageConfig for Preprocess {
                 sq_g: round6(st[4]),
                 sq_b: round6(st[5]),
             })
-            .map_err(|e| StageError::msg(e.to_string()))?;
-        }
-        w.flush()?;
-        let info = PreprocessInfo {
+            .collect();
+        write_index(ctx.out_dir, &index).map_err(StageError::msg)?;
+        PreprocessInfo {
             size: self.size,
             crop: self.crop,
             filter: self.filter,
@@ -276,13 +236,10 @@ impl StageConfig for Preprocess {
             count: n,
             rows_per_shard,
             shards: names,
-            layout: "u8 [rows, size, size, 3] (HWC, RGB)".into(),
-        };
-        std::fs::write(
-            ctx.out_dir.join("preprocess.json"),
-            serde_json::to_string_pretty(&info).expect("json"),
-        )?;
-        Ok(())
+            layout: LAYOUT.into(),
+        }
+        .write(ctx.out_dir)
+        .map_err(StageError::msg)
     }
 }
 

@@ -26,10 +26,10 @@ use flow_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::ingest::DATASET;
-use super::manifest::{read_csv, Item};
-
-pub const SPLIT: PortType = PortType("split");
+use crate::ports::dataset::{read_manifest, Item};
+use crate::ports::split::{write_folds, FoldCounts, Leakage, SplitSummary};
+pub use crate::ports::split::{FoldRow, Role};
+pub use crate::ports::{DATASET, SPLIT};
 
 fn d_folds() -> u32 {
     5
@@ -82,50 +82,6 @@ pub fn kind() -> StageKind {
         summary: "stratified group k-fold with inner validation",
         parse: parse_as::<Split>,
     }
-}
-
-/// One row of `folds.csv`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FoldRow {
-    pub item: String,
-    pub group: String,
-    pub label: u8,
-    pub source: String,
-    /// The outer fold in which this item is a test item.
-    pub fold: u32,
-    /// The outer fold for which this item is in the inner validation set (empty: none).
-    pub val_for: Option<u32>,
-    pub holdout: u8,
-}
-
-impl FoldRow {
-    /// Role of the item when training/evaluating outer fold `k`.
-    pub fn role(&self, k: u32) -> Role {
-        if self.fold == k {
-            Role::Test
-        } else if self.holdout == 1 {
-            Role::Excluded
-        } else if self.val_for == Some(k) {
-            Role::Val
-        } else {
-            Role::Train
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Train,
-    Val,
-    Test,
-    Excluded,
-}
-
-pub fn read_folds(path: &std::path::Path) -> Result<Vec<FoldRow>, String> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    r.deserialize()
-        .collect::<Result<Vec<FoldRow>, _>>()
-        .map_err(|e| format!("bad folds file {}: {e}", path.display()))
 }
 
 impl StageConfig for Split {
@@ -187,19 +143,10 @@ impl StageConfig for Split {
             .inputs_of("dataset")
             .next()
             .ok_or_else(|| StageError::msg("no dataset input"))?;
-        let items = read_csv(&input.dir.join("manifest.csv")).map_err(StageError::msg)?;
+        let items = read_manifest(&input.dir).map_err(StageError::msg)?;
         let (rows, summary) = split(&items, self).map_err(StageError::msg)?;
-        let mut w =
-            csv::Writer::from_path(ctx.out_dir.join("folds.csv")).map_err(|e| StageError::msg(e.to_string()))?;
-        for r in &rows {
-            w.serialize(r).map_err(|e| StageError::msg(e.to_string()))?;
-        }
-        w.flush()?;
-        std::fs::write(
-            ctx.out_dir.join("split.json"),
-            serde_json::to_string_pretty(&summary).expect("json"),
-        )?;
-        Ok(())
+        write_folds(ctx.out_dir, &rows).map_err(StageError::msg)?;
+        summary.write(ctx.out_dir).map_err(StageError::msg)
     }
 }
 
@@ -219,7 +166,7 @@ struct Group {
 }
 
 /// Assign folds. Errors are user-facing.
-pub fn split(items: &[Item], cfg: &Split) -> Result<(Vec<FoldRow>, serde_json::Value), String> {
+pub fn split(items: &[Item], cfg: &Split) -> Result<(Vec<FoldRow>, SplitSummary), String> {
     let seed = cfg.seed.unwrap_or(0);
     let sources: BTreeSet<&str> = items.iter().map(|i| i.source.as_str()).collect();
     let held: BTreeSet<String> = cfg
@@ -456,7 +403,7 @@ pub fn split(items: &[Item], cfg: &Split) -> Result<(Vec<FoldRow>, serde_json::V
 }
 
 /// Per-fold counts and the leakage check (which must find nothing).
-fn summarize(rows: &[FoldRow], items: &[Item], k: u32, cfg: &Split) -> Result<serde_json::Value, String> {
+fn summarize(rows: &[FoldRow], items: &[Item], k: u32, cfg: &Split) -> Result<SplitSummary, String> {
     let hash_of: HashMap<&str, &str> = items.iter().map(|i| (i.item.as_str(), i.hash.as_str())).collect();
     let mut group_folds: HashMap<&str, BTreeSet<u32>> = HashMap::new();
     let mut hash_folds: HashMap<&str, BTreeSet<u32>> = HashMap::new();
@@ -473,31 +420,31 @@ fn summarize(rows: &[FoldRow], items: &[Item], k: u32, cfg: &Split) -> Result<se
             "leakage check failed: {groups_across} groups and {content_across} contents in several folds"
         ));
     }
-    let mut folds = Vec::new();
-    for f in 0..k {
-        let mut by: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
-        for r in rows {
-            let role = match r.role(f) {
-                Role::Train => "train",
-                Role::Val => "val",
-                Role::Test => "test",
-                Role::Excluded => "excluded",
-            };
-            *by.entry(format!("{}:{}", if r.label == 0 { "real" } else { "fake" }, r.source))
-                .or_default()
-                .entry(role)
-                .or_default() += 1;
-        }
-        folds.push(serde_json::json!({"fold": f, "strata": by}));
-    }
-    Ok(serde_json::json!({
-        "items": rows.len(),
-        "groups": group_folds.len(),
-        "folds": k,
-        "mode": format!("{:?}", cfg.mode),
-        "subsample": cfg.subsample,
-        "holdout": cfg.holdout.as_ref().map(|h| h.sources.clone()),
-        "leakage": {"groups_across_folds": groups_across, "contents_across_folds": content_across},
-        "per_fold": folds,
-    }))
+    let per_fold = (0..k)
+        .map(|f| {
+            let mut strata: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+            for r in rows {
+                let stratum = format!("{}:{}", if r.label == 0 { "real" } else { "fake" }, r.source);
+                *strata
+                    .entry(stratum)
+                    .or_default()
+                    .entry(r.role(f).name().to_string())
+                    .or_default() += 1;
+            }
+            FoldCounts { fold: f, strata }
+        })
+        .collect();
+    Ok(SplitSummary {
+        items: rows.len(),
+        groups: group_folds.len(),
+        folds: k,
+        mode: format!("{:?}", cfg.mode),
+        subsample: cfg.subsample,
+        holdout: cfg.holdout.as_ref().map(|h| h.sources.clone()),
+        leakage: Leakage {
+            groups_across_folds: groups_across,
+            contents_across_folds: content_across,
+        },
+        per_fold,
+    })
 }

@@ -12,18 +12,18 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::metrics;
-use super::stage::{esc, Predictions};
-use super::stats;
+use super::stage::{esc, Columns};
+use crate::metrics;
+use crate::stats;
 
 /// One experiment: its name, its predictions and its stages' key params (for the params diff).
 pub struct Experiment {
     pub name: String,
-    pub predictions: Predictions,
+    pub predictions: Columns,
     pub params: BTreeMap<String, Value>,
 }
 
-fn fold_aucs(p: &Predictions, filter: &dyn Fn(usize) -> bool) -> BTreeMap<u32, f64> {
+fn fold_aucs(p: &Columns, filter: &dyn Fn(usize) -> bool) -> BTreeMap<u32, f64> {
     let mut by: BTreeMap<u32, (Vec<f64>, Vec<u8>)> = BTreeMap::new();
     for i in 0..p.items.len() {
         if filter(i) {
@@ -65,9 +65,8 @@ pub fn params_diff(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> 
 /// Compares `exps` against `exps[0]`. Errors if they do not share items and folds.
 pub fn compare(exps: &[Experiment]) -> Result<Value, String> {
     let base = exps.first().ok_or("nothing to compare")?;
-    let order = |p: &Predictions| -> BTreeMap<String, usize> {
-        p.items.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect()
-    };
+    let order =
+        |p: &Columns| -> BTreeMap<String, usize> { p.items.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect() };
     let base_idx = order(&base.predictions);
     let mut rows = Vec::new();
     let mut sources: Vec<String> = (0..base.predictions.items.len())

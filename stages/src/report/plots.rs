@@ -87,9 +87,9 @@ impl Series {
     }
 }
 
-/// One reliability bin: [`super::metrics::Bin`] (predictions in `[lo, hi)`, `count` of them,
+/// One reliability bin: [`crate::metrics::Bin`] (predictions in `[lo, hi)`, `count` of them,
 /// their mean P(fake) `mean_p`, the share of fakes `frac_pos`).
-pub use super::metrics::Bin as RelBin;
+pub use crate::metrics::Bin as RelBin;
 
 /// One bar of [`bars_with_ci`]: `(name, value, optional (lo, hi) interval)`.
 pub type Bar = (String, f64, Option<(f64, f64)>);

@@ -10,7 +10,7 @@
 //! stage: temperatures, NLL/ECE/Brier before/after, reliability data) and `histories` (per-fold
 //! model stages: `history.csv` per fold for training curves and the train/val gap).
 //!
-//! What is computed (metric definitions: [`super::metrics`]):
+//! What is computed (metric definitions: [`crate::metrics`]):
 //! * pooled over every item, at the default threshold 0.5 and at the chosen `threshold`
 //!   (when unset: the pooled EER threshold, which is picked on these very predictions and so
 //!   is optimistic; the report says so);
@@ -36,13 +36,17 @@ use flow_engine::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::metrics::{self, Binary};
 use super::plots::{self, Plot, Series};
-use super::stats;
-use crate::data::split::SPLIT;
-use crate::model::{CALIBRATION, MODELS, PREDICTIONS};
+use crate::metrics::{self, Binary};
+use crate::ports::calibration::{read_reliability, CalibrationDoc, ReliabilityRow};
+use crate::ports::models::{self, HistRow};
+use crate::ports::predictions::Predictions;
+use crate::ports::report as files;
+use crate::ports::split::SplitSummary;
+use crate::ports::{CALIBRATION, MODELS, PREDICTIONS, SPLIT};
+use crate::stats;
 
-pub const REPORT: PortType = PortType("report");
+pub use crate::ports::REPORT;
 
 /// The most bootstrap resamples a report may ask for (each is a full pass over the predictions).
 pub const MAX_BOOTSTRAP: usize = 100_000;
@@ -91,7 +95,9 @@ pub struct Report {
 pub fn report_kind() -> StageKind {
     StageKind {
         name: "Report",
-        version: 1,
+        // 2: metrics.json's calibration carries the pooled test NLL/ECE/Brier (was null: the
+        // reader looked for keys calibration.json does not have).
+        version: 2,
         summary: "metrics, statistics and plots: index.html, report.md, metrics.json",
         parse: parse_as::<Report>,
     }
@@ -149,27 +155,26 @@ impl StageConfig for Report {
             .inputs_of("predictions")
             .next()
             .ok_or_else(|| StageError::msg("no predictions input"))?;
-        let preds = read_predictions(&input.dir.join("predictions.csv"))?;
+        let preds = Columns::read(&input.dir)?;
         let calibration = match ctx.inputs_of("calibration").next() {
-            Some(c) => Some(read_calibration(&c.dir)?),
+            Some(c) => Some(CalibrationIn {
+                doc: CalibrationDoc::read(&c.dir).map_err(StageError::msg)?,
+                reliability: read_reliability(&c.dir).map_err(StageError::msg)?,
+            }),
             None => None,
         };
         let mut histories = Vec::new();
         for h in ctx.inputs_of("histories") {
-            let path = h.dir.join("history.csv");
-            if path.exists() {
-                histories.push((h.from.clone(), read_history(&path)?));
+            if h.dir.join(models::HISTORY).exists() {
+                histories.push((h.from.clone(), models::read_history(&h.dir).map_err(StageError::msg)?));
             }
         }
         histories.sort_by(|a, b| a.0.cmp(&b.0));
         let mut holdout = Vec::new();
         if let Some(sp) = ctx.inputs_of("split").next() {
-            let path = sp.dir.join("split.json");
-            let j: Value = serde_json::from_str(&std::fs::read_to_string(&path).map_err(|e| err(&path, e))?)
-                .map_err(|e| err(&path, e))?;
-            holdout = j["holdout"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            holdout = SplitSummary::read(&sp.dir)
+                .map_err(StageError::msg)?
+                .holdout
                 .unwrap_or_default();
         }
         let built = build(self, &preds, calibration.as_ref(), &histories, &holdout)?;
@@ -181,8 +186,8 @@ fn err(path: &Path, e: impl std::fmt::Display) -> StageError {
     StageError::msg(format!("{}: {e}", path.display()))
 }
 
-/// `predictions.csv` of EnsembleInfer.
-pub struct Predictions {
+/// `predictions.csv` of EnsembleInfer as columns (what the metrics take).
+pub struct Columns {
     pub items: Vec<String>,
     pub labels: Vec<u8>,
     pub sources: Vec<String>,
@@ -192,105 +197,52 @@ pub struct Predictions {
     pub members: Vec<(String, Vec<f64>)>,
 }
 
-pub fn read_predictions(path: &Path) -> Result<Predictions, StageError> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| err(path, e))?;
-    let head: Vec<String> = r
-        .headers()
-        .map_err(|e| err(path, e))?
-        .iter()
-        .map(String::from)
-        .collect();
-    let col = |name: &str| {
-        head.iter()
-            .position(|h| h == name)
-            .ok_or_else(|| err(path, format!("no column `{name}` (columns: {})", head.join(","))))
-    };
-    let (ci, cl, cs, cf, cscore) = (col("item")?, col("label")?, col("source")?, col("fold")?, col("score")?);
-    let member_cols: Vec<usize> = (cscore + 1..head.len()).collect();
-    let mut p = Predictions {
-        items: vec![],
-        labels: vec![],
-        sources: vec![],
-        folds: vec![],
-        score: vec![],
-        members: member_cols.iter().map(|&c| (head[c].clone(), vec![])).collect(),
-    };
-    for (line, rec) in r.records().enumerate() {
-        let rec = rec.map_err(|e| err(path, e))?;
-        let num = |c: usize| -> Result<f64, StageError> {
-            rec[c].parse::<f64>().map_err(|_| {
-                err(
-                    path,
-                    format!("row {}: `{}` is not a number ({})", line + 2, &rec[c], head[c]),
-                )
-            })
+impl Columns {
+    /// The predictions of the `predictions` artifact in `dir`. Every member must have scored
+    /// every item (a cascade's fast-only items have no member scores: not yet supported here).
+    pub fn read(dir: &Path) -> Result<Columns, StageError> {
+        Columns::read_file(&dir.join(crate::ports::predictions::ROWS))
+    }
+
+    /// [`Columns::read`] of a `predictions.csv` stored elsewhere (a cache object).
+    pub fn read_file(path: &Path) -> Result<Columns, StageError> {
+        let p = Predictions::read_file(path).map_err(StageError::msg)?;
+        let mut c = Columns {
+            items: Vec::with_capacity(p.rows.len()),
+            labels: Vec::with_capacity(p.rows.len()),
+            sources: Vec::with_capacity(p.rows.len()),
+            folds: Vec::with_capacity(p.rows.len()),
+            score: Vec::with_capacity(p.rows.len()),
+            members: p
+                .members
+                .iter()
+                .map(|m| (m.clone(), Vec::with_capacity(p.rows.len())))
+                .collect(),
         };
-        p.items.push(rec[ci].to_string());
-        p.labels.push(match &rec[cl] {
-            "0" => 0,
-            "1" => 1,
-            other => return Err(err(path, format!("row {}: label `{other}` is not 0 or 1", line + 2))),
-        });
-        p.sources.push(rec[cs].to_string());
-        p.folds.push(
-            rec[cf]
-                .parse()
-                .map_err(|_| err(path, format!("row {}: bad fold", line + 2)))?,
-        );
-        p.score.push(num(cscore)?);
-        for (k, &c) in member_cols.iter().enumerate() {
-            let v = num(c)?;
-            p.members[k].1.push(v);
+        for (line, r) in p.rows.into_iter().enumerate() {
+            for (k, v) in r.members.iter().enumerate() {
+                let v = v.ok_or_else(|| {
+                    err(
+                        path,
+                        format!("row {}: member `{}` has no score", line + 2, c.members[k].0),
+                    )
+                })?;
+                c.members[k].1.push(v);
+            }
+            c.items.push(r.item);
+            c.labels.push(r.label);
+            c.sources.push(r.source);
+            c.folds.push(r.fold);
+            c.score.push(r.score);
         }
+        Ok(c)
     }
-    if p.items.is_empty() {
-        return Err(err(path, "no predictions"));
-    }
-    Ok(p)
 }
 
 /// What the report takes from a Calibrate stage.
 pub struct CalibrationIn {
-    pub json: Value,
-    /// (which: before/after, bin)
-    pub reliability: Vec<(String, metrics::Bin)>,
-}
-
-fn read_calibration(dir: &Path) -> Result<CalibrationIn, StageError> {
-    let path = dir.join("calibration.json");
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).map_err(|e| err(&path, e))?).map_err(|e| err(&path, e))?;
-    let path = dir.join("reliability.csv");
-    let mut r = csv::Reader::from_path(&path).map_err(|e| err(&path, e))?;
-    let mut reliability = Vec::new();
-    for rec in r.records() {
-        let rec = rec.map_err(|e| err(&path, e))?;
-        let f = |i: usize| rec.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-        reliability.push((
-            rec[0].to_string(),
-            metrics::Bin {
-                lo: f(1),
-                hi: f(2),
-                count: f(3) as usize,
-                mean_p: f(4),
-                frac_pos: f(5),
-            },
-        ));
-    }
-    Ok(CalibrationIn { json, reliability })
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct HistRow {
-    pub epoch: u32,
-    pub train_loss: f64,
-    pub val_loss: Option<f64>,
-    pub val_auc: Option<f64>,
-}
-
-fn read_history(path: &Path) -> Result<Vec<HistRow>, StageError> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| err(path, e))?;
-    r.deserialize().collect::<Result<_, _>>().map_err(|e| err(path, e))
+    pub doc: CalibrationDoc,
+    pub reliability: Vec<ReliabilityRow>,
 }
 
 /// Everything the report writes.
@@ -307,16 +259,16 @@ fn write_outputs(out: &Path, b: &Built) -> Result<(), StageError> {
         let p = out.join(name);
         std::fs::write(&p, bytes).map_err(|e| err(&p, e))
     };
-    std::fs::create_dir_all(out.join("plots")).map_err(|e| err(out, e))?;
+    std::fs::create_dir_all(out.join(files::PLOTS)).map_err(|e| err(out, e))?;
     w(
-        "metrics.json",
+        files::METRICS,
         serde_json::to_string_pretty(&b.metrics).unwrap().as_bytes(),
     )?;
-    w("report.md", b.markdown.as_bytes())?;
-    w("index.html", b.html.as_bytes())?;
+    w(files::MARKDOWN, b.markdown.as_bytes())?;
+    w(files::HTML, b.html.as_bytes())?;
     for (stem, _, plot) in &b.plots {
-        w(&format!("plots/{stem}.svg"), plot.svg.as_bytes())?;
-        w(&format!("plots/{stem}.png"), &plot.png)?;
+        w(&format!("{}/{stem}.svg", files::PLOTS), plot.svg.as_bytes())?;
+        w(&format!("{}/{stem}.png", files::PLOTS), &plot.png)?;
     }
     Ok(())
 }
@@ -396,7 +348,7 @@ fn get(v: &Value, k: &str) -> Option<f64> {
 
 pub fn build(
     cfg: &Report,
-    p: &Predictions,
+    p: &Columns,
     cal: Option<&CalibrationIn>,
     histories: &[(String, Vec<HistRow>)],
     holdout: &[String],
@@ -526,14 +478,14 @@ pub fn build(
 
     let calibration = cal.map(|c| {
         json!({
-            "folds": c.json.get("folds").map(|fs| fs.as_array().map(|a| a.iter().map(|f| json!({
-                "fold": f.get("fold"),
-                "temperature": f.get("temperature"),
-                "test_before": f.pointer("/test/before"),
-                "test_after": f.pointer("/test/after"),
-            })).collect::<Vec<_>>())),
-            "test_before": c.json.pointer("/test/before").or_else(|| c.json.get("before")),
-            "test_after": c.json.pointer("/test/after").or_else(|| c.json.get("after")),
+            "folds": c.doc.folds.iter().map(|f| json!({
+                "fold": f.fold,
+                "temperature": f.temperature,
+                "test_before": f.test.before,
+                "test_after": f.test.after,
+            })).collect::<Vec<_>>(),
+            "test_before": c.doc.pooled_test.before,
+            "test_after": c.doc.pooled_test.after,
         })
     });
 
@@ -600,7 +552,7 @@ fn perr(e: impl std::fmt::Display) -> StageError {
 }
 
 fn make_plots(
-    p: &Predictions,
+    p: &Columns,
     fold_idx: &BTreeMap<u32, Vec<usize>>,
     sources: &[String],
     m: &Value,
@@ -639,21 +591,21 @@ fn make_plots(
         plots::roc(&curves, "ROC, out-of-fold").map_err(perr)?,
     ));
 
+    let bins_of = |c: &CalibrationIn, which: &str| -> Vec<metrics::Bin> {
+        c.reliability
+            .iter()
+            .filter(|r| r.which == which)
+            .map(|r| metrics::Bin {
+                lo: r.lo,
+                hi: r.hi,
+                count: r.count,
+                mean_p: r.mean_pred,
+                frac_pos: r.frac_pos,
+            })
+            .collect()
+    };
     let (before, after): (Vec<metrics::Bin>, Option<Vec<metrics::Bin>>) = match cal {
-        Some(c) if !c.reliability.is_empty() => (
-            c.reliability
-                .iter()
-                .filter(|(w, _)| w == "before")
-                .map(|(_, b)| b.clone())
-                .collect(),
-            Some(
-                c.reliability
-                    .iter()
-                    .filter(|(w, _)| w == "after")
-                    .map(|(_, b)| b.clone())
-                    .collect(),
-            ),
-        ),
+        Some(c) if !c.reliability.is_empty() => (bins_of(c, "before"), Some(bins_of(c, "after"))),
         _ => (
             metrics::reliability(&p.score, &p.labels, bins).unwrap_or_default(),
             None,
@@ -1122,13 +1074,13 @@ mod tests {
     }
 
     /// 40 items over 2 folds; the source and member names are hostile HTML.
-    fn preds(source: &str) -> Predictions {
+    fn preds(source: &str) -> Columns {
         let n = 40;
         let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
         let score: Vec<f64> = (0..n)
             .map(|i| ((i * 7919) % 97) as f64 / 97.0 * 0.6 + 0.4 * (i % 2) as f64)
             .collect();
-        Predictions {
+        Columns {
             items: (0..n).map(|i| format!("img_{i}.png")).collect(),
             sources: labels
                 .iter()
@@ -1218,7 +1170,7 @@ mod tests {
                 }
             })
             .collect();
-        let p = Predictions {
+        let p = Columns {
             items: (0..n).map(|i| format!("i{i}")).collect(),
             labels,
             sources,

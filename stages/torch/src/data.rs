@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use flow_stages::data::preprocess::{IndexRow, Normalize, PreprocessInfo};
-use flow_stages::data::split::{FoldRow, Role};
 use flow_stages::model::Augment;
+pub use flow_stages::ports::models::Norm;
+use flow_stages::ports::split::{FoldRow, Role};
+use flow_stages::ports::tensors::{self, IndexRow, Normalize, PreprocessInfo};
 use memmap2::Mmap;
-use serde::{Deserialize, Serialize};
 
 use crate::augment::{self, Scratch};
 use crate::util::{Context, Res};
@@ -26,13 +26,9 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn open(dir: &Path) -> Res<Dataset> {
-        let info: PreprocessInfo = crate::util::read_json(&dir.join("preprocess.json"))?;
-        let index_path = dir.join("index.csv");
-        let mut r = csv::Reader::from_path(&index_path).ctx(|| format!("cannot read {}", index_path.display()))?;
-        let index: Vec<IndexRow> = r
-            .deserialize()
-            .collect::<Result<_, _>>()
-            .ctx(|| format!("bad index file {}", index_path.display()))?;
+        let info = PreprocessInfo::read(dir)?;
+        let index_path = dir.join(tensors::INDEX);
+        let index = tensors::read_index(dir)?;
         if index.len() != info.count {
             return Err(format!(
                 "{} has {} rows but preprocess.json says {} items",
@@ -141,100 +137,58 @@ pub fn join(ds: &Dataset, folds: &[FoldRow]) -> Res<Vec<Item>> {
 }
 
 pub fn read_folds(dir: &Path) -> Res<Vec<FoldRow>> {
-    flow_stages::data::split::read_folds(&dir.join("folds.csv"))
+    flow_stages::ports::split::read_folds(dir)
 }
 
-pub fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Train => "train",
-        Role::Val => "val",
-        Role::Test => "test",
-        Role::Excluded => "excluded",
-    }
-}
-
-/// Normalisation applied when batches are built: `(x/255 - mean) / std` per channel.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Norm {
-    pub mode: Normalize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Norm {
-    pub fn unit() -> Norm {
-        Norm {
-            mode: Normalize::None,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        }
-    }
-
-    /// Per-channel `a`, `b` with `x_norm = u8 * a + b`.
-    pub fn affine_u8(&self) -> ([f32; 3], [f32; 3]) {
-        let mut a = [0.0; 3];
-        let mut b = [0.0; 3];
-        for c in 0..3 {
-            a[c] = 1.0 / (255.0 * self.std[c]);
-            b[c] = -self.mean[c] / self.std[c];
-        }
-        (a, b)
-    }
-
-    /// The normalisation for fold `fold` as `preprocess.json` asks: ImageNet, the statistics
-    /// of the fold's real training items (from `index.csv`'s per-item moments), or none.
-    pub fn for_fold(ds: &Dataset, items: &[Item], fold: u32) -> Res<Norm> {
-        match ds.info.normalize {
-            Normalize::ImageNet => Ok(Norm {
-                mode: Normalize::ImageNet,
-                mean: [0.485, 0.456, 0.406],
-                std: [0.229, 0.224, 0.225],
-            }),
-            Normalize::None => Ok(Norm::unit()),
-            Normalize::RealOnly => {
-                let mut n = 0usize;
-                let mut m = [0f64; 3];
-                let mut sq = [0f64; 3];
-                for it in items
-                    .iter()
-                    .filter(|it| it.label == 0 && it.split.role(fold) == Role::Train)
+/// The normalisation for fold `fold` as `preprocess.json` asks: ImageNet, the statistics of
+/// the fold's real training items (from `index.csv`'s per-item moments), or none.
+pub fn norm_for_fold(ds: &Dataset, items: &[Item], fold: u32) -> Res<Norm> {
+    match ds.info.normalize {
+        Normalize::ImageNet => Ok(Norm::imagenet()),
+        Normalize::None => Ok(Norm::unit()),
+        Normalize::RealOnly => {
+            let mut n = 0usize;
+            let mut m = [0f64; 3];
+            let mut sq = [0f64; 3];
+            for it in items
+                .iter()
+                .filter(|it| it.label == 0 && it.split.role(fold) == Role::Train)
+            {
+                let r = &ds.index[it.row];
+                n += 1;
+                for (c, (mv, sv)) in [(r.mean_r, r.sq_r), (r.mean_g, r.sq_g), (r.mean_b, r.sq_b)]
+                    .into_iter()
+                    .enumerate()
                 {
-                    let r = &ds.index[it.row];
-                    n += 1;
-                    for (c, (mv, sv)) in [(r.mean_r, r.sq_r), (r.mean_g, r.sq_g), (r.mean_b, r.sq_b)]
-                        .into_iter()
-                        .enumerate()
-                    {
-                        m[c] += mv;
-                        sq[c] += sv;
-                    }
+                    m[c] += mv;
+                    sq[c] += sv;
                 }
-                if n == 0 {
+            }
+            if n == 0 {
+                return Err(format!(
+                    "normalize: RealOnly needs real training items, and fold {fold} has none in its training set"
+                ));
+            }
+            let mut mean = [0f32; 3];
+            let mut std = [0f32; 3];
+            for c in 0..3 {
+                let mu = m[c] / n as f64;
+                let var = (sq[c] / n as f64 - mu * mu).max(0.0);
+                if var.sqrt() < 1e-4 {
                     return Err(format!(
-                        "normalize: RealOnly needs real training items, and fold {fold} has none in its training set"
-                    ));
-                }
-                let mut mean = [0f32; 3];
-                let mut std = [0f32; 3];
-                for c in 0..3 {
-                    let mu = m[c] / n as f64;
-                    let var = (sq[c] / n as f64 - mu * mu).max(0.0);
-                    if var.sqrt() < 1e-4 {
-                        return Err(format!(
                             "normalize: RealOnly: the {n} real training images of fold {fold} have no variation in channel {} (std {:.2e}); use ImageNet or None",
                             ["R", "G", "B"][c],
                             var.sqrt()
                         ));
-                    }
-                    mean[c] = mu as f32;
-                    std[c] = var.sqrt() as f32;
                 }
-                Ok(Norm {
-                    mode: Normalize::RealOnly,
-                    mean,
-                    std,
-                })
+                mean[c] = mu as f32;
+                std[c] = var.sqrt() as f32;
             }
+            Ok(Norm {
+                mode: Normalize::RealOnly,
+                mean,
+                std,
+            })
         }
     }
 }

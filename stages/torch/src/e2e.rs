@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use flow_stages::data::preprocess::Normalize;
-use flow_stages::data::split::Role;
 use flow_stages::model::{GlobalPool, Model};
+use flow_stages::ports::split::Role;
+use flow_stages::ports::tensors::Normalize;
 
 /// A plain SimpleCnn (no high-pass input, average pooling).
 fn cnn(width: i64, depth: i64) -> Model {
@@ -106,7 +106,7 @@ fn train_writes_all_artifacts_and_learns() {
     assert_eq!(sc.len(), 48);
     for (r, f) in sc.iter().zip(&s.rows) {
         assert_eq!(r["item"], f.item);
-        let role = crate::data::role_name(f.role(1));
+        let role = f.role(1).name();
         assert_eq!(r["role"], role);
         assert_eq!(r["logit"].split('.').nth(1).unwrap().len(), 9);
     }
@@ -420,14 +420,35 @@ fn constant_model(dir: &Path, fold: u32, bias: f64) {
     crate::nets::save(&net.vs, &dir.join("model.safetensors"), Some(0)).unwrap();
     let mut tp: flow_stages::model::Train = serde_json::from_value(train_params(1)).unwrap();
     tp.model = model.clone();
-    let info = crate::train::ModelInfo {
-        model,
+    flow_stages::ports::models::ModelMeta {
+        kind: "Train".into(),
         fold,
+        model_name: crate::nets::model_name(&model),
+        model,
+        params: serde_json::Value::Null,
+        train_params: tp,
         image_size: 32,
         normalize: crate::data::Norm::unit(),
-        train_params: tp,
-    };
-    std::fs::write(dir.join("meta.json"), serde_json::to_string(&info).unwrap()).unwrap();
+        counts: Default::default(),
+        epochs: 1,
+        epochs_run: 1,
+        stopped_early: false,
+        best_epoch: 1,
+        best_val_auc: None,
+        best_val_loss: None,
+        selection: "train_loss".into(),
+        selection_note: None,
+        balance: "none".into(),
+        optimizer_steps: 0,
+        device: "cpu".into(),
+        mixed_precision: false,
+        libtorch: crate::libtorch_version().into(),
+        pretrained: None,
+        seed: 0,
+        extra: Default::default(),
+    }
+    .write(dir)
+    .unwrap();
 }
 
 #[test]

@@ -25,15 +25,20 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use flow_stages::model::{Aggregate, EnsembleInfer, Tta};
+use flow_stages::ports::calibration::Temperatures;
+use flow_stages::ports::predictions::{
+    CascadeInfo, Counts, FoldCounts, FoldModel, InferDoc, MemberInfo, PredictionRow, Predictions,
+};
 use flow_stages::worker::WorkerSpec;
-use serde::Deserialize;
+use indexmap::IndexMap;
 use tch::Device;
 
 use crate::data::{self, Dataset};
 use crate::nets::{self, Net};
 use crate::run::{device_name, find_input, pick_device};
-use crate::train::{predict, read_model_info, ModelInfo};
-use crate::util::{self, log, progress, sigmoid, Context, Res};
+use crate::train::{predict, read_model_info};
+use crate::util::{self, log, progress, sigmoid, Res};
+use flow_stages::ports::models::ModelMeta as ModelInfo;
 
 struct Member {
     name: String,
@@ -65,42 +70,6 @@ fn members_of(spec: &WorkerSpec, port: &str, order: &[String]) -> Res<Vec<Member
     }
     v.sort_by_key(|m| order.iter().position(|o| *o == m.name).unwrap_or(usize::MAX));
     Ok(v)
-}
-
-#[derive(Deserialize)]
-struct CalibFile {
-    folds: Vec<CalibFold>,
-}
-
-#[derive(Deserialize)]
-struct CalibFold {
-    fold: u32,
-    temperature: f64,
-    #[serde(default)]
-    from: Option<String>,
-    #[serde(default)]
-    member: Option<String>,
-}
-
-impl CalibFile {
-    fn temperature(&self, member: &str, fold: u32) -> Res<f64> {
-        let of_fold: Vec<&CalibFold> = self.folds.iter().filter(|f| f.fold == fold).collect();
-        let named = |f: &&CalibFold| {
-            f.member.as_deref() == Some(member) || f.from.as_deref().and_then(|s| s.split('@').next()) == Some(member)
-        };
-        let e = of_fold
-            .iter()
-            .find(|f| named(f))
-            .or_else(|| of_fold.first())
-            .ok_or_else(|| format!("calibration.json has no temperature for fold {fold}"))?;
-        if !(e.temperature.is_finite() && e.temperature > 0.0) {
-            return Err(format!(
-                "calibration.json: fold {fold} has temperature {}, which is not positive",
-                e.temperature
-            ));
-        }
-        Ok(e.temperature)
-    }
 }
 
 fn load_model(dir: &std::path::Path, device: Device, ds: &Dataset, from: &str) -> Res<(Net, ModelInfo)> {
@@ -157,9 +126,9 @@ pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
             ));
         }
     }
-    let calib: Option<CalibFile> = match spec.inputs.iter().find(|i| i.port == "calibration") {
+    let calib: Option<Temperatures> = match spec.inputs.iter().find(|i| i.port == "calibration") {
         None => None,
-        Some(c) => Some(util::read_json(&c.dir.join("calibration.json"))?),
+        Some(c) => Some(Temperatures::read(&c.dir)?),
     };
     if p.aggregate == Aggregate::CalibratedMean && calib.is_none() {
         return Err("aggregate: CalibratedMean needs a `calibration` input".into());
@@ -175,9 +144,9 @@ pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
     let mut member_probs: Vec<Vec<Option<f64>>> = vec![vec![None; n]; members.len()];
     let mut fast_probs: Vec<Option<f64>> = vec![None; n];
     let mut passed = vec![true; n];
-    let mut member_info: Vec<serde_json::Map<String, serde_json::Value>> = vec![Default::default(); members.len()];
-    let mut fast_info = serde_json::Map::new();
-    let mut per_fold = serde_json::Map::new();
+    let mut member_info: Vec<IndexMap<String, FoldModel>> = vec![Default::default(); members.len()];
+    let mut fast_info = IndexMap::new();
+    let mut per_fold = IndexMap::new();
     let total_work = (fold_ids.len() * (members.len() + usize::from(fast.is_some()))).max(1);
     let mut done = 0usize;
     for &k in &fold_ids {
@@ -201,7 +170,13 @@ pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
                 fast_probs[i] = Some(pr);
                 passed[i] = pr >= c.threshold;
             }
-            fast_info.insert(k.to_string(), serde_json::json!({"from": from, "temperature": t}));
+            fast_info.insert(
+                k.to_string(),
+                FoldModel {
+                    from: from.clone(),
+                    temperature: t,
+                },
+            );
             done += 1;
             progress(
                 done as f64 / total_work as f64,
@@ -211,13 +186,22 @@ pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
         let ens: Vec<usize> = idx.iter().copied().filter(|&i| passed[i]).collect();
         per_fold.insert(
             k.to_string(),
-            serde_json::json!({"items": idx.len(), "ensemble": ens.len()}),
+            FoldCounts {
+                items: idx.len(),
+                ensemble: ens.len(),
+            },
         );
         let rows: Vec<usize> = ens.iter().map(|&i| items[i].row).collect();
         for (mi, m) in members.iter().enumerate() {
             let (from, dir) = &m.folds[&k];
             let t = temp(&m.name, k)?;
-            member_info[mi].insert(k.to_string(), serde_json::json!({"from": from, "temperature": t}));
+            member_info[mi].insert(
+                k.to_string(),
+                FoldModel {
+                    from: from.clone(),
+                    temperature: t,
+                },
+            );
             if !rows.is_empty() {
                 let (net, info) = load_model(dir, device, &ds, from)?;
                 let logits = predict(&net, &ds, &info.normalize, &rows, p.batch_size, device, &p.tta)?;
@@ -236,63 +220,66 @@ pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
     // Aggregate and write, sorted by item.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| items[a].item.cmp(&items[b].item));
-    let path = spec.out_dir.join("predictions.csv");
-    let mut w = csv::Writer::from_path(&path).ctx(|| format!("cannot write {}", path.display()))?;
-    let mut header: Vec<String> = ["item", "group", "label", "source", "fold", "score"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    header.extend(members.iter().map(|m| m.name.clone()));
-    w.write_record(&header).ctx(|| "cannot write predictions.csv")?;
     let mut fast_only = 0usize;
-    for &i in &order {
-        let it = &items[i];
-        let score = if passed[i] {
-            let probs: Vec<f64> = member_probs.iter().map(|v| v[i].expect("scored")).collect();
-            match p.aggregate {
-                Aggregate::Max => probs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                Aggregate::Mean | Aggregate::CalibratedMean => probs.iter().sum::<f64>() / probs.len() as f64,
+    let rows = order
+        .iter()
+        .map(|&i| {
+            let it = &items[i];
+            let score = if passed[i] {
+                let probs: Vec<f64> = member_probs.iter().map(|v| v[i].expect("scored")).collect();
+                match p.aggregate {
+                    Aggregate::Max => probs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    Aggregate::Mean | Aggregate::CalibratedMean => probs.iter().sum::<f64>() / probs.len() as f64,
+                }
+            } else {
+                fast_only += 1;
+                fast_probs[i].expect("fast scored")
+            };
+            PredictionRow {
+                item: it.item.clone(),
+                group: it.group.clone(),
+                label: it.label,
+                source: it.source.clone(),
+                fold: it.split.fold,
+                score,
+                members: member_probs.iter().map(|v| v[i]).collect(),
             }
-        } else {
-            fast_only += 1;
-            fast_probs[i].expect("fast scored")
-        };
-        let mut rec = vec![
-            it.item.clone(),
-            it.group.clone(),
-            it.label.to_string(),
-            it.source.clone(),
-            it.split.fold.to_string(),
-            format!("{score:.9}"),
-        ];
-        rec.extend(
-            member_probs
-                .iter()
-                .map(|v| v[i].map_or(String::new(), |x| format!("{x:.9}"))),
-        );
-        w.write_record(&rec).ctx(|| "cannot write predictions.csv")?;
+        })
+        .collect();
+    Predictions {
+        members: members.iter().map(|m| m.name.clone()).collect(),
+        rows,
     }
-    w.flush().ctx(|| "cannot write predictions.csv")?;
+    .write(&spec.out_dir)?;
 
     let seconds = t0.elapsed().as_secs_f64();
-    let info = serde_json::json!({
-        "members": members.iter().zip(&member_info).map(|(m, f)| serde_json::json!({"name": m.name, "folds": f})).collect::<Vec<_>>(),
-        "tta": p.tta,
-        "aggregate": p.aggregate,
-        "calibrated": calib.is_some(),
-        "cascade": p.cascade.as_ref().map(|c| serde_json::json!({
-            "fast": c.fast, "threshold": c.threshold, "folds": fast_info,
-        })),
-        "counts": {
-            "items": n,
-            "ensemble": n - fast_only,
-            "fast_only": fast_only,
-            "per_fold": per_fold,
+    InferDoc {
+        members: members
+            .iter()
+            .zip(member_info)
+            .map(|(m, folds)| MemberInfo {
+                name: m.name.clone(),
+                folds,
+            })
+            .collect(),
+        tta: p.tta.clone(),
+        aggregate: p.aggregate,
+        calibrated: calib.is_some(),
+        cascade: p.cascade.as_ref().map(|c| CascadeInfo {
+            fast: c.fast.clone(),
+            threshold: c.threshold,
+            folds: fast_info,
+        }),
+        counts: Counts {
+            items: n,
+            ensemble: n - fast_only,
+            fast_only,
+            per_fold,
         },
-        "device": device_name(device),
-        "libtorch": crate::libtorch_version(),
-    });
-    util::write_json(&spec.out_dir.join("infer.json"), &info)?;
+        device: device_name(device),
+        libtorch: crate::libtorch_version().into(),
+    }
+    .write(&spec.out_dir)?;
     util::meta_event(serde_json::json!({
         "device": device_name(device),
         "threads": tch::get_num_threads(),

@@ -38,7 +38,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use flow_stages::model::{GlobalPool, Model};
-use serde::Serialize;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -265,16 +264,9 @@ pub fn restore(vs: &nn::VarStore, snap: &HashMap<String, Tensor>) {
     copy_in(vs, snap);
 }
 
-/// What loading pretrained weights did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Pretrained {
-    pub file: String,
-    pub loaded: usize,
-    /// Head tensors left at their fresh initialisation (shape differs, or absent).
-    pub skipped: Vec<String>,
-    /// Tensors of the file the model has no use for.
-    pub unused: Vec<String>,
-}
+/// What loading pretrained weights did (`file` is the path as given; callers put the
+/// workspace-relative name in outputs).
+pub use flow_stages::ports::models::PretrainedReport as Pretrained;
 
 /// Loads a user's pretrained `.safetensors` by name (see the module docs).
 pub fn load_pretrained(net: &Net, path: &Path, model: &Model) -> Res<Pretrained> {

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use flow_stages::data::preprocess::{channel_stats, IndexRow, Normalize};
-use flow_stages::data::split::FoldRow;
+use flow_stages::data::preprocess::channel_stats;
+use flow_stages::ports::split::FoldRow;
+use flow_stages::ports::tensors::{IndexRow, Normalize};
 use flow_stages::worker::{WorkerInput, WorkerSpec};
 
 pub struct Synth {

@@ -41,15 +41,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use flow_stages::data::split::Role;
 use flow_stages::model::{Loss, Retrain, Schedule, Train, Tta};
+use flow_stages::ports::models::{self, ClassCounts, HistRow, ModelMeta, RoleCounts, ScoreRow};
+use flow_stages::ports::split::Role;
 use flow_stages::worker::WorkerSpec;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::data::{self, prefetch, role_name, BatchReq, Dataset, Item, Norm};
+use crate::data::{self, prefetch, BatchReq, Dataset, Item, Norm};
 use crate::nets::{self, Net};
 use crate::optim::{lr_at, AdamW, Scaler};
 use crate::run::{device_name, find_input, pick_device};
@@ -66,19 +67,8 @@ pub struct Hooks {
 }
 
 /// What a models directory's `meta.json` tells its consumers (Retrain, EnsembleInfer).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelInfo {
-    pub model: flow_stages::model::Model,
-    pub fold: u32,
-    pub image_size: usize,
-    pub normalize: Norm,
-    /// The effective training parameters (for Retrain: those it fine-tuned with).
-    pub train_params: Train,
-}
-
-pub fn read_model_info(dir: &Path) -> Res<ModelInfo> {
-    let p = dir.join("meta.json");
-    util::read_json(&p).map_err(|e| format!("{e} (is {} the output of a Train or Retrain stage?)", dir.display()))
+pub fn read_model_info(dir: &Path) -> Res<ModelMeta> {
+    ModelMeta::read(dir)
 }
 
 enum Init {
@@ -109,7 +99,7 @@ pub fn run_train(spec: &WorkerSpec, p: &Train, hooks: &Hooks) -> Res<()> {
     let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
     check_fold(&folds, fold)?;
     let items = data::join(&ds, &folds)?;
-    let norm = Norm::for_fold(&ds, &items, fold)?;
+    let norm = data::norm_for_fold(&ds, &items, fold)?;
     let pretrained = match &p.pretrained {
         None => None,
         Some(rel) => Some(
@@ -137,14 +127,6 @@ pub fn run_train(spec: &WorkerSpec, p: &Train, hooks: &Hooks) -> Res<()> {
         },
         hooks,
     )
-}
-
-#[derive(Deserialize)]
-struct HardNegative {
-    item: String,
-    fold: u32,
-    #[allow(dead_code)]
-    score: f64,
 }
 
 pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
@@ -185,12 +167,7 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
 
     // Hard negatives of this fold: rows whose `fold` (the fold whose model mined them) is ours.
     let hn_in = find_input(spec, "hard_negatives", Some(fold))?;
-    let hn_path = hn_in.dir.join("hard_negatives.csv");
-    let mut rdr = csv::Reader::from_path(&hn_path).ctx(|| format!("cannot read {}", hn_path.display()))?;
-    let rows: Vec<HardNegative> = rdr
-        .deserialize()
-        .collect::<Result<_, _>>()
-        .ctx(|| format!("bad hard negatives file {}", hn_path.display()))?;
+    let rows = flow_stages::ports::hard_negatives::read_rows(&hn_in.dir)?;
     let pos: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.item.as_str(), i)).collect();
     let mut weights = vec![1.0f32; items.len()];
     let (mut used, mut unknown, mut not_train) = (0usize, Vec::new(), Vec::new());
@@ -229,11 +206,10 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
         "fold {fold}: {used} hard negative(s) weigh {} in the loss",
         r.weight
     ));
+    // Which instance's model was fine-tuned, and from where, is a fact of this run (the key
+    // holds the model's content): run-record meta, not an output.
+    util::meta_event(serde_json::json!({"base_model": {"from": base.from, "dir": base.dir}}));
     let mut extra = serde_json::Map::new();
-    extra.insert(
-        "base_model".into(),
-        serde_json::json!({"from": base.from, "dir": base.dir}),
-    );
     extra.insert(
         "hard_negatives".into(),
         serde_json::json!({"weight": r.weight, "up_weighted": used, "not_in_train_set": not_train.len()}),
@@ -256,7 +232,7 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
     )
 }
 
-fn check_fold(folds: &[flow_stages::data::split::FoldRow], fold: u32) -> Res<()> {
+fn check_fold(folds: &[flow_stages::ports::split::FoldRow], fold: u32) -> Res<()> {
     if !folds.iter().any(|f| f.fold == fold) {
         let n = folds.iter().map(|f| f.fold).max().map(|m| m + 1).unwrap_or(0);
         return Err(format!("fold {fold} does not exist in the split (it has folds 0..{n})"));
@@ -321,8 +297,10 @@ pub fn predict(
     Ok(out)
 }
 
+/// One epoch as the checkpoint keeps it: `history.csv`'s row plus the epoch's timings
+/// (run-record meta only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct HistRow {
+struct EpochRow {
     epoch: u32,
     train_loss: f64,
     val_loss: Option<f64>,
@@ -352,7 +330,7 @@ struct State {
     bad_epochs: u32,
     stopped: bool,
     scaler: Scaler,
-    history: Vec<HistRow>,
+    history: Vec<EpochRow>,
     /// blake3 of each checkpoint file, checked before resuming: a damaged checkpoint would
     /// otherwise be trusted and its result published.
     #[serde(default)]
@@ -496,14 +474,14 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
     let of = |r: Role| -> Vec<usize> { (0..items.len()).filter(|&i| roles[i] == r).collect() };
     let (train, val) = (of(Role::Train), of(Role::Val));
 
-    let mut counts = serde_json::Map::new();
+    let mut counts = RoleCounts::default();
     for r in [Role::Train, Role::Val, Role::Test, Role::Excluded] {
         let idx = of(r);
         let fake = idx.iter().filter(|&&i| items[i].label == 1).count();
-        counts.insert(
-            role_name(r).into(),
-            serde_json::json!({"real": idx.len() - fake, "fake": fake}),
-        );
+        *counts.get_mut(r) = ClassCounts {
+            real: idx.len() - fake,
+            fake,
+        };
     }
     let tr_fake = train.iter().filter(|&&i| items[i].label == 1).count();
     let tr_real = train.len() - tr_fake;
@@ -532,7 +510,7 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
     let net = nets::build(&p.model, device, ds.size)?;
     let pretrained = match &job.init {
         Init::Fresh { pretrained: Some(path) } => {
-            let rep = nets::load_pretrained(&net, path, &p.model)?;
+            let mut rep = nets::load_pretrained(&net, path, &p.model)?;
             log(format!(
                 "pretrained {}: {} tensors loaded, skipped {:?}{}",
                 path.display(),
@@ -544,6 +522,9 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
                     format!(", {} unused", rep.unused.len())
                 }
             ));
+            // As the pipeline names it: an absolute path in an output would make it differ
+            // between workspaces.
+            rep.file = p.pretrained.clone().unwrap_or_default();
             Some(rep)
         }
         Init::Fresh { pretrained: None } => None,
@@ -797,7 +778,7 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
             }
         }
         let secs = te.elapsed().as_secs_f64();
-        st.history.push(HistRow {
+        st.history.push(EpochRow {
             epoch: e1,
             train_loss,
             val_loss,
@@ -834,8 +815,19 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
     nets::restore(&net.vs, &best);
     let out = &job.spec.out_dir;
     std::fs::create_dir_all(out).ctx(|| format!("cannot create {}", out.display()))?;
-    nets::save(&net.vs, &out.join("model.safetensors"), Some(st.best_batches))?;
-    write_history(&out.join("history.csv"), &st.history)?;
+    nets::save(&net.vs, &out.join(models::WEIGHTS), Some(st.best_batches))?;
+    let history: Vec<HistRow> = st
+        .history
+        .iter()
+        .map(|h| HistRow {
+            epoch: h.epoch,
+            train_loss: h.train_loss,
+            val_loss: h.val_loss,
+            val_auc: h.val_auc,
+            lr: h.lr,
+        })
+        .collect();
+    models::write_history(out, &history)?;
 
     progress(
         1.0,
@@ -847,56 +839,54 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
     );
     let rows: Vec<usize> = items.iter().map(|it| it.row).collect();
     let logits = predict(&net, ds, &job.norm, &rows, bs * 2, device, &[Tta::Identity])?;
-    let sp = out.join("scores.csv");
-    let mut w = csv::Writer::from_path(&sp).ctx(|| format!("cannot write {}", sp.display()))?;
-    w.write_record(["item", "role", "label", "source", "logit"])
-        .ctx(|| "cannot write scores.csv")?;
-    for (i, it) in items.iter().enumerate() {
-        w.write_record([
-            it.item.as_str(),
-            role_name(roles[i]),
-            &it.label.to_string(),
-            it.source.as_str(),
-            &format!("{:.9}", logits[i]),
-        ])
-        .ctx(|| "cannot write scores.csv")?;
-    }
-    w.flush().ctx(|| "cannot write scores.csv")?;
+    let scores: Vec<ScoreRow> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| ScoreRow {
+            item: it.item.clone(),
+            role: roles[i],
+            label: it.label,
+            source: it.source.clone(),
+            logit: logits[i],
+        })
+        .collect();
+    models::write_scores(out, &scores)?;
 
     let best_row = st.history.iter().find(|h| h.epoch == st.best_epoch);
     let seconds = t0.elapsed().as_secs_f64();
-    let mut meta = serde_json::json!({
-        "kind": job.kind,
-        "fold": k,
-        "model": p.model,
-        "model_name": nets::model_name(&p.model),
-        "params": job.spec.params,
-        "train_params": p,
-        "image_size": ds.size,
-        "normalize": job.norm,
-        "counts": counts,
-        "epochs": epochs,
-        "epochs_run": st.epochs_done,
-        "stopped_early": st.stopped,
-        "best_epoch": st.best_epoch,
-        "best_val_auc": best_row.and_then(|h| h.val_auc),
-        "best_val_loss": best_row.and_then(|h| h.val_loss),
-        "selection": selection,
-        "selection_note": selection_note,
-        "balance": if p.balance { "weighted sampling (classes drawn equally often, with replacement)" } else { "none" },
-        "optimizer_steps": opt.step,
-        "device": device_name(device),
-        "mixed_precision": use_amp,
-        "libtorch": crate::libtorch_version(),
-        "pretrained": pretrained,
-        "seed": seed,
-    });
-    if let Some(m) = meta.as_object_mut() {
-        for (kk, v) in job.extra_meta {
-            m.insert(kk, v);
+    ModelMeta {
+        kind: job.kind.into(),
+        fold: k,
+        model: p.model.clone(),
+        model_name: nets::model_name(&p.model),
+        params: job.spec.params.clone(),
+        train_params: p.clone(),
+        image_size: ds.size,
+        normalize: job.norm.clone(),
+        counts,
+        epochs,
+        epochs_run: st.epochs_done,
+        stopped_early: st.stopped,
+        best_epoch: st.best_epoch,
+        best_val_auc: best_row.and_then(|h| h.val_auc),
+        best_val_loss: best_row.and_then(|h| h.val_loss),
+        selection: selection.into(),
+        selection_note: selection_note.map(String::from),
+        balance: if p.balance {
+            "weighted sampling (classes drawn equally often, with replacement)"
+        } else {
+            "none"
         }
+        .into(),
+        optimizer_steps: opt.step,
+        device: device_name(device),
+        mixed_precision: use_amp,
+        libtorch: crate::libtorch_version().into(),
+        pretrained,
+        seed,
+        extra: job.extra_meta,
     }
-    util::write_json(&out.join("meta.json"), &meta)?;
+    .write(out)?;
     util::meta_event(serde_json::json!({
         "best_epoch": st.best_epoch,
         "best_val_auc": best_row.and_then(|h| h.val_auc),
@@ -919,21 +909,4 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
             .map_or("-".into(), |m| format!("{m:.4}"))
     ));
     Ok(())
-}
-
-/// `history.csv`: what the key determines only (timings go to the run record's meta).
-fn write_history(path: &Path, rows: &[HistRow]) -> Res<()> {
-    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr\n");
-    let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
-    for r in rows {
-        s.push_str(&format!(
-            "{},{:.6},{},{},{:.6e}\n",
-            r.epoch,
-            r.train_loss,
-            o(r.val_loss),
-            o(r.val_auc),
-            r.lr,
-        ));
-    }
-    std::fs::write(path, s).ctx(|| format!("cannot write {}", path.display()))
 }

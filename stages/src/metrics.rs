@@ -250,6 +250,41 @@ pub fn ece(probs: &[f64], labels: &[u8], bins: usize) -> Option<f64> {
     )
 }
 
+/// A cascade filter that passes items with P(fake) ≥ `threshold` on (to a slower, better
+/// detector) and stops the rest, judged on labelled items.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct CascadePoint {
+    pub threshold: f64,
+    /// Share of items stopped (p < t): the work the next stage is spared.
+    pub filtration: f64,
+    /// Share of fakes stopped (p < t): what slips through undetected.
+    pub leakage: f64,
+    /// Share of reals passed on (p ≥ t).
+    pub false_alarm: f64,
+}
+
+/// [`CascadePoint`]s of `probs` at each threshold (empty classes count as one item, so no
+/// share is NaN).
+pub fn cascade(probs: &[f64], labels: &[u8], thresholds: &[f64]) -> Vec<CascadePoint> {
+    let n = probs.len().max(1) as f64;
+    let fakes = labels.iter().filter(|&&y| y == 1).count().max(1) as f64;
+    let reals = labels.iter().filter(|&&y| y == 0).count().max(1) as f64;
+    thresholds
+        .iter()
+        .map(|&t| {
+            let stopped = probs.iter().filter(|&&p| p < t).count() as f64;
+            let leaked = probs.iter().zip(labels).filter(|(p, y)| **p < t && **y == 1).count() as f64;
+            let alarms = probs.iter().zip(labels).filter(|(p, y)| **p >= t && **y == 0).count() as f64;
+            CascadePoint {
+                threshold: t,
+                filtration: stopped / n,
+                leakage: leaked / fakes,
+                false_alarm: alarms / reals,
+            }
+        })
+        .collect()
+}
+
 /// Confusion matrix of "predict fake iff score ≥ threshold" (sklearn's `.ravel()` order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Confusion {

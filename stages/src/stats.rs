@@ -401,8 +401,8 @@ mod tests {
     #[test]
     fn delong_auc_agrees_with_metrics_auc() {
         let d = delong(&LONG_S, &LONG_S_B, &LONG_Y).unwrap();
-        assert_close(d.auc_a, crate::report::metrics::auc(&LONG_S, &LONG_Y).unwrap());
-        assert_close(d.auc_b, crate::report::metrics::auc(&LONG_S_B, &LONG_Y).unwrap());
+        assert_close(d.auc_a, crate::metrics::auc(&LONG_S, &LONG_Y).unwrap());
+        assert_close(d.auc_b, crate::metrics::auc(&LONG_S_B, &LONG_Y).unwrap());
     }
 
     #[test]
