@@ -27,7 +27,7 @@ use flow_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::metrics;
+use crate::metrics::{self, fit_temperature, sigmoid};
 use crate::ports::calibration::{
     write_reliability, write_scores, BeforeAfter, CalibratedRow, CalibrationDoc, DocBin, FoldCalibration,
     PooledQuality, Quality, Reliability, ReliabilityRow,
@@ -57,88 +57,21 @@ pub struct Calibrate {
 pub fn calibrate_kind() -> StageKind {
     StageKind {
         name: "Calibrate",
-        version: 1,
+        // 2: NLLs computed from logits (exact; the pooled test NLL clipped probabilities at
+        // 1e-15), metrics shared with the report; `models` in the key.
+        version: 2,
         summary: "temperature scaling per fold, ECE, reliability, cascade thresholds",
         parse: parse_as::<Calibrate>,
     }
 }
 
-pub fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-/// Mean negative log-likelihood of labels under `sigmoid(a * logit)`.
-pub fn nll(logits: &[f64], labels: &[u8], a: f64) -> f64 {
-    let n = logits.len().max(1) as f64;
-    logits
-        .iter()
-        .zip(labels)
-        .map(|(&z, &y)| {
-            let s = a * z;
-            // log(1 + e^s) - y s, stably
-            let softplus = if s > 0.0 {
-                s + (-s).exp().ln_1p()
-            } else {
-                s.exp().ln_1p()
-            };
-            softplus - y as f64 * s
-        })
-        .sum::<f64>()
-        / n
-}
-
-/// The temperature minimising the NLL (Newton on a = 1/T in [1e-3, 1e3]).
-pub fn fit_temperature(logits: &[f64], labels: &[u8]) -> f64 {
-    if logits.is_empty() {
-        return 1.0;
-    }
-    let (lo, hi) = (1e-3, 1e3);
-    let mut a: f64 = 1.0;
-    for _ in 0..100 {
-        let (mut g, mut h) = (0.0, 0.0);
-        for (&z, &y) in logits.iter().zip(labels) {
-            let p = sigmoid(a * z);
-            g += (p - y as f64) * z;
-            h += p * (1.0 - p) * z * z;
-        }
-        let n = logits.len() as f64;
-        g /= n;
-        h /= n;
-        if g.abs() < 1e-12 {
-            break;
-        }
-        let step = if h > 1e-12 { g / h } else { g.signum() * a * 0.5 };
-        // Backtracking: never increase the NLL, stay within bounds.
-        let f0 = nll(logits, labels, a);
-        let mut t = 1.0;
-        let mut next = a;
-        while t > 1e-6 {
-            let cand = (a - t * step).clamp(lo, hi);
-            if nll(logits, labels, cand) <= f0 + 1e-15 {
-                next = cand;
-                break;
-            }
-            t *= 0.5;
-        }
-        if (next - a).abs() < 1e-12 {
-            break;
-        }
-        a = next;
-    }
-    1.0 / a
-}
-
 /// NLL (exact, from logits scaled by `1/t`), ECE and Brier of `sigmoid(logit / t)`.
+/// Quantities of an empty set (a fold without validation items) are 0.
 fn quality(logits: &[f64], labels: &[u8], t: f64, bins: usize) -> Quality {
     let probs: Vec<f64> = logits.iter().map(|z| sigmoid(z / t)).collect();
     Quality {
         n: logits.len(),
-        nll: nll(logits, labels, 1.0 / t),
+        nll: metrics::log_loss_logits(logits, labels, 1.0 / t).unwrap_or(0.0),
         ece: metrics::ece(&probs, labels, bins).unwrap_or(0.0),
         brier: metrics::brier(&probs, labels).unwrap_or(0.0),
     }
@@ -161,7 +94,9 @@ impl StageConfig for Calibrate {
         CALIBRATION
     }
     fn key_params(&self) -> serde_json::Value {
-        key_params_of(self, &["models"])
+        // `models` stays: the model instances' names are written into calibration.json
+        // (`from`), so the output depends on them.
+        key_params_of(self, &[])
     }
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut v = Vec::new();
@@ -194,6 +129,7 @@ impl StageConfig for Calibrate {
     fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
         let mut folds = Vec::new();
         let mut all_rows: Vec<CalibratedRow> = Vec::new();
+        // Pooled test items: logits before, logits over their fold's temperature after.
         let (mut test_before, mut test_after, mut test_labels) = (Vec::new(), Vec::new(), Vec::new());
         let mut inputs: Vec<_> = ctx.inputs_of("models").collect();
         inputs.sort_by_key(|i| i.fold);
@@ -233,8 +169,8 @@ impl StageConfig for Calibrate {
                 },
                 thresholds_test: metrics::cascade(&test_probs, &ty, &self.thresholds),
             });
-            test_before.extend(tz.iter().map(|z| sigmoid(*z)));
-            test_after.extend(test_probs);
+            test_before.extend(tz.iter().copied());
+            test_after.extend(tz.iter().map(|z| z / t));
             test_labels.extend(ty);
             for r in rows {
                 let prob = sigmoid(r.logit / t);
@@ -252,13 +188,12 @@ impl StageConfig for Calibrate {
         if folds.is_empty() {
             return Err(StageError::msg("no model folds to calibrate"));
         }
-        let pooled = |probs: &[f64]| Quality {
-            n: test_labels.len(),
-            nll: mean_nll(probs, &test_labels),
-            ece: metrics::ece(probs, &test_labels, self.bins).unwrap_or(0.0),
-            brier: metrics::brier(probs, &test_labels).unwrap_or(0.0),
-        };
-        let (before, after) = (pooled(&test_before), pooled(&test_after));
+        let (before, after) = (
+            quality(&test_before, &test_labels, 1.0, self.bins),
+            quality(&test_after, &test_labels, 1.0, self.bins),
+        );
+        let probs = |logits: &[f64]| logits.iter().map(|z| sigmoid(*z)).collect::<Vec<f64>>();
+        let (test_before, test_after) = (probs(&test_before), probs(&test_after));
         let reduction = if before.ece > 0.0 {
             1.0 - after.ece / before.ece
         } else {
@@ -297,22 +232,6 @@ impl StageConfig for Calibrate {
         write_reliability(ctx.out_dir, &reliability).map_err(StageError::msg)?;
         write_scores(ctx.out_dir, &all_rows).map_err(StageError::msg)
     }
-}
-
-fn mean_nll(probs: &[f64], labels: &[u8]) -> f64 {
-    let eps = 1e-15;
-    probs
-        .iter()
-        .zip(labels)
-        .map(|(&p, &y)| {
-            -(if y == 1 {
-                p.max(eps).ln()
-            } else {
-                (1.0 - p).max(eps).ln()
-            })
-        })
-        .sum::<f64>()
-        / probs.len().max(1) as f64
 }
 
 /// Real training items that the calibrated model of their fold scores most fake.
@@ -432,7 +351,8 @@ mod tests {
             e1 < 0.5 * e0,
             "ECE {e0} -> {e1}: the seeds' criterion is a >= 50 % reduction"
         );
-        assert!(nll(&logits, &labels, 1.0 / t) < nll(&logits, &labels, 1.0));
+        let nll = |a| metrics::log_loss_logits(&logits, &labels, a).unwrap();
+        assert!(nll(1.0 / t) < nll(1.0));
     }
 
     #[test]

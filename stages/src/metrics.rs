@@ -33,6 +33,18 @@
 //!   `min(⌊p·bins⌋, bins−1)` (so bin `b` is `[b/bins, (b+1)/bins)`, the last one closed);
 //!   `ECE = Σ_b n_b/N · |mean(y)_b − mean(p)_b|` over non-empty bins. No sklearn equivalent.
 //!
+//! Logit metrics (calibration; need `N ≥ 1`):
+//! - [`sigmoid`]: `1/(1+e^(−x))`, without overflow.
+//! - [`log_loss_logits`]: the same cross-entropy as [`log_loss`] of `sigmoid(scale·z)`, computed
+//!   from the logits as `mean(softplus(s) − y·s)`, `s = scale·z`: exact where [`log_loss`] has to
+//!   clip a probability that rounded to 0 or 1 (|s| > 36) — what temperature fitting minimises
+//!   and what Calibrate reports.
+//! - [`fit_temperature`]: the `T` minimising `log_loss_logits(z, y, 1/T)`, by Newton's method on
+//!   `a = 1/T` (convex there) in `[1e-3, 1e3]` with a backtracking line search (= sklearn-style
+//!   temperature scaling; the optimum agrees with `scipy.optimize.minimize_scalar` on the NLL).
+//! - [`cascade`]: for a filter that passes `p ≥ t` on, the share of items it stops (filtration),
+//!   of fakes it stops (leakage) and of reals it passes (false alarms), per threshold.
+//!
 //! Threshold metrics ([`confusion`] and the [`Confusion`] methods): an item is predicted fake iff
 //! `score ≥ threshold` (sklearn: `y_pred = (p >= t)`, then `confusion_matrix(y, y_pred).ravel()`
 //! = `(tn, fp, fn, tp)`, `accuracy_score`, `balanced_accuracy_score`, `precision_score`,
@@ -248,6 +260,84 @@ pub fn ece(probs: &[f64], labels: &[u8], bins: usize) -> Option<f64> {
             .map(|b| b.count as f64 / n * (b.frac_pos - b.mean_p).abs())
             .sum(),
     )
+}
+
+/// The logistic function `1/(1+e^(−x))`, computed without overflow for any finite `x`.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Mean cross-entropy of `labels` under `sigmoid(scale · logit)`, from the logits:
+/// `mean(softplus(s) − y·s)`, `s = scale·z`. `None` if empty, the lengths differ, a label is not
+/// 0/1 or a logit is not finite.
+pub fn log_loss_logits(logits: &[f64], labels: &[u8], scale: f64) -> Option<f64> {
+    class_counts(logits, labels).filter(|_| !logits.is_empty() && scale.is_finite())?;
+    Some(nll(logits, labels, scale))
+}
+
+/// [`log_loss_logits`] on input known to be valid (the temperature fit's inner loop).
+fn nll(logits: &[f64], labels: &[u8], a: f64) -> f64 {
+    let total: f64 = logits
+        .iter()
+        .zip(labels)
+        .map(|(&z, &y)| {
+            let s = a * z;
+            // log(1 + e^s) − y s, stably
+            let softplus = if s > 0.0 {
+                s + (-s).exp().ln_1p()
+            } else {
+                s.exp().ln_1p()
+            };
+            softplus - f64::from(y) * s
+        })
+        .sum();
+    total / logits.len().max(1) as f64
+}
+
+/// The temperature `T` minimising [`log_loss_logits`]`(logits, labels, 1/T)`: Newton's method on
+/// `a = 1/T` in `[1e-3, 1e3]`, never increasing the loss (backtracking). 1 for no logits.
+pub fn fit_temperature(logits: &[f64], labels: &[u8]) -> f64 {
+    if logits.is_empty() {
+        return 1.0;
+    }
+    let (lo, hi) = (1e-3, 1e3);
+    let mut a: f64 = 1.0;
+    for _ in 0..100 {
+        let (mut g, mut h) = (0.0, 0.0);
+        for (&z, &y) in logits.iter().zip(labels) {
+            let p = sigmoid(a * z);
+            g += (p - f64::from(y)) * z;
+            h += p * (1.0 - p) * z * z;
+        }
+        let n = logits.len() as f64;
+        g /= n;
+        h /= n;
+        if g.abs() < 1e-12 {
+            break;
+        }
+        let step = if h > 1e-12 { g / h } else { g.signum() * a * 0.5 };
+        let f0 = nll(logits, labels, a);
+        let mut t = 1.0;
+        let mut next = a;
+        while t > 1e-6 {
+            let cand = (a - t * step).clamp(lo, hi);
+            if nll(logits, labels, cand) <= f0 + 1e-15 {
+                next = cand;
+                break;
+            }
+            t *= 0.5;
+        }
+        if (next - a).abs() < 1e-12 {
+            break;
+        }
+        a = next;
+    }
+    1.0 / a
 }
 
 /// A cascade filter that passes items with P(fake) ≥ `threshold` on (to a slower, better
@@ -1225,5 +1315,23 @@ mod tests {
         assert!(bootstrap_ci_stratified(&[0, 2], 0.95, 100, 1, any).is_none());
         assert!(auc_ci(&[0.1, 0.2], &[1, 1], 0.95, 100, 1).is_none());
         assert_eq!(bootstrap_ci(5, 0.95, 100, 1, any), Some((1.0, 1.0)));
+    }
+
+    #[test]
+    fn log_loss_from_logits_is_log_loss_of_the_sigmoid_and_exact_beyond_it() {
+        let z = [-3.0, -0.5, 0.0, 0.7, 2.5, 4.0];
+        let y = [0, 1, 0, 1, 1, 0];
+        for scale in [1.0, 0.5, 2.0] {
+            let p: Vec<f64> = z.iter().map(|v| sigmoid(v * scale)).collect();
+            let a = log_loss_logits(&z, &y, scale).unwrap();
+            assert!((a - log_loss(&p, &y).unwrap()).abs() < 1e-12, "{a}");
+        }
+        // A confident mistake: the probability rounds to 1, log_loss must clip, this need not.
+        let (z, y) = ([40.0], [0]);
+        assert!((log_loss_logits(&z, &y, 1.0).unwrap() - 40.0).abs() < 1e-9);
+        assert!(log_loss(&[sigmoid(40.0)], &y).unwrap() < 37.0);
+        assert_eq!(log_loss_logits(&[], &[], 1.0), None);
+        assert_eq!(log_loss_logits(&[f64::NAN], &[1], 1.0), None);
+        assert!((sigmoid(-800.0)).abs() < 1e-300 && sigmoid(800.0) == 1.0 && sigmoid(0.0) == 0.5);
     }
 }

@@ -81,10 +81,10 @@ pub fn mix(parts: &[u64]) -> u64 {
     h
 }
 
+pub use flow_stages::metrics::auc;
 /// AUC (Mann–Whitney, ties half) and the logistic function: the report's and calibration's
 /// own, so training's validation AUC is the same number the report computes.
-pub use flow_stages::calibrate::sigmoid;
-pub use flow_stages::metrics::auc;
+pub use flow_stages::metrics::sigmoid;
 
 /// Writes `bytes` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Res<()> {
