@@ -835,6 +835,7 @@ fn cmd_run(
             Some(targets.to_vec())
         },
         keep_going,
+        launcher: None,
     };
     let ui = Ui::new(json);
     let result = flow_engine::run(&dag, &store, &paths, &opts, &cancel, &|e| ui.event(e));

@@ -110,6 +110,20 @@ fn a_re_made_model_is_byte_identical_and_nothing_downstream_reruns() {
     assert_eq!(s.cached.len(), 9, "{:?}", s.cached);
     let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
     assert_eq!(again["output"], rec["output"]);
+    // The same through Retrain (its meta.json once held the absolute path of its sandbox).
+    let key = ws
+        .status("p.ron")
+        .iter()
+        .find(|s| s["stage"] == "retrain@fold1")
+        .and_then(|s| s["key"].as_str().map(String::from))
+        .unwrap();
+    let rec_path = ws.path().join(format!(".flow/runs/{key}.json"));
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    std::fs::remove_file(&rec_path).unwrap();
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.executed, set(&["retrain@fold1"]), "infer must stay cached");
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    assert_eq!(again["output"], rec["output"]);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 pub mod dag;
 pub mod diag;
 pub mod key;
+pub mod launch;
 pub mod maintain;
 pub mod plan;
 pub mod run;

@@ -13,21 +13,20 @@
 //! finish, and every finished instance stays cached.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam::channel;
-use flow_cache::{Hash, Materialize, Store, Tree};
+use flow_cache::{Hash, Store, Tree};
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 use serde::Serialize;
 
 use crate::dag::Dag;
-use crate::key::KeyDoc;
+use crate::launch::{InputRef, InstanceJob, LaunchCtx, Launcher, Local};
 use crate::plan::{key_doc, last_run_name, lookup, LastRun, PathDigests, RunRecord};
-use crate::stage::{ExecCtx, ResolvedInput, ResolvedPath, StageError};
+use crate::stage::StageError;
 use crate::views::Views;
 
 /// How to run.
@@ -46,6 +45,8 @@ pub struct RunOptions {
     pub targets: Option<Vec<String>>,
     /// Keep starting independent instances after a failure.
     pub keep_going: bool,
+    /// Where instances run (`None`: [`Local`], in this process).
+    pub launcher: Option<std::sync::Arc<dyn Launcher>>,
 }
 
 /// Progress events for the UI.
@@ -135,16 +136,6 @@ pub enum EngineError {
     Other(String),
 }
 
-struct Job {
-    node: NodeIndex,
-    id: String,
-    key: String,
-    doc: KeyDoc,
-    inputs: Vec<(String, String, Option<u32>, Tree, serde_json::Value)>,
-    threads: usize,
-    gpu: Option<usize>,
-}
-
 struct Done {
     node: NodeIndex,
     threads: usize,
@@ -153,17 +144,40 @@ struct Done {
     secs: f64,
 }
 
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+/// What the dispatcher decided for one ready instance.
+enum Step {
+    /// Taken off the ready list (skipped, failed to key, or cached).
+    Resolved,
+    /// Cannot start yet (no free worker, CPU share or GPU): stays ready.
+    Wait,
+    /// Hand it to a worker.
+    Start(InstanceJob),
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+/// The state of one run: which instances are wanted, waiting, ready, running, finished; the
+/// free CPU and GPU budget; what each finished instance published. The worker threads only
+/// launch; every decision is made here, on the calling thread.
+struct Scheduler<'a> {
+    dag: &'a Dag,
+    store: &'a Store,
+    paths: &'a PathDigests,
+    opts: &'a RunOptions,
+    cancel: &'a AtomicBool,
+    on_event: &'a (dyn Fn(RunEvent) + Sync),
+    views: Option<Views<'a>>,
+    summary: RunSummary,
+    wanted: Vec<bool>,
+    /// Incoming edges not yet finished, per wanted instance.
+    waiting: HashMap<NodeIndex, usize>,
+    ready: Vec<NodeIndex>,
+    finished: Vec<bool>,
+    outputs: HashMap<NodeIndex, Hash>,
+    trees: HashMap<NodeIndex, (Tree, serde_json::Value)>,
+    failed_any: bool,
+    free_cpus: usize,
+    free_gpus: Vec<usize>,
+    running: usize,
+    workers: usize,
 }
 
 /// Run the DAG. `paths` are the workspace path digests ([`crate::plan::digest_paths`]).
@@ -176,104 +190,30 @@ pub fn run(
     on_event: &(dyn Fn(RunEvent) + Sync),
 ) -> Result<RunSummary, EngineError> {
     let t0 = Instant::now();
-    let mut summary = RunSummary {
-        pipeline: dag.pipeline.name.clone(),
-        ..Default::default()
+    let mut s = Scheduler::new(dag, store, paths, opts, cancel, on_event)?;
+    let local = Local;
+    let launcher: &dyn Launcher = opts.launcher.as_deref().unwrap_or(&local);
+    let lctx = LaunchCtx {
+        dag,
+        store,
+        paths,
+        workspace: &opts.workspace,
+        cancel,
+        on_event,
     };
-    for st in paths.values().flatten() {
-        summary.workspace_files += st.files;
-        summary.workspace_files_read += st.rehashed;
-    }
-
-    // Which instances to consider.
-    let wanted: Vec<bool> = match &opts.targets {
-        None => vec![true; dag.graph.node_count()],
-        Some(t) => {
-            let mut w = vec![false; dag.graph.node_count()];
-            let mut stack: Vec<NodeIndex> = Vec::new();
-            for id in t {
-                for (iid, n) in &dag.by_id {
-                    if iid == id || dag.instance(*n).stage == *id {
-                        stack.push(*n);
-                    }
-                }
-            }
-            while let Some(n) = stack.pop() {
-                if !std::mem::replace(&mut w[n.index()], true) {
-                    stack.extend(dag.graph.neighbors_directed(n, petgraph::Direction::Incoming));
-                }
-            }
-            w
-        }
-    };
-    let total = wanted.iter().filter(|w| **w).count();
-    on_event(RunEvent::Planned { total });
-
-    let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
-    for &n in &dag.order {
-        if wanted[n.index()] {
-            waiting.insert(n, dag.inputs_of(n).len());
-        }
-    }
-    let mut outputs: HashMap<NodeIndex, Hash> = HashMap::new();
-    let mut trees: HashMap<NodeIndex, (Tree, serde_json::Value)> = HashMap::new();
-    let mut ready: Vec<NodeIndex> = dag
-        .order
-        .iter()
-        .copied()
-        .filter(|n| waiting.get(n) == Some(&0))
-        .collect();
-    let mut failed_any = false;
-    let mut free_cpus = opts.cpus.max(1);
-    let mut free_gpus: Vec<usize> = opts.gpus.clone();
-    let mut running = 0usize;
-    let mut finished: Vec<bool> = vec![false; dag.graph.node_count()];
-
-    if opts.jobs == 0 || opts.jobs > MAX_JOBS {
-        return Err(EngineError::Other(format!(
-            "--jobs {} is out of range: at least 1 and at most {MAX_JOBS} instances at once",
-            opts.jobs
-        )));
-    }
-    if opts.cpus == 0 || opts.cpus > MAX_CPUS {
-        return Err(EngineError::Other(format!(
-            "--cpus {} is out of range: at least 1 and at most {MAX_CPUS}",
-            opts.cpus
-        )));
-    }
-    check_inputs_hold_no_flow_dirs(store, paths, opts)?;
-    let views = opts
-        .out_root
-        .as_deref()
-        .map(|r| Views::new(store, r, &dag.pipeline.name));
-    if let Some(w) = note_pipeline_file(store, dag) {
-        on_event(RunEvent::Warning { message: w.clone() });
-        summary.warnings.push(w);
-    }
-    let warn = |summary: &mut RunSummary, message: String| {
-        on_event(RunEvent::Warning {
-            message: message.clone(),
-        });
-        summary.warnings.push(message);
-    };
-    let (job_tx, job_rx) = channel::unbounded::<Job>();
+    let (job_tx, job_rx) = channel::unbounded::<InstanceJob>();
     let (done_tx, done_rx) = channel::unbounded::<Done>();
-    // No more threads than instances that could run.
-    let workers = opts.jobs.min(total.max(1));
-
     let result: Result<(), EngineError> = crossbeam::scope(|scope| {
-        for _ in 0..workers {
-            let job_rx = job_rx.clone();
-            let done_tx = done_tx.clone();
+        for _ in 0..s.workers {
+            let (job_rx, done_tx, lctx) = (job_rx.clone(), done_tx.clone(), &lctx);
             scope.spawn(move |_| {
                 for job in job_rx.iter() {
                     let t = Instant::now();
-                    let (node, threads, gpu) = (job.node, job.threads, job.gpu);
-                    let result = execute(dag, store, paths, opts, &job, cancel, on_event);
+                    let result = launcher.launch(&job, lctx);
                     let _ = done_tx.send(Done {
-                        node,
-                        threads,
-                        gpu,
+                        node: job.node,
+                        threads: job.threads,
+                        gpu: job.gpu,
                         result,
                         secs: t.elapsed().as_secs_f64(),
                     });
@@ -281,153 +221,17 @@ pub fn run(
             });
         }
         drop(done_tx);
-
         loop {
-            // Dispatch what can start.
-            let mut i = 0;
-            while i < ready.len() {
-                let n = ready[i];
-                let id = dag.instance(n).id.clone();
-                if cancel.load(Ordering::Relaxed) || (failed_any && !opts.keep_going) {
-                    ready.remove(i);
-                    finished[n.index()] = true;
-                    summary.skipped.push(id.clone());
-                    on_event(RunEvent::Skipped { id });
-                    continue;
-                }
-                let doc = match key_doc(dag, n, &outputs, paths) {
-                    Ok(d) => d,
-                    Err(reasons) => {
-                        // Only a missing workspace path can get here (inputs are all done).
-                        ready.remove(i);
-                        finished[n.index()] = true;
-                        let error = reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
-                        on_event(RunEvent::Failed {
-                            id: id.clone(),
-                            error: error.clone(),
-                            log: None,
-                        });
-                        summary.failed.push(Failure {
-                            stage: id,
-                            error,
-                            log: None,
-                        });
-                        failed_any = true;
-                        continue;
-                    }
-                };
-                let key = doc.key();
-                if let Ok(rec) = lookup(store, &key) {
-                    ready.remove(i);
-                    note_last(store, dag, n, &key);
-                    if let Some(Err(w)) = views.as_ref().map(|v| expose(v, dag, n, &rec.tree)) {
-                        warn(&mut summary, w);
-                    }
-                    outputs.insert(n, rec.output);
-                    trees.insert(n, (rec.tree, rec.meta));
-                    summary.cached.push(id.clone());
-                    on_event(RunEvent::Cached { id });
-                    finished[n.index()] = true;
-                    release(dag, n, &mut waiting, &mut ready, &finished);
-                    i = 0;
-                    continue;
-                }
-                let res = dag.decl(n).config.resources();
-                let want = if res.threads == 0 {
-                    opts.cpus.max(1)
-                } else {
-                    res.threads.min(opts.cpus.max(1))
-                };
-                if running >= workers || (running > 0 && want > free_cpus) {
-                    i += 1;
-                    continue;
-                }
-                let gpu = if res.gpu && !opts.gpus.is_empty() {
-                    match free_gpus.pop() {
-                        Some(g) => Some(g),
-                        None => {
-                            i += 1;
-                            continue;
-                        }
-                    }
-                } else {
-                    None
-                };
-                ready.remove(i);
-                let threads = want.min(free_cpus.max(1));
-                free_cpus = free_cpus.saturating_sub(threads);
-                running += 1;
-                let inputs = dag
-                    .inputs_of(n)
-                    .into_iter()
-                    .map(|(port, m)| {
-                        let (tree, meta) = trees[&m].clone();
-                        (port, dag.instance(m).id.clone(), dag.instance(m).fold, tree, meta)
-                    })
-                    .collect();
-                on_event(RunEvent::Started {
-                    id: id.clone(),
-                    key: key.clone(),
-                    threads,
-                    gpu,
-                });
-                job_tx
-                    .send(Job {
-                        node: n,
-                        id,
-                        key,
-                        doc,
-                        inputs,
-                        threads,
-                        gpu,
-                    })
-                    .map_err(|e| EngineError::Other(e.to_string()))?;
+            for job in s.dispatch() {
+                job_tx.send(job).map_err(|e| EngineError::Other(e.to_string()))?;
             }
-            if running == 0 {
+            if s.running == 0 {
                 break;
             }
-            let done = match done_rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(d) => d,
-                Err(channel::RecvTimeoutError::Timeout) => continue,
+            match done_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(d) => s.on_done(d),
+                Err(channel::RecvTimeoutError::Timeout) => {}
                 Err(channel::RecvTimeoutError::Disconnected) => break,
-            };
-            running -= 1;
-            free_cpus += done.threads;
-            if let Some(g) = done.gpu {
-                free_gpus.push(g);
-            }
-            let n = done.node;
-            let id = dag.instance(n).id.clone();
-            finished[n.index()] = true;
-            match done.result {
-                Ok(rec) => {
-                    note_last(store, dag, n, &rec.key);
-                    if let Some(Err(w)) = views.as_ref().map(|v| expose(v, dag, n, &rec.tree)) {
-                        warn(&mut summary, w);
-                    }
-                    outputs.insert(n, rec.output);
-                    trees.insert(n, (rec.tree, rec.meta));
-                    summary.executed.push(id.clone());
-                    on_event(RunEvent::Finished { id, secs: done.secs });
-                    release(dag, n, &mut waiting, &mut ready, &finished);
-                }
-                Err(StageError::Cancelled) => {
-                    summary.cancelled = true;
-                    summary.interrupted.push(id.clone());
-                    on_event(RunEvent::Interrupted { id });
-                }
-                Err(e) => {
-                    failed_any = true;
-                    let key = dag_key_for_log(dag, n, &outputs, paths);
-                    let log = Some(store.log_path(&key)).filter(|l| l.is_file());
-                    let error = e.to_string();
-                    on_event(RunEvent::Failed {
-                        id: id.clone(),
-                        error: error.clone(),
-                        log: log.clone(),
-                    });
-                    summary.failed.push(Failure { stage: id, error, log });
-                }
             }
         }
         drop(job_tx);
@@ -435,38 +239,297 @@ pub fn run(
     })
     .map_err(|_| EngineError::Other("a worker thread panicked".into()))?;
     result?;
-
-    // Instances never reached (downstream of a failure or cancellation).
-    for &n in &dag.order {
-        if wanted[n.index()] && !finished[n.index()] {
-            let id = dag.instance(n).id.clone();
-            summary.skipped.push(id.clone());
-            on_event(RunEvent::Skipped { id });
-        }
-    }
-    if cancel.load(Ordering::Relaxed) {
-        summary.cancelled = true;
-    }
-    if let Some(v) = &views {
-        let mut stages: std::collections::BTreeMap<String, Option<u32>> =
-            dag.pipeline.stages.iter().map(|d| (d.name.clone(), None)).collect();
-        for i in dag.graph.node_weights().filter(|i| i.fold.is_some()) {
-            if let Some(folds) = stages.get_mut(&i.stage) {
-                *folds.get_or_insert(0) += 1;
-            }
-        }
-        for w in v.sweep(&stages) {
-            warn(&mut summary, w);
-        }
-    }
+    let mut summary = s.finish();
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-fn dag_key_for_log(dag: &Dag, n: NodeIndex, outputs: &HashMap<NodeIndex, Hash>, paths: &PathDigests) -> String {
-    key_doc(dag, n, outputs, paths)
-        .map(|d| d.key())
-        .unwrap_or_else(|_| "unknown".into())
+impl<'a> Scheduler<'a> {
+    fn new(
+        dag: &'a Dag,
+        store: &'a Store,
+        paths: &'a PathDigests,
+        opts: &'a RunOptions,
+        cancel: &'a AtomicBool,
+        on_event: &'a (dyn Fn(RunEvent) + Sync),
+    ) -> Result<Scheduler<'a>, EngineError> {
+        if opts.jobs == 0 || opts.jobs > MAX_JOBS {
+            return Err(EngineError::Other(format!(
+                "--jobs {} is out of range: at least 1 and at most {MAX_JOBS} instances at once",
+                opts.jobs
+            )));
+        }
+        if opts.cpus == 0 || opts.cpus > MAX_CPUS {
+            return Err(EngineError::Other(format!(
+                "--cpus {} is out of range: at least 1 and at most {MAX_CPUS}",
+                opts.cpus
+            )));
+        }
+        check_inputs_hold_no_flow_dirs(store, paths, opts)?;
+        let mut summary = RunSummary {
+            pipeline: dag.pipeline.name.clone(),
+            ..Default::default()
+        };
+        for st in paths.values().flatten() {
+            summary.workspace_files += st.files;
+            summary.workspace_files_read += st.rehashed;
+        }
+        let wanted = wanted(dag, opts.targets.as_deref());
+        let total = wanted.iter().filter(|w| **w).count();
+        on_event(RunEvent::Planned { total });
+        let waiting: HashMap<NodeIndex, usize> = dag
+            .order
+            .iter()
+            .filter(|n| wanted[n.index()])
+            .map(|&n| (n, dag.inputs_of(n).len()))
+            .collect();
+        let ready = dag
+            .order
+            .iter()
+            .copied()
+            .filter(|n| waiting.get(n) == Some(&0))
+            .collect();
+        let mut s = Scheduler {
+            dag,
+            store,
+            paths,
+            opts,
+            cancel,
+            on_event,
+            views: opts
+                .out_root
+                .as_deref()
+                .map(|r| Views::new(store, r, &dag.pipeline.name)),
+            summary,
+            wanted,
+            waiting,
+            ready,
+            finished: vec![false; dag.graph.node_count()],
+            outputs: HashMap::new(),
+            trees: HashMap::new(),
+            failed_any: false,
+            free_cpus: opts.cpus.max(1),
+            free_gpus: opts.gpus.clone(),
+            running: 0,
+            // No more threads than instances that could run.
+            workers: opts.jobs.min(total.max(1)),
+        };
+        if let Some(w) = note_pipeline_file(store, dag) {
+            s.warn(w);
+        }
+        Ok(s)
+    }
+
+    fn warn(&mut self, message: String) {
+        (self.on_event)(RunEvent::Warning {
+            message: message.clone(),
+        });
+        self.summary.warnings.push(message);
+    }
+
+    /// Decide for every ready instance, in topological order; returns those to start.
+    /// Resolving one (cached) may make others ready, which are decided in the same call.
+    fn dispatch(&mut self) -> Vec<InstanceJob> {
+        let mut jobs = Vec::new();
+        let mut i = 0;
+        while i < self.ready.len() {
+            let n = self.ready[i];
+            match self.step(n) {
+                Step::Wait => i += 1,
+                Step::Resolved => {
+                    self.ready.remove(i);
+                    i = 0;
+                }
+                Step::Start(job) => {
+                    self.ready.remove(i);
+                    jobs.push(job);
+                }
+            }
+        }
+        jobs
+    }
+
+    /// The decision for the ready instance `n`.
+    fn step(&mut self, n: NodeIndex) -> Step {
+        let dag = self.dag;
+        let id = dag.instance(n).id.clone();
+        if self.cancel.load(Ordering::Relaxed) || (self.failed_any && !self.opts.keep_going) {
+            self.finished[n.index()] = true;
+            self.summary.skipped.push(id.clone());
+            (self.on_event)(RunEvent::Skipped { id });
+            return Step::Resolved;
+        }
+        let doc = match key_doc(dag, n, &self.outputs, self.paths) {
+            Ok(d) => d,
+            Err(reasons) => {
+                // Only a workspace path that cannot be read gets here (inputs are all done).
+                let error = reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+                self.fail(n, error, None);
+                return Step::Resolved;
+            }
+        };
+        let key = doc.key();
+        if let Ok(rec) = lookup(self.store, &key) {
+            self.summary.cached.push(id.clone());
+            (self.on_event)(RunEvent::Cached { id });
+            self.done(n, rec);
+            return Step::Resolved;
+        }
+        let res = dag.decl(n).config.resources();
+        let budget = self.opts.cpus.max(1);
+        let want = if res.threads == 0 {
+            budget
+        } else {
+            res.threads.min(budget)
+        };
+        if self.running >= self.workers || (self.running > 0 && want > self.free_cpus) {
+            return Step::Wait;
+        }
+        let gpu = if res.gpu && !self.opts.gpus.is_empty() {
+            match self.free_gpus.pop() {
+                Some(g) => Some(g),
+                None => return Step::Wait,
+            }
+        } else {
+            None
+        };
+        let threads = want.min(self.free_cpus.max(1));
+        self.free_cpus = self.free_cpus.saturating_sub(threads);
+        self.running += 1;
+        let inputs = dag
+            .inputs_of(n)
+            .into_iter()
+            .map(|(port, m)| {
+                let (tree, meta) = self.trees[&m].clone();
+                InputRef {
+                    port,
+                    from: dag.instance(m).id.clone(),
+                    fold: dag.instance(m).fold,
+                    tree,
+                    meta,
+                }
+            })
+            .collect();
+        (self.on_event)(RunEvent::Started {
+            id: id.clone(),
+            key: key.clone(),
+            threads,
+            gpu,
+        });
+        Step::Start(InstanceJob {
+            node: n,
+            id,
+            key,
+            doc,
+            inputs,
+            threads,
+            gpu,
+        })
+    }
+
+    /// A launched instance came back.
+    fn on_done(&mut self, done: Done) {
+        self.running -= 1;
+        self.free_cpus += done.threads;
+        self.free_gpus.extend(done.gpu);
+        let n = done.node;
+        let id = self.dag.instance(n).id.clone();
+        match done.result {
+            Ok(rec) => {
+                self.summary.executed.push(id.clone());
+                (self.on_event)(RunEvent::Finished { id, secs: done.secs });
+                self.done(n, rec);
+            }
+            Err(StageError::Cancelled) => {
+                self.finished[n.index()] = true;
+                self.summary.cancelled = true;
+                self.summary.interrupted.push(id.clone());
+                (self.on_event)(RunEvent::Interrupted { id });
+            }
+            Err(e) => {
+                let key = key_doc(self.dag, n, &self.outputs, self.paths).map(|d| d.key());
+                let log = key.ok().map(|k| self.store.log_path(&k)).filter(|l| l.is_file());
+                self.fail(n, e.to_string(), log);
+            }
+        }
+    }
+
+    /// `n` finished (ran or was cached) with `rec`: record, show, release its consumers.
+    fn done(&mut self, n: NodeIndex, rec: RunRecord) {
+        self.finished[n.index()] = true;
+        note_last(self.store, self.dag, n, &rec.key);
+        let inst = self.dag.instance(n);
+        if let Some(Err(w)) = self.views.as_ref().map(|v| v.expose(&inst.stage, inst.fold, &rec.tree)) {
+            self.warn(w);
+        }
+        self.outputs.insert(n, rec.output);
+        self.trees.insert(n, (rec.tree, rec.meta));
+        release(self.dag, n, &mut self.waiting, &mut self.ready, &self.finished);
+    }
+
+    fn fail(&mut self, n: NodeIndex, error: String, log: Option<PathBuf>) {
+        self.finished[n.index()] = true;
+        self.failed_any = true;
+        let id = self.dag.instance(n).id.clone();
+        (self.on_event)(RunEvent::Failed {
+            id: id.clone(),
+            error: error.clone(),
+            log: log.clone(),
+        });
+        self.summary.failed.push(Failure { stage: id, error, log });
+    }
+
+    /// The summary: instances never reached are skipped; stale views are swept.
+    fn finish(mut self) -> RunSummary {
+        for &n in &self.dag.order {
+            if self.wanted[n.index()] && !self.finished[n.index()] {
+                let id = self.dag.instance(n).id.clone();
+                self.summary.skipped.push(id.clone());
+                (self.on_event)(RunEvent::Skipped { id });
+            }
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            self.summary.cancelled = true;
+        }
+        if let Some(v) = &self.views {
+            let mut stages: std::collections::BTreeMap<String, Option<u32>> = self
+                .dag
+                .pipeline
+                .stages
+                .iter()
+                .map(|d| (d.name.clone(), None))
+                .collect();
+            for i in self.dag.graph.node_weights().filter(|i| i.fold.is_some()) {
+                if let Some(folds) = stages.get_mut(&i.stage) {
+                    *folds.get_or_insert(0) += 1;
+                }
+            }
+            for w in v.sweep(&stages) {
+                self.warn(w);
+            }
+        }
+        self.summary
+    }
+}
+
+/// The instances to consider: all, or the targets (stages or instances) and what they need.
+fn wanted(dag: &Dag, targets: Option<&[String]>) -> Vec<bool> {
+    let Some(targets) = targets else {
+        return vec![true; dag.graph.node_count()];
+    };
+    let mut w = vec![false; dag.graph.node_count()];
+    let mut stack: Vec<NodeIndex> = dag
+        .by_id
+        .iter()
+        .filter(|(iid, n)| targets.iter().any(|t| *iid == t || dag.instance(**n).stage == *t))
+        .map(|(_, n)| *n)
+        .collect();
+    while let Some(n) = stack.pop() {
+        if !std::mem::replace(&mut w[n.index()], true) {
+            stack.extend(dag.graph.neighbors_directed(n, petgraph::Direction::Incoming));
+        }
+    }
+    w
 }
 
 fn release(
@@ -552,144 +615,6 @@ fn note_last(store: &Store, dag: &Dag, n: NodeIndex, key: &str) {
     }
 }
 
-/// Show an instance's outputs under `out/<pipeline>/<stage>/[foldK/]` (see [`crate::views`]).
-fn expose(views: &Views<'_>, dag: &Dag, n: NodeIndex, tree: &Tree) -> Result<(), String> {
-    let inst = dag.instance(n);
-    views.expose(&inst.stage, inst.fold, tree)
-}
-
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '.'
-            }
-        })
-        .collect()
-}
-
-/// Execute one instance and publish its outputs. Runs on a worker thread.
-fn execute(
-    dag: &Dag,
-    store: &Store,
-    paths: &PathDigests,
-    opts: &RunOptions,
-    job: &Job,
-    cancel: &AtomicBool,
-    on_event: &(dyn Fn(RunEvent) + Sync),
-) -> Result<RunRecord, StageError> {
-    let started = now_unix();
-    let t = Instant::now();
-    let decl = dag.decl(job.node);
-    let inst = dag.instance(job.node);
-    let tmp = store.new_tmp_dir(&format!("{}-{}", sanitize(&job.id), &job.key[..12]))?;
-    let in_dir = tmp.path().join("in");
-    let out_dir = tmp.path().join("out");
-    let work_dir = tmp.path().join("work");
-    for d in [&in_dir, &out_dir, &work_dir] {
-        std::fs::create_dir_all(d)?;
-    }
-    let mut inputs = Vec::new();
-    for (port, from, fold, tree, meta) in &job.inputs {
-        let dir = in_dir.join(sanitize(from));
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir)?;
-            store.materialize(tree, &dir, Materialize::Symlink)?;
-        }
-        inputs.push(ResolvedInput {
-            port: port.clone(),
-            from: from.clone(),
-            fold: *fold,
-            dir,
-            tree: tree.clone(),
-            meta: meta.clone(),
-        });
-    }
-    let paths: Vec<ResolvedPath> = dag
-        .paths_of(job.node)
-        .into_iter()
-        .map(|p| {
-            let tree = paths
-                .get(&p.rel)
-                .and_then(|r| r.as_ref().ok())
-                .and_then(|s| s.tree.clone());
-            ResolvedPath {
-                abs: opts.workspace.join(&p.rel),
-                port: p.port,
-                rel: p.rel,
-                tree,
-            }
-        })
-        .collect();
-    let log_path = store.log_path(&job.key);
-    {
-        use std::io::Write;
-        let mut f = File::create(&log_path)?;
-        writeln!(f, "# {} [{}] key {}", job.id, decl.kind.name, job.key)?;
-    }
-    let meta = std::sync::Mutex::new(serde_json::Value::Null);
-    let resume_dir = store.root().join("resume").join(&job.key);
-    std::fs::create_dir_all(&resume_dir)?;
-    let id = job.id.clone();
-    let progress = move |frac: f64, msg: &str| {
-        on_event(RunEvent::Progress {
-            id: id.clone(),
-            frac,
-            msg: msg.to_string(),
-        })
-    };
-    let ctx = ExecCtx {
-        instance: &inst.id,
-        fold: inst.fold,
-        out_dir: &out_dir,
-        work_dir: &work_dir,
-        resume_dir: &resume_dir,
-        workspace: &opts.workspace,
-        inputs: &inputs,
-        paths: &paths,
-        store,
-        threads: job.threads,
-        gpu: job.gpu,
-        log_path: &log_path,
-        cancel,
-        progress: &progress,
-        meta: &meta,
-    };
-    let _span = tracing::info_span!("stage", id = %job.id).entered();
-    decl.config.execute(&ctx)?;
-    if cancel.load(Ordering::Relaxed) {
-        return Err(StageError::Cancelled);
-    }
-    // Publish: objects, tree, then the record (last).
-    let tree = store.ingest_dir(&out_dir)?;
-    let output = store.put_tree(&tree)?;
-    let mtimes = tree
-        .entries
-        .iter()
-        .filter_map(|(p, e)| store.object_mtime(&e.hash).map(|m| (p.clone(), m)))
-        .collect();
-    let rec = RunRecord {
-        key: job.key.clone(),
-        pipeline: dag.pipeline.name.clone(),
-        instance: job.id.clone(),
-        doc: job.doc.clone(),
-        output,
-        tree,
-        started_unix: started,
-        duration_s: t.elapsed().as_secs_f64(),
-        host: host(),
-        flow_version: env!("CARGO_PKG_VERSION").to_string(),
-        mtimes,
-        meta: meta.into_inner().unwrap_or(serde_json::Value::Null),
-    };
-    store.write_record(&job.key, &rec)?;
-    drop(tmp);
-    let _ = std::fs::remove_dir_all(&resume_dir);
-    Ok(rec)
-}
-
 /// Log path of an instance's last run (for messages).
 pub fn log_of(store: &Store, key: &str) -> PathBuf {
     store.log_path(key)
@@ -698,7 +623,7 @@ pub fn log_of(store: &Store, key: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::{parse_as, FanOut, Input, PortType, Registry, StageConfig, StageKind};
+    use crate::stage::{parse_as, ExecCtx, FanOut, Input, PortType, Registry, StageConfig, StageKind};
 
     /// A test stage: `folds` instances (or one), reading `reads` = [(port, stage)], sleeping
     /// `sleep_ms × (fold + 1)`, writing how many inputs it saw.
@@ -763,6 +688,7 @@ mod tests {
             out_root: Some(dir.path().join("out")),
             targets: None,
             keep_going: false,
+            launcher: None,
         };
         let s = run(&dag, &store, &paths, &opts, &AtomicBool::new(false), &|_| {}).unwrap();
         (s, dir)

@@ -11,19 +11,19 @@
 //! ```
 //! The command runs in a private work directory. Each input stage's output files are hard-
 //! linked into it at their relative paths (read-only objects of the store); each workspace
-//! path appears at its relative path as real directories with *symlinked* files (a hard link
-//! would change the file's ctime and defeat the stat cache), so use `find -L` to list them.
-//! Only the declared outputs are published. Environment: `FLOW_FOLD`, `FLOW_THREADS`,
+//! path appears at its relative path as *one symlink* to the file or directory in the
+//! workspace (per-file links cost ~1 s per 50k files; hard links would change the files' ctime
+//! and defeat the stat cache), so list a directory input with `find -L ds` or `find ds/`.
+//! The command runs under [`crate::process`]'s rules (its own process group, killed with
+//! flow, on Ctrl-C and when it exits). Only the declared outputs are published. Environment: `FLOW_FOLD`, `FLOW_THREADS`,
 //! `FLOW_WORKSPACE`, `OMP_NUM_THREADS`, plus `env`. stdout/stderr go to the instance's log.
 //! Key params: `cmd`, `outputs`, `env`, `folds`; inputs enter by content. Not in the key:
 //! `threads`, `description`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use flow_engine::{
     key_params_of, parse_as, Code, ConfigProblem, ExecCtx, FanOut, Input, PortType, Resources, StageConfig, StageError,
@@ -294,71 +294,136 @@ impl StageConfig for Exec {
     }
     fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
         let work = ctx.work_dir;
-        // Stage inputs: link each output file at its relative path.
-        let mut placed: BTreeMap<String, String> = BTreeMap::new();
-        for input in ctx.inputs {
-            for (rel, entry) in &input.tree.entries {
-                if let Some(prev) = placed.get(rel) {
-                    if *prev != input.from {
-                        let same = ctx
-                            .inputs
-                            .iter()
-                            .find(|i| i.from == *prev)
-                            .and_then(|i| i.tree.entries.get(rel))
-                            .map(|e| e.hash == entry.hash);
-                        if same != Some(true) {
-                            return Err(StageError::msg(format!(
-                                "inputs `{prev}` and `{}` both provide `{rel}` with different content",
-                                input.from
-                            )));
-                        }
-                    }
-                    continue;
-                }
-                let dest = work.join(rel);
-                if let Some(p) = dest.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
-                // Hard links (read-only objects): `find -type f` sees them as files.
-                let obj = ctx.store.object_path(&entry.hash);
-                if std::fs::hard_link(&obj, &dest).is_err() {
-                    std::os::unix::fs::symlink(&obj, &dest)?;
-                }
-                placed.insert(rel.clone(), input.from.clone());
-            }
+        let placed = place_stage_inputs(ctx, work)?;
+        link_workspace_paths(ctx, work)?;
+        let cmd = self.command(ctx, work)?;
+        let stamps = input_stamps(ctx, &placed);
+        let status = match crate::process::run(cmd, ctx.log_path, ctx.cancel, None)
+            .map_err(|e| StageError::msg(format!("cannot start command: {e}")))?
+        {
+            crate::process::Ended::Cancelled => return Err(StageError::Cancelled),
+            crate::process::Ended::Exited(s) => s,
+        };
+        // Inputs written in place are cache objects altered: take them out of service (the
+        // producer re-runs next time) and fail, whatever the command's status.
+        inputs_untouched(ctx, &placed, &stamps)?;
+        if !status.success() {
+            let tail = crate::process::log_tail(ctx.log_path, 8);
+            let tail = if tail.is_empty() {
+                String::new()
+            } else {
+                format!("; last output:\n  {}", tail.join("\n  "))
+            };
+            return Err(StageError::msg(format!("command failed ({status}){tail}")));
         }
-        // Outermost paths first: `data` covers `data/sub`, whichever order they were listed in.
-        let mut paths: Vec<&flow_engine::ResolvedPath> = ctx.paths.iter().collect();
-        paths.sort_by(|a, b| a.rel.cmp(&b.rel));
-        let mut linked: Vec<&str> = Vec::new();
-        for p in paths {
-            if linked
-                .iter()
-                .any(|l| p.rel == *l || p.rel.starts_with(&format!("{l}/")))
-            {
+        self.take_outputs(ctx, work)?;
+        let mut f = std::fs::OpenOptions::new().append(true).open(ctx.log_path)?;
+        writeln!(f, "# ok")?;
+        Ok(())
+    }
+}
+
+/// Each input stage's output files, hard-linked at their relative paths (read-only objects:
+/// `find -type f` sees them as files). Returns path → producing instance.
+fn place_stage_inputs(ctx: &ExecCtx<'_>, work: &Path) -> Result<BTreeMap<String, String>, StageError> {
+    let mut placed: BTreeMap<String, String> = BTreeMap::new();
+    for input in ctx.inputs {
+        for (rel, entry) in &input.tree.entries {
+            if let Some(prev) = placed.get(rel) {
+                let same = ctx
+                    .inputs
+                    .iter()
+                    .find(|i| i.from == *prev)
+                    .and_then(|i| i.tree.entries.get(rel))
+                    .map(|e| e.hash == entry.hash);
+                if *prev != input.from && same != Some(true) {
+                    return Err(StageError::msg(format!(
+                        "inputs `{prev}` and `{}` both provide `{rel}` with different content",
+                        input.from
+                    )));
+                }
                 continue;
             }
-            let dest = work.join(&p.rel);
-            if dest.symlink_metadata().is_ok() {
-                return Err(StageError::msg(format!(
-                    "workspace input `{}` and a stage input's files both want the path `{}` in the \
-                     command's directory; rename one of them",
-                    p.rel, p.rel
-                )));
+            let dest = work.join(rel);
+            if let Some(p) = dest.parent() {
+                std::fs::create_dir_all(p)?;
             }
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
+            let obj = ctx.store.object_path(&entry.hash);
+            if std::fs::hard_link(&obj, &dest).is_err() {
+                std::os::unix::fs::symlink(&obj, &dest)?;
             }
-            // One symlink per workspace path, file or directory: O(1) however many files a
-            // dataset holds (a farm of per-file links cost ~1 s per 50k files and stage).
-            std::os::unix::fs::symlink(&p.abs, &dest)?;
-            linked.push(&p.rel);
+            placed.insert(rel.clone(), input.from.clone());
         }
+    }
+    Ok(placed)
+}
 
-        // The command runs under a small `sh` that owns a process group: if flow dies
-        // (even by SIGKILL) the kernel sends that `sh` SIGTERM (PR_SET_PDEATHSIG), and it
-        // kills the whole group — the command *and* everything it started, which a death
-        // signal to the direct child alone would leave running.
+/// One symlink per workspace path, file or directory: O(1) however many files a dataset holds
+/// (a farm of per-file links cost ~1 s per 50k files and stage). Outermost paths first: `data`
+/// covers `data/sub`, whichever order they were listed in.
+fn link_workspace_paths(ctx: &ExecCtx<'_>, work: &Path) -> Result<(), StageError> {
+    let mut paths: Vec<&flow_engine::ResolvedPath> = ctx.paths.iter().collect();
+    paths.sort_by(|a, b| a.rel.cmp(&b.rel));
+    let mut linked: Vec<&str> = Vec::new();
+    for p in paths {
+        if linked
+            .iter()
+            .any(|l| p.rel == *l || p.rel.starts_with(&format!("{l}/")))
+        {
+            continue;
+        }
+        let dest = work.join(&p.rel);
+        if dest.symlink_metadata().is_ok() {
+            return Err(StageError::msg(format!(
+                "workspace input `{}` and a stage input's files both want the path `{}` in the \
+                 command's directory; rename one of them",
+                p.rel, p.rel
+            )));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::os::unix::fs::symlink(&p.abs, &dest)?;
+        linked.push(&p.rel);
+    }
+    Ok(())
+}
+
+/// Fails (and quarantines the objects) if the command wrote into a linked input in place.
+fn inputs_untouched(
+    ctx: &ExecCtx<'_>,
+    placed: &BTreeMap<String, String>,
+    before: &[(String, Option<(u64, i64, i64)>)],
+) -> Result<(), StageError> {
+    let now = input_stamps(ctx, placed);
+    let altered: Vec<&String> = before
+        .iter()
+        .zip(&now)
+        .filter(|(b, n)| b.1.is_some() && n.1.is_some() && b.1 != n.1)
+        .map(|(b, _)| &b.0)
+        .collect();
+    if altered.is_empty() {
+        return Ok(());
+    }
+    for rel in &altered {
+        if let Some(e) = ctx.inputs.iter().find_map(|i| i.tree.entries.get(*rel)) {
+            let _ = ctx.store.quarantine_object(&e.hash);
+        }
+    }
+    let names: Vec<&str> = altered.iter().map(|s| s.as_str()).collect();
+    Err(StageError::msg(format!(
+        "the command wrote into its input file(s) {} in place: they are read-only objects of the cache \
+         (writable only because flow runs as root). They were taken out of service and their stage \
+         will re-run; write to a new file instead",
+        names.join(", ")
+    )))
+}
+
+impl Exec {
+    /// The command under its `sh` guard (see [`crate::process`]): if flow dies, the guard is
+    /// sent SIGTERM and kills its whole group — the command *and* everything it started, which
+    /// a death signal to the direct child alone would leave running.
+    fn command(&self, ctx: &ExecCtx<'_>, work: &Path) -> Result<Command, StageError> {
         const GUARD: &str = "trap 'kill -KILL 0' TERM; \"$@\" & wait $!";
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(GUARD).arg("flow-exec");
@@ -371,90 +436,27 @@ impl StageConfig for Exec {
             }
             Cmd::Argv(_) => return Err(StageError::msg("`cmd` is an empty list")),
         }
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(ctx.log_path)?;
         cmd.current_dir(work)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
             .env("FLOW_WORKSPACE", ctx.workspace)
             .env("FLOW_THREADS", ctx.threads.to_string())
-            .env("OMP_NUM_THREADS", ctx.threads.to_string())
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it only
-        // sets this (forked) process's parent-death signal before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+            .env("OMP_NUM_THREADS", ctx.threads.to_string());
         if let Some(f) = ctx.fold {
             cmd.env("FLOW_FOLD", f.to_string());
         }
         for (k, v) in &self.env {
             cmd.env(k, subst(v, ctx.fold));
         }
-        let stamps = input_stamps(ctx, &placed);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| StageError::msg(format!("cannot start command: {e}")))?;
-        let group = child.id() as i32;
-        // SAFETY: kill(2) with a negative pid signals the process group the guard leads; no
-        // memory is involved.
-        let kill_group = || unsafe {
-            libc::kill(-group, libc::SIGKILL);
-        };
-        let status = loop {
-            if ctx.cancelled() {
-                kill_group();
-                let _ = child.wait();
-                return Err(StageError::Cancelled);
-            }
-            match child.try_wait()? {
-                Some(s) => break s,
-                None => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        // The command is done: whatever it left running in the background (`cmd &`) would
-        // write into outputs — or published objects — after they were taken. Stop it.
-        kill_group();
-        // Inputs written in place are cache objects altered: take them out of service (the
-        // producer re-runs next time) and fail, whatever the command's status.
-        let now = input_stamps(ctx, &placed);
-        let altered: Vec<&String> = stamps
-            .iter()
-            .zip(&now)
-            .filter(|(a, b)| a.1.is_some() && b.1.is_some() && a.1 != b.1)
-            .map(|(a, _)| &a.0)
-            .collect();
-        if !altered.is_empty() {
-            for rel in &altered {
-                if let Some(e) = ctx.inputs.iter().find_map(|i| i.tree.entries.get(*rel)) {
-                    let _ = ctx.store.quarantine_object(&e.hash);
-                }
-            }
-            let names: Vec<&str> = altered.iter().map(|s| s.as_str()).collect();
-            return Err(StageError::msg(format!(
-                "the command wrote into its input file(s) {} in place: they are read-only objects of the cache \
-                 (writable only because flow runs as root). They were taken out of service and their stage \
-                 will re-run; write to a new file instead",
-                names.join(", ")
-            )));
-        }
-        if !status.success() {
-            let tail = log_tail(ctx.log_path, 8);
-            return Err(StageError::msg(format!("command failed ({status}){tail}")));
-        }
+        Ok(cmd)
+    }
+
+    /// Move the declared outputs into the out dir — never through a link the sandbox made (a
+    /// workspace path input): that would move the workspace's own files into the cache.
+    /// `validate` refuses such outputs; this holds for one written at run time too.
+    fn take_outputs(&self, ctx: &ExecCtx<'_>, work: &Path) -> Result<(), StageError> {
         for o in &self.outputs {
             let rel = flow_cache::normalize_rel(&subst(o, ctx.fold))
                 .map_err(|why| StageError::msg(format!("output `{o}` (fold substituted): {why}")))?;
             let src = work.join(&rel);
-            // Never through a link the sandbox made (a workspace path input): that would
-            // move the workspace's own files into the cache. `validate` refuses such
-            // outputs; this holds for one written at run time too.
             if let Some(link) = link_on_the_way(work, &rel) {
                 return Err(StageError::msg(format!(
                     "declared output `{rel}` lies inside `{link}`, a link to the workspace or the cache: \
@@ -472,8 +474,6 @@ impl StageConfig for Exec {
             }
             std::fs::rename(&src, &dest)?;
         }
-        let mut f = std::fs::OpenOptions::new().append(true).open(ctx.log_path)?;
-        writeln!(f, "# ok")?;
         Ok(())
     }
 }
@@ -509,22 +509,6 @@ fn input_stamps(ctx: &ExecCtx<'_>, placed: &BTreeMap<String, String>) -> Vec<(St
             (rel.clone(), m.map(|m| (m.len(), m.mtime(), m.mtime_nsec())))
         })
         .collect()
-}
-
-fn log_tail(path: &Path, n: usize) -> String {
-    let Ok(f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let lines: Vec<String> = std::io::BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| !l.starts_with("# "))
-        .collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let start = lines.len().saturating_sub(n);
-    format!("; last output:\n  {}", lines[start..].join("\n  "))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod metrics;
 pub mod model;
 pub mod ports;
+pub mod process;
 pub mod report;
 pub mod stats;
 pub mod torch_info;

@@ -2,13 +2,22 @@
 //! `flow-worker` process (crate `flow-stages-torch`; found next to the `flow` executable, or
 //! at `$FLOW_WORKER`):
 //!
-//! * `flow-worker doctor` prints [`TorchInfo`] as JSON (libtorch version, CUDA devices).
+//! * `flow-worker doctor` prints [`TorchInfo`] as JSON (libtorch version, CUDA devices, the
+//!   libraries it mapped) and exits 0.
+//! * `flow-worker run <spec.json>` runs one stage instance described by a [`WorkerSpec`] (kind,
+//!   params, inputs' directories, output/work/resume directories, threads, GPU). On stdout it
+//!   prints one JSON [`WorkerEvent`] per line: `Progress` (fraction done and a message, shown
+//!   by `flow`) and `Meta` (facts for the run record, merged key by key). stderr is the
+//!   instance's log. Exit 0: the outputs are in the out dir; otherwise the last stderr line
+//!   `error: <message>` is the message `flow` shows.
+//! * It runs under [`crate::process`]'s rules: its own process group, `CUDA_VISIBLE_DEVICES`
+//!   set to the one GPU it was given (or empty), `OMP_NUM_THREADS` to its thread share;
+//!   killed on Ctrl-C, and terminated when `flow` dies.
 //!
 //! Why a process and not a thread: `flow` starts in milliseconds instead of loading ~1 GB of
 //! libtorch/CUDA libraries for every `status` or no-op `run`; a crash or OOM inside libtorch
 //! fails one stage instead of the scheduler; each instance gets its own thread count and GPU
-//! (`CUDA_VISIBLE_DEVICES`) without global state; and the same command line is what a Slurm
-//! executor submits.
+//! without global state; and the same command line is what a Slurm executor submits.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -204,8 +213,6 @@ pub fn run_in_worker<P: serde::Serialize>(
     ctx: &flow_engine::ExecCtx<'_>,
 ) -> Result<(), flow_engine::StageError> {
     use flow_engine::StageError;
-    use std::io::BufRead;
-    use std::os::unix::process::CommandExt;
 
     let worker = worker_path().ok_or_else(|| {
         StageError::msg(format!(
@@ -247,78 +254,35 @@ pub fn run_in_worker<P: serde::Serialize>(
     };
     let spec_path = ctx.work_dir.join("worker-spec.json");
     std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).expect("json"))?;
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(ctx.log_path)?;
     let mut cmd = std::process::Command::new(&worker);
     cmd.arg("run")
         .arg(&spec_path)
         .current_dir(ctx.work_dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .env("OMP_NUM_THREADS", ctx.threads.max(1).to_string())
-        .process_group(0);
+        .env("OMP_NUM_THREADS", ctx.threads.max(1).to_string());
     match ctx.gpu {
         Some(g) => cmd.env("CUDA_VISIBLE_DEVICES", g.to_string()),
         None => cmd.env("CUDA_VISIBLE_DEVICES", ""),
     };
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| StageError::msg(format!("cannot start {}: {e}", worker.display())))?;
-    let pid = child.id() as i32;
-    let stdout = child.stdout.take().expect("piped");
-    // Watch for cancellation while reading progress.
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let result = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                if ctx.cancelled() {
-                    unsafe {
-                        libc::kill(-pid, libc::SIGKILL);
-                    }
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        });
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            match serde_json::from_str::<WorkerEvent>(&line) {
-                Ok(WorkerEvent::Progress { frac, msg }) => (ctx.progress)(frac, &msg),
-                Ok(WorkerEvent::Meta(m)) => merge_meta(&mut ctx.meta.lock().expect("meta"), m),
-                Err(_) => tracing::debug!("worker: {line}"),
-            }
-        }
-        let status = child.wait();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        status
-    })?;
-    if ctx.cancelled() {
-        return Err(StageError::Cancelled);
-    }
+    let mut on_line = |line: &str| match serde_json::from_str::<WorkerEvent>(line) {
+        Ok(WorkerEvent::Progress { frac, msg }) => (ctx.progress)(frac, &msg),
+        Ok(WorkerEvent::Meta(m)) => merge_meta(&mut ctx.meta.lock().expect("meta"), m),
+        Err(_) => tracing::debug!("worker: {line}"),
+    };
+    let result = match crate::process::run(cmd, ctx.log_path, ctx.cancel, Some(&mut on_line))
+        .map_err(|e| StageError::msg(format!("cannot start {}: {e}", worker.display())))?
+    {
+        crate::process::Ended::Cancelled => return Err(StageError::Cancelled),
+        crate::process::Ended::Exited(s) => s,
+    };
     if !result.success() {
-        let tail = std::fs::read_to_string(ctx.log_path).unwrap_or_default();
-        let errors: Vec<&str> = tail.lines().filter(|l| l.starts_with("error: ")).collect();
-        let msg = match errors.last() {
+        // The worker's last `error: ` line is its message; else the end of its output.
+        let tail = crate::process::log_tail(ctx.log_path, 200);
+        let msg = match tail.iter().rev().find(|l| l.starts_with("error: ")) {
             Some(e) => e.trim_start_matches("error: ").to_string(),
-            None => {
-                let lines: Vec<&str> = tail
-                    .lines()
-                    .rev()
-                    .take(6)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                format!("flow-worker {result}; last output:\n  {}", lines.join("\n  "))
-            }
+            None => format!(
+                "flow-worker {result}; last output:\n  {}",
+                tail[tail.len().saturating_sub(6)..].join("\n  ")
+            ),
         };
         return Err(StageError::msg(msg));
     }
