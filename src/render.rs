@@ -1,5 +1,5 @@
 //! Rendering a [`Diagnostic`] as `file:line:col` + a source snippet (miette). Its own
-//! module so `tests/fuzz_ron.rs` can include it and render every fuzzed diagnostic.
+//! module so `tests/suite/fuzz_ron.rs` can include it and render every fuzzed diagnostic.
 
 use std::io::IsTerminal;
 

@@ -1,16 +1,25 @@
 //! `flow-cache`: the on-disk cache of `flow`. It knows nothing of stages.
 //!
-//! - [`Store`] (a cache root such as `<workspace>/.flow`): immutable content-addressed
-//!   objects `objects/ab/cdef…` named by their blake3 [`Hash`](struct@Hash), directory
-//!   manifests ([`Tree`], stored as objects), run records `runs/<key>.json`, metadata
-//!   `meta/<name>.json`, scratch directories under `tmp/` ([`TmpDir`]), the cache-wide
-//!   [`lock`](Store::lock), and the [`verify_all`](Store::verify_all) /
-//!   [`list_objects`](Store::list_objects) / [`remove_object`](Store::remove_object)
-//!   primitives for verify and gc. Every write is atomic (tmp file, fsync, rename).
-//! - [`FileStateCache`]: (canonical path, size, mtime, inode, ctime) → blake3, so unchanged
-//!   input files are not re-read.
+//! A cache root (`<workspace>/.flow` unless `--cache-dir`) holds:
 //!
-//! Every error is a [`CacheError`] whose message names the path involved.
+//! | path | what | written by |
+//! |---|---|---|
+//! | `CACHEDIR.TAG` | marks a flow cache (and tells backup tools to skip it) | [`Store::open`] |
+//! | `objects/ab/cdef…` | immutable content-addressed files, named by their blake3 [`Hash`](struct@Hash), read-only; directory manifests ([`Tree`]) are objects too | publishing |
+//! | `runs/<key>.json` | one run record per stage-instance key: output tree hash, file list, mtimes, meta | publishing, written last |
+//! | `meta/last/<pipeline>/<instance>`, `meta/views/…` | the key of each instance's last run (for "why stale"); what flow made under `out/` | the engine |
+//! | `state/` | the stat cache ([`FileStateCache`]) and the torch worker's cached answer | `flow` |
+//! | `tmp/` | per-instance scratch dirs ([`TmpDir`]) with an owner marker; a dead process's are removed by the next run | every run |
+//! | `logs/<key>.log` | each instance's log | every run |
+//! | `resume/<key>/` | per-epoch checkpoints that survive a killed run; removed once the instance is published | Train, Retrain |
+//! | `quarantine/` | damaged objects moved aside by `flow verify` or publishing, never deleted in place | verify |
+//! | `lock` | the cache-wide [`lock`](Store::lock) (`flock`) | `flow run`, `gc`, `verify` |
+//!
+//! [`Store`] has the primitives: atomic writes (tmp file, fsync, rename), materializing trees,
+//! [`verify_all`](Store::verify_all) / [`list_objects`](Store::list_objects) /
+//! [`remove_object`](Store::remove_object) for verify and gc. [`FileStateCache`] maps
+//! (canonical path, size, mtime, inode, ctime) → blake3, so unchanged input files are not
+//! re-read. Every error is a [`CacheError`] whose message names the path involved.
 
 mod error;
 mod filestate;

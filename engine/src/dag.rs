@@ -279,149 +279,186 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
     // Stage-level checks and edges.
     let mut stage_edges: Vec<(usize, usize, String)> = Vec::new(); // (producer, consumer, port)
     for (ci, d) in p.stages.iter().enumerate() {
-        for prob in d.config.validate() {
-            diags.push(stage_problem(d, prob));
-        }
-        let own_folds = match d.config.fan_out() {
-            FanOut::Foreach(n) => Some(n),
-            _ => d.config.fold_count(),
+        own_problems(&p, d, &names, &mut diags);
+        input_edges(&p, ci, &index, &names, &mut diags, &mut stage_edges);
+    }
+    input_problems(&p, &stage_edges, &mut diags);
+    if let Some(cycle) = cycle_problem(&p, &names, &stage_edges) {
+        diags.push(cycle);
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let (graph, by_id) = expand(&p, &stage_edges)?;
+    let order = stable_toposort(&graph);
+    Ok(Dag {
+        pipeline: p,
+        graph,
+        order,
+        by_id,
+    })
+}
+
+/// A stage's problems that need no other stage: its own validation, its fold count, the
+/// split it expands by.
+fn own_problems(p: &Pipeline, d: &StageDecl, names: &[&str], diags: &mut Vec<Diagnostic>) {
+    for prob in d.config.validate() {
+        diags.push(stage_problem(d, prob));
+    }
+    let own_folds = match d.config.fan_out() {
+        FanOut::Foreach(n) => Some(n),
+        _ => d.config.fold_count(),
+    };
+    if let Some(n) = own_folds.filter(|n| *n > MAX_FOLDS) {
+        let from = d.span.0 + d.span.1;
+        let span = match find_field(&d.src.text[from..], "folds") {
+            (0, 0) => d.span,
+            (at, len) => (from + at, len),
         };
-        if let Some(n) = own_folds.filter(|n| *n > MAX_FOLDS) {
-            let from = d.span.0 + d.span.1;
-            let span = match find_field(&d.src.text[from..], "folds") {
-                (0, 0) => d.span,
-                (at, len) => (from + at, len),
-            };
-            diags.push(Diagnostic::at(
-                Code::InvalidValue,
-                &d.src,
-                span,
-                format!("stage `{}`: {n} folds is more than the limit of {MAX_FOLDS}", d.name),
-            ));
-        }
-        if let FanOut::PerFold { split } = d.config.fan_out() {
-            match p.stage(&split) {
-                None => diags.push(
-                    Diagnostic::at(
-                        Code::MissingReference,
-                        &d.src,
-                        ref_span(d, "split", &split),
-                        format!(
-                            "stage `{}` is split by `{split}`, which is not a stage of this pipeline",
-                            d.name
-                        ),
-                    )
-                    .help_opt(did_you_mean(&split, names.iter().copied())),
-                ),
-                Some(s) if s.config.fold_count().is_none() => diags.push(Diagnostic::at(
-                    Code::TypeMismatch,
+        diags.push(Diagnostic::at(
+            Code::InvalidValue,
+            &d.src,
+            span,
+            format!("stage `{}`: {n} folds is more than the limit of {MAX_FOLDS}", d.name),
+        ));
+    }
+    if let FanOut::PerFold { split } = d.config.fan_out() {
+        match p.stage(&split) {
+            None => diags.push(
+                Diagnostic::at(
+                    Code::MissingReference,
                     &d.src,
                     ref_span(d, "split", &split),
                     format!(
-                        "stage `{}` expands per fold of `{split}`, but `{split}` ({}) defines no folds",
-                        d.name, s.kind.name
+                        "stage `{}` is split by `{split}`, which is not a stage of this pipeline",
+                        d.name
                     ),
-                )),
-                Some(_) => {}
-            }
-        }
-        // The same producer (or path) twice on one param would be two edges to one input:
-        // nothing reads it twice, so it is a mistake, reported at the second mention.
-        let mut seen: HashMap<(String, InputSource), usize> = HashMap::new();
-        for input in d.config.inputs() {
-            let normal = match &input.source {
-                InputSource::Path(p) => match workspace_path_problem(p) {
-                    Ok(n) => InputSource::Path(n),
-                    Err((message, help)) => {
-                        diags.push(
-                            Diagnostic::at(
-                                Code::PathEscape,
-                                &d.src,
-                                ref_span(d, &input.port, p),
-                                format!("stage `{}`: {message}", d.name),
-                            )
-                            .label("here")
-                            .help(help),
-                        );
-                        continue;
-                    }
-                },
-                s => s.clone(),
-            };
-            let listed = match (&input.source, &normal) {
-                (InputSource::Path(raw), InputSource::Path(n)) if raw != n => format!("`{n}` (as `{raw}`)"),
-                (InputSource::Path(raw), _) | (InputSource::Stage(raw), _) => format!("`{raw}`"),
-            };
-            let n = seen.entry((input.port.clone(), normal)).or_insert(0);
-            *n += 1;
-            if *n == 2 {
-                let (what, name) = match &input.source {
-                    InputSource::Stage(s) => ("stage", s),
-                    InputSource::Path(p) => ("workspace path", p),
-                };
-                diags.push(
-                    Diagnostic::at(
-                        Code::DuplicateInput,
-                        &d.src,
-                        nth_ref_span(d, name, 2),
-                        format!(
-                            "stage `{}` lists {what} {listed} twice in param `{}`",
-                            d.name, input.port
-                        ),
-                    )
-                    .label("listed again here")
-                    .help("remove the second mention: each input is read once"),
-                );
-            }
-            if *n > 1 {
-                continue;
-            }
-            let InputSource::Stage(from) = &input.source else {
-                continue;
-            };
-            let Some(&pi) = index.get(from.as_str()) else {
-                let others = names.iter().copied().filter(|n| *n != d.name);
-                diags.push(
-                    Diagnostic::at(
-                        Code::MissingReference,
-                        &d.src,
-                        ref_span(d, &input.port, from),
-                        format!(
-                            "stage `{}` reads `{from}` (param `{}`), which is not a stage of this pipeline",
-                            d.name, input.port
-                        ),
-                    )
-                    .label("no such stage")
-                    .help_opt(did_you_mean(from, others)),
-                );
-                continue;
-            };
-            let prod = &p.stages[pi];
-            let out = prod.config.output();
-            if !input.accepts.contains(&PortType::ANY) && !input.accepts.contains(&out) {
-                let acc: Vec<String> = input.accepts.iter().map(|t| t.to_string()).collect();
-                diags.push(
-                    Diagnostic::at(
-                        Code::TypeMismatch,
-                        &d.src,
-                        ref_span(d, &input.port, from),
-                        format!(
-                            "stage `{}` param `{}` expects {}, but `{from}` ({}) produces {out}",
-                            d.name,
-                            input.port,
-                            acc.join(" or "),
-                            prod.kind.name
-                        ),
-                    )
-                    .label(format!("produces {out}")),
-                );
-                continue;
-            }
-            stage_edges.push((pi, ci, input.port.clone()));
+                )
+                .help_opt(did_you_mean(&split, names.iter().copied())),
+            ),
+            Some(s) if s.config.fold_count().is_none() => diags.push(Diagnostic::at(
+                Code::TypeMismatch,
+                &d.src,
+                ref_span(d, "split", &split),
+                format!(
+                    "stage `{}` expands per fold of `{split}`, but `{split}` ({}) defines no folds",
+                    d.name, s.kind.name
+                ),
+            )),
+            Some(_) => {}
         }
     }
+}
 
-    // Problems that need the producers' facts (an image size too small for a model, …).
+/// The edges into stage `ci` (producer, consumer, port), and a diagnostic for each input
+/// that is a bad path, listed twice, not a stage, or of the wrong type.
+fn input_edges(
+    p: &Pipeline,
+    ci: usize,
+    index: &HashMap<&str, usize>,
+    names: &[&str],
+    diags: &mut Vec<Diagnostic>,
+    stage_edges: &mut Vec<(usize, usize, String)>,
+) {
+    let d = &p.stages[ci];
+    // The same producer (or path) twice on one param would be two edges to one input:
+    // nothing reads it twice, so it is a mistake, reported at the second mention.
+    let mut seen: HashMap<(String, InputSource), usize> = HashMap::new();
+    for input in d.config.inputs() {
+        let normal = match &input.source {
+            InputSource::Path(p) => match workspace_path_problem(p) {
+                Ok(n) => InputSource::Path(n),
+                Err((message, help)) => {
+                    diags.push(
+                        Diagnostic::at(
+                            Code::PathEscape,
+                            &d.src,
+                            ref_span(d, &input.port, p),
+                            format!("stage `{}`: {message}", d.name),
+                        )
+                        .label("here")
+                        .help(help),
+                    );
+                    continue;
+                }
+            },
+            s => s.clone(),
+        };
+        let listed = match (&input.source, &normal) {
+            (InputSource::Path(raw), InputSource::Path(n)) if raw != n => format!("`{n}` (as `{raw}`)"),
+            (InputSource::Path(raw), _) | (InputSource::Stage(raw), _) => format!("`{raw}`"),
+        };
+        let n = seen.entry((input.port.clone(), normal)).or_insert(0);
+        *n += 1;
+        if *n == 2 {
+            let (what, name) = match &input.source {
+                InputSource::Stage(s) => ("stage", s),
+                InputSource::Path(p) => ("workspace path", p),
+            };
+            diags.push(
+                Diagnostic::at(
+                    Code::DuplicateInput,
+                    &d.src,
+                    nth_ref_span(d, name, 2),
+                    format!(
+                        "stage `{}` lists {what} {listed} twice in param `{}`",
+                        d.name, input.port
+                    ),
+                )
+                .label("listed again here")
+                .help("remove the second mention: each input is read once"),
+            );
+        }
+        if *n > 1 {
+            continue;
+        }
+        let InputSource::Stage(from) = &input.source else {
+            continue;
+        };
+        let Some(&pi) = index.get(from.as_str()) else {
+            let others = names.iter().copied().filter(|n| *n != d.name);
+            diags.push(
+                Diagnostic::at(
+                    Code::MissingReference,
+                    &d.src,
+                    ref_span(d, &input.port, from),
+                    format!(
+                        "stage `{}` reads `{from}` (param `{}`), which is not a stage of this pipeline",
+                        d.name, input.port
+                    ),
+                )
+                .label("no such stage")
+                .help_opt(did_you_mean(from, others)),
+            );
+            continue;
+        };
+        let prod = &p.stages[pi];
+        let out = prod.config.output();
+        if !input.accepts.contains(&PortType::ANY) && !input.accepts.contains(&out) {
+            let acc: Vec<String> = input.accepts.iter().map(|t| t.to_string()).collect();
+            diags.push(
+                Diagnostic::at(
+                    Code::TypeMismatch,
+                    &d.src,
+                    ref_span(d, &input.port, from),
+                    format!(
+                        "stage `{}` param `{}` expects {}, but `{from}` ({}) produces {out}",
+                        d.name,
+                        input.port,
+                        acc.join(" or "),
+                        prod.kind.name
+                    ),
+                )
+                .label(format!("produces {out}")),
+            );
+            continue;
+        }
+        stage_edges.push((pi, ci, input.port.clone()));
+    }
+}
+
+/// Problems that need the producers' facts (an image size too small for a model, …).
+fn input_problems(p: &Pipeline, stage_edges: &[(usize, usize, String)], diags: &mut Vec<Diagnostic>) {
     for (ci, d) in p.stages.iter().enumerate() {
         let facts: Vec<(String, serde_json::Value)> = stage_edges
             .iter()
@@ -432,27 +469,33 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
             diags.push(stage_problem(d, prob));
         }
     }
+}
 
-    // Cycles, named by their path.
-    if let Some(cycle) = find_cycle(p.stages.len(), &stage_edges) {
-        let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
-        let first = &p.stages[cycle[0]];
-        diags.push(
-            Diagnostic::at(
-                Code::Cycle,
-                &first.src,
-                first.span,
-                format!("cycle: {}", path.join(" -> ")),
-            )
-            .label("this stage depends on itself")
-            .help("a stage cannot (indirectly) read its own output; remove one of these references"),
-        );
-    }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
+/// A cycle, named by its path.
+fn cycle_problem(p: &Pipeline, names: &[&str], stage_edges: &[(usize, usize, String)]) -> Option<Diagnostic> {
+    let cycle = find_cycle(p.stages.len(), stage_edges)?;
+    let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+    let first = &p.stages[cycle[0]];
+    Some(
+        Diagnostic::at(
+            Code::Cycle,
+            &first.src,
+            first.span,
+            format!("cycle: {}", path.join(" -> ")),
+        )
+        .label("this stage depends on itself")
+        .help("a stage cannot (indirectly) read its own output; remove one of these references"),
+    )
+}
 
-    // Expand into instances.
+/// Stages into instances (one, or one per fold), and stage edges into instance edges: per
+/// fold to per fold joins equal folds; any other pair joins every instance to every one.
+#[allow(clippy::type_complexity)]
+fn expand(
+    p: &Pipeline,
+    stage_edges: &[(usize, usize, String)],
+) -> Result<(DiGraph<Instance, String>, HashMap<String, NodeIndex>), Vec<Diagnostic>> {
+    let mut diags = Vec::new();
     let mut graph: DiGraph<Instance, String> = DiGraph::new();
     let mut nodes: Vec<Vec<NodeIndex>> = Vec::new();
     let mut folds: Vec<Option<u32>> = Vec::new();
@@ -485,7 +528,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
         nodes.push(v);
         folds.push(fc);
     }
-    for (pi, ci, port) in &stage_edges {
+    for (pi, ci, port) in stage_edges {
         match (folds[*pi], folds[*ci]) {
             (Some(a), Some(b)) if a != b => {
                 let d = &p.stages[*ci];
@@ -516,13 +559,7 @@ pub fn build_dag(p: Pipeline) -> Result<Dag, Vec<Diagnostic>> {
     if !diags.is_empty() {
         return Err(diags);
     }
-    let order = stable_toposort(&graph);
-    Ok(Dag {
-        pipeline: p,
-        graph,
-        order,
-        by_id,
-    })
+    Ok((graph, by_id))
 }
 
 /// Kahn's algorithm, always taking the ready instance declared first (then lowest fold):

@@ -25,7 +25,7 @@
 //! `--jobs`, log levels, GPU/device indices, stage names, the pipeline's name or file, the
 //! order stages are declared in. Workspace paths enter as written (relative) plus their
 //! content digest. Changing this encoding changes every key: bump `KEY_FORMAT` and the
-//! golden tests in `tests/golden_keys.rs` together.
+//! golden tests in `tests/suite/golden_keys.rs` together.
 //!
 //! The same rule binds what stages *write*, since outputs enter downstream keys by content:
 //! no wall-clock facts (seconds, images/s, dates), thread counts or resume history inside

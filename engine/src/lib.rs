@@ -2,6 +2,7 @@
 //! plan (fresh / stale, and why) → parallel, cached execution. Knows nothing of torch or
 //! images: stage kinds come from a [`Registry`] filled by the `stages` crate.
 
+pub mod context;
 pub mod dag;
 pub mod diag;
 pub mod key;
@@ -13,6 +14,7 @@ pub mod spec;
 pub mod stage;
 pub mod views;
 
+pub use context::{Context, NotFresh};
 pub use dag::{build_dag, Dag, DagFormat, Instance};
 pub use diag::{Code, Diagnostic, SourceFile};
 pub use plan::{DirtyReason, InstanceStatus, RunRecord, State};

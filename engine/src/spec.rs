@@ -301,18 +301,14 @@ pub fn load_pipeline(path: &Path, registry: &Registry) -> Result<Pipeline, Vec<D
     Ok(p)
 }
 
-fn load_inner(
-    path: &Path,
-    shown: PathBuf,
-    registry: &Registry,
-    chain: &mut Vec<PathBuf>,
-) -> Result<Pipeline, Vec<Diagnostic>> {
+/// The file as a source for diagnostics: a regular file, read whole, valid UTF-8.
+fn read_source(path: &Path, shown: &Path) -> Result<Arc<SourceFile>, Vec<Diagnostic>> {
     // A fifo would block the read forever; a directory or device is no pipeline either.
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => {
             return Err(vec![Diagnostic::no_source(
                 Code::Io,
-                shown.clone(),
+                shown.to_path_buf(),
                 format!("cannot read {}: not a regular file", shown.display()),
             )])
         }
@@ -321,7 +317,7 @@ fn load_inner(
     let bytes = std::fs::read(path).map_err(|e| {
         vec![Diagnostic::no_source(
             Code::Io,
-            shown.clone(),
+            shown.to_path_buf(),
             format!("cannot read {}: {e}", shown.display()),
         )]
     })?;
@@ -334,7 +330,7 @@ fn load_inner(
         ),
     };
     let src = Arc::new(SourceFile {
-        path: shown.clone(),
+        path: shown.to_path_buf(),
         text,
     });
     if let Some((at, byte)) = not_utf8 {
@@ -346,6 +342,82 @@ fn load_inner(
         )
         .label("not UTF-8")]);
     }
+    Ok(src)
+}
+
+/// `defaults: (seed: 42, …)`: a struct-like map of name -> value.
+fn parse_defaults(raw: &RawPipeline, src: &Arc<SourceFile>, diags: &mut Vec<Diagnostic>) -> Defaults {
+    let mut defaults = Defaults::default();
+    if let Some(v) = &raw.defaults {
+        match v {
+            ron::Value::Map(m) => {
+                for (k, v) in m.iter() {
+                    let key = match k {
+                        ron::Value::String(s) => s.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    let j = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                    defaults.0.insert(key, j);
+                }
+            }
+            ron::Value::Unit => {}
+            _ => {
+                let span = find_field(&src.text, "defaults");
+                diags.push(Diagnostic::at(
+                    Code::InvalidValue,
+                    src,
+                    span,
+                    "`defaults` must be a struct of values, e.g. (seed: 42)",
+                ));
+            }
+        }
+    }
+    defaults
+}
+
+/// The stages and defaults of the file `ext` that `path` extends; its problems are folded
+/// into `diags`, positioned at the `extends` value.
+fn load_base(
+    path: &Path,
+    shown: &Path,
+    ext: &str,
+    registry: &Registry,
+    chain: &mut Vec<PathBuf>,
+    src: &Arc<SourceFile>,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<StageDecl>, Defaults) {
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(ext);
+    let base_shown = shown.parent().unwrap_or(Path::new("")).join(ext);
+    match load_inner(&base_path, base_shown, registry, chain) {
+        Ok(base) => (base.stages, base.defaults),
+        Err(d) => {
+            let span = find_string_lit(&src.text, ext, 0).unwrap_or((0, 0));
+            // A file that cannot be read has no source to show: fold its error in here.
+            let (io, mut rest): (Vec<Diagnostic>, Vec<Diagnostic>) = d.into_iter().partition(|d| d.code == Code::Io);
+            let mut diag = Diagnostic::at(
+                Code::Extends,
+                src,
+                span,
+                format!("cannot load `{ext}`, which this file extends"),
+            )
+            .label("extended here");
+            if let Some(e) = io.first() {
+                diag = diag.help(e.message.clone());
+            }
+            diags.push(diag);
+            diags.append(&mut rest);
+            (Vec::new(), Defaults::default())
+        }
+    }
+}
+
+fn load_inner(
+    path: &Path,
+    shown: PathBuf,
+    registry: &Registry,
+    chain: &mut Vec<PathBuf>,
+) -> Result<Pipeline, Vec<Diagnostic>> {
+    let src = read_source(path, &shown)?;
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if chain.contains(&canon) {
         let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
@@ -371,63 +443,12 @@ fn load_inner(
                 .label("not a directory name"),
         );
     }
-    // Defaults: a struct-like map of name -> value.
-    let mut defaults = Defaults::default();
-    if let Some(v) = &raw.defaults {
-        match v {
-            ron::Value::Map(m) => {
-                for (k, v) in m.iter() {
-                    let key = match k {
-                        ron::Value::String(s) => s.clone(),
-                        other => format!("{other:?}"),
-                    };
-                    let j = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-                    defaults.0.insert(key, j);
-                }
-            }
-            ron::Value::Unit => {}
-            _ => {
-                let span = find_field(&src.text, "defaults");
-                diags.push(Diagnostic::at(
-                    Code::InvalidValue,
-                    &src,
-                    span,
-                    "`defaults` must be a struct of values, e.g. (seed: 42)",
-                ));
-            }
-        }
-    }
+    let defaults = parse_defaults(&raw, &src, &mut diags);
 
-    let mut stages: Vec<StageDecl> = Vec::new();
-    let mut base_defaults = Defaults::default();
-    if let Some(ext) = &raw.extends {
-        let base_path = path.parent().unwrap_or(Path::new(".")).join(ext);
-        let base_shown = shown.parent().unwrap_or(Path::new("")).join(ext);
-        match load_inner(&base_path, base_shown, registry, chain) {
-            Ok(base) => {
-                stages = base.stages;
-                base_defaults = base.defaults;
-            }
-            Err(d) => {
-                let span = find_string_lit(&src.text, ext, 0).unwrap_or((0, 0));
-                // A file that cannot be read has no source to show: fold its error in here.
-                let (io, mut rest): (Vec<Diagnostic>, Vec<Diagnostic>) =
-                    d.into_iter().partition(|d| d.code == Code::Io);
-                let mut diag = Diagnostic::at(
-                    Code::Extends,
-                    &src,
-                    span,
-                    format!("cannot load `{ext}`, which this file extends"),
-                )
-                .label("extended here");
-                if let Some(e) = io.first() {
-                    diag = diag.help(e.message.clone());
-                }
-                diags.push(diag);
-                diags.append(&mut rest);
-            }
-        }
-    }
+    let (mut stages, mut base_defaults) = match &raw.extends {
+        Some(ext) => load_base(path, &shown, ext, registry, chain, &src, &mut diags),
+        None => (Vec::new(), Defaults::default()),
+    };
     chain.pop();
     for (k, v) in defaults.0 {
         base_defaults.0.insert(k, v);

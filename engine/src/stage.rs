@@ -204,12 +204,16 @@ impl ExecCtx<'_> {
     }
 }
 
-/// A stage's parsed, typed params plus what the engine needs to know about it.
+/// A stage's parsed, typed params plus what the engine needs to know about it. Every method
+/// but `execute` is called while planning (`flow check`, `status`) and must be cheap, pure
+/// and free of I/O: the same params give the same answer on every machine.
 pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
-    /// Inputs: other stages by name, or workspace paths.
+    /// Inputs: other stages by name, or workspace paths (relative; the engine normalises and
+    /// confines them).
     fn inputs(&self) -> Vec<Input>;
-    /// The type of artifact this stage produces.
+    /// The type of artifact this stage produces (checked against consumers' `accepts`).
     fn output(&self) -> PortType;
+    /// How many instances the stage expands into (one, one per fold of a split, or `n`).
     fn fan_out(&self) -> FanOut {
         FanOut::Single
     }
@@ -228,6 +232,8 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
     fn env_facts(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// Problems of the params alone (ranges, combinations), each positioned at the text it
+    /// names; reported by `flow check` and before any run. Default: none.
     fn validate(&self) -> Vec<ConfigProblem> {
         Vec::new()
     }
@@ -242,9 +248,17 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
     fn validate_inputs(&self, _inputs: &[(String, serde_json::Value)]) -> Vec<ConfigProblem> {
         Vec::new()
     }
+    /// What one instance needs from the scheduler (threads wanted, whether it can use a
+    /// GPU). Never part of the key: outputs must not depend on it.
     fn resources(&self) -> Resources {
         Resources::default()
     }
+    /// Make the outputs: read only `ctx.inputs` and `ctx.paths`, write only into
+    /// `ctx.out_dir` (published) and `ctx.work_dir` / `ctx.resume_dir` (scratch). The bytes
+    /// written must be a function of the key alone (no timings, thread counts or absolute
+    /// paths: those go to `ctx.meta`), so a re-run makes identical objects and consumers are
+    /// cut off. Return [`StageError::Cancelled`] soon after `ctx.cancel` is set; an `Err`
+    /// publishes nothing.
     fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError>;
 }
 

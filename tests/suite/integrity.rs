@@ -2,10 +2,10 @@
 //! data loss through the pipeline name, views replaced regardless of who made them, damaged
 //! objects a run did not repair, user-facing writes into the cache, missing bounds, errors that
 //! named the wrong thing, `--json` failures that printed no JSON. The model-side case (early
-//! cutoff through a torch stage) is in `tests/model_stages.rs`, the scheduler's in the engine's
+//! cutoff through a torch stage) is in `tests/suite/model_stages.rs`, the scheduler's in the engine's
 //! unit tests, diagnostics in `tests/fixtures/invalid/`.
 
-mod common;
+use crate::common;
 use common::{dir_names, files_under, in_mount_namespace, set, stdout_json as json, unprivileged, Ws};
 
 use std::io::Write;

@@ -1,5 +1,4 @@
 //! Helpers for integration tests of the `flow` binary.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -244,5 +243,39 @@ impl Rng {
     }
     pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[self.below(v.len())]
+    }
+}
+
+/// The rows of a CSV file of the workspace, as column → value maps.
+pub fn rows(ws: &Ws, rel: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(ws.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    r.deserialize().map(|x| x.unwrap()).collect()
+}
+
+/// A JSON file of the workspace.
+pub fn json(ws: &Ws, rel: &str) -> serde_json::Value {
+    serde_json::from_str(&ws.read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// A number from the environment (decimal or `0x` hex), for the long variants of tests.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        let v = v.trim();
+        v.strip_prefix("0x")
+            .map(|h| u64::from_str_radix(h, 16))
+            .unwrap_or_else(|| v.parse())
+            .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+    })
+}
+
+/// Wait (up to 30 s) until `path` exists.
+pub fn wait_for(path: &Path, what: &str) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

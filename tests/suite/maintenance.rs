@@ -2,7 +2,7 @@
 //! or its disk is full: a clear error, nothing half-published, and the next run (once the
 //! problem is fixed) executes exactly what did not finish.
 
-mod common;
+use crate::common;
 use common::{chown_tree, files_under, in_mount_namespace, stdout_json as json, unprivileged};
 use common::{set, Ws};
 use std::process::Stdio;

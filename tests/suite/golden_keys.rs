@@ -3,7 +3,7 @@
 //! invalidated: that must be a deliberate change that bumps `KEY_FORMAT` (engine/src/key.rs)
 //! and updates these values together.
 
-mod common;
+use crate::common;
 use common::Ws;
 
 const P: &str = r#"Pipeline(
@@ -90,3 +90,52 @@ fn keys_do_not_depend_on_where_or_how_it_runs() {
 const GOLDEN_A: &str = "ac0fd7638089803fa9d50f5cf756b7ea12c068dea9a69aed6d52ec50984a93f8";
 const GOLDEN_B0: &str = "809343e25557c317f56d0a1c716d6a89912dd54543c07aac8e42317f19dfbf42";
 const GOLDEN_B1: &str = "adb827fdb2614c83c85068879a34b28f4eb1b7a1d1a4c25102b1b538aa0bf401";
+
+/// What every stage kind puts into its key: kind, version and key params (defaults resolved)
+/// of every stage of the shipped pipelines, against `tests/fixtures/golden/key_params.json`.
+/// A difference invalidates users' caches for that kind: bump its version (or `KEY_FORMAT`)
+/// deliberately and rewrite the snapshot with `UPDATE_SNAPSHOTS=1`. Every registered kind
+/// must appear: a new kind adds its golden params here.
+#[test]
+fn key_params_of_every_stage_kind_are_pinned() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let registry = flow_stages::registry();
+    let mut got = serde_json::Map::new();
+    for file in ["pipelines/full.ron", "examples/facecrop.ron", "examples/weak.ron"] {
+        let dag = flow_engine::load_dag(&root.join(file), &registry).unwrap_or_else(|d| panic!("{file}: {d:?}"));
+        for s in &dag.pipeline.stages {
+            got.insert(
+                format!("{file}: {}", s.name),
+                serde_json::json!({"kind": s.kind.name, "version": s.kind.version, "params": s.config.key_params()}),
+            );
+        }
+    }
+    let kinds: std::collections::BTreeSet<&str> = got.values().map(|v| v["kind"].as_str().unwrap()).collect();
+    let missing: Vec<&str> = registry.names().filter(|k| !kinds.contains(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "kinds with no golden key params (add a stage of each to a shipped pipeline listed here): {missing:?}"
+    );
+    let got = serde_json::to_string_pretty(&serde_json::Value::Object(got)).unwrap() + "\n";
+    let snap = root.join("tests/fixtures/golden/key_params.json");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(snap.parent().unwrap()).unwrap();
+        std::fs::write(&snap, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&snap).unwrap_or_else(|_| panic!("no {} (UPDATE_SNAPSHOTS=1)", snap.display()));
+    if got != want {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(got.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(10)
+            .map(|(i, (a, b))| format!("line {}:\n  pinned: {a}\n  now:    {b}", i + 1))
+            .collect();
+        panic!(
+            "key params changed (every user's cache of those kinds is invalidated):\n{}",
+            diff.join("\n")
+        );
+    }
+}

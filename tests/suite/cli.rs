@@ -1,6 +1,6 @@
 //! `flow dag`, `flow doctor`, exit codes.
 
-mod common;
+use crate::common;
 use common::Ws;
 
 #[test]
@@ -106,4 +106,56 @@ fn usage_errors_exit_2() {
     let out = ws.flow(&["run", "nope.ron"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read nope.ron"));
+}
+
+/// The closing line names where the outputs are as the user can open them: with `-C DIR`
+/// from elsewhere it is DIR's `out/<pipeline>`, not `out/<pipeline>` of the current directory.
+#[test]
+fn the_closing_line_names_the_workspace_outputs() {
+    let ws = Ws::new();
+    ws.write(
+        "p.ron",
+        r#"Pipeline(name: "c", stages: { "a": Exec(cmd: "echo 1 > a", outputs: ["a"]) })"#,
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ws_arg = ws.path().to_str().unwrap();
+    let out = std::process::Command::new(common::flow_bin())
+        .current_dir(elsewhere.path())
+        .args(["-C", ws_arg, "run", &format!("{ws_arg}/p.ron")])
+        .env_remove("FLOW_CACHE_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let want = std::fs::canonicalize(ws.path()).unwrap().join("out/c");
+    assert!(stderr.contains(&format!("outputs in {}", want.display())), "{stderr}");
+    // From inside the workspace it stays short.
+    let here = ws.flow(&["run", "p.ron"]);
+    assert!(
+        String::from_utf8_lossy(&here.stderr).contains("outputs in out/c\n"),
+        "{here:?}"
+    );
+}
+
+#[test]
+fn list_kinds_names_every_stage_kind() {
+    let out = std::process::Command::new(common::flow_bin())
+        .args(["check", "--list-kinds", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = flow_stages::registry().names().collect();
+    assert_eq!(names, want);
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| !k["summary"].as_str().unwrap().is_empty()));
 }

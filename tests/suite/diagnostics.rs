@@ -1,7 +1,7 @@
 //! Invalid-pipeline fixtures (`tests/fixtures/invalid/*.ron`), each with a snapshot of the
 //! diagnostic `flow check` renders (`*.snap`). `UPDATE_SNAPSHOTS=1 cargo test` rewrites them.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -12,12 +12,12 @@
 //! (`FLOW_FUZZ_SEED=… FLOW_FUZZ_ONLY=<case>`). A stack overflow aborts the process: the case
 //! it died on is the `case.ron` (and its neighbours) left in `target/tmp/fuzz_ron/t<thread>/`.
 
-#[path = "../src/render.rs"]
+#[path = "../../src/render.rs"]
 #[allow(dead_code)]
 mod render;
 
-mod common;
-use common::Rng;
+use crate::common;
+use common::{env_u64, Rng};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -653,16 +653,6 @@ fn run_case(dir: &Path, case: &Case, registry: &Registry) -> Result<(), String> 
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        let v = v.trim();
-        v.strip_prefix("0x")
-            .map(|h| u64::from_str_radix(h, 16))
-            .unwrap_or_else(|| v.parse())
-            .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
-    })
-}
-
 #[test]
 fn ron_front_end_never_panics_and_every_error_has_a_position() {
     let master = env_u64("FLOW_FUZZ_SEED").unwrap_or(0x5EED_F10E);
@@ -778,7 +768,7 @@ fn ron_front_end_never_panics_and_every_error_has_a_position() {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
         panic!(
-            "case {i} failed: {msg}\n  input: {}\n  rerun: FLOW_FUZZ_SEED={master:#x} FLOW_FUZZ_ONLY={i} cargo test --test fuzz_ron\n  input text:\n{}",
+            "case {i} failed: {msg}\n  input: {}\n  rerun: FLOW_FUZZ_SEED={master:#x} FLOW_FUZZ_ONLY={i} cargo test --release --test suite -- fuzz_ron\n  input text:\n{}",
             dir.join("case.ron").display(),
             String::from_utf8_lossy(&case.files[0].1)
         );

@@ -1,8 +1,8 @@
 //! Ingest / Split / Preprocess through the `flow` binary: every layout, every bad-data case,
 //! the leakage check, determinism, nested subsampling, early cutoff on a renamed dataset.
 
-mod common;
-use common::{set, Ws};
+use crate::common;
+use common::{rows, set, Ws};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn img(w: u32, h: u32, seed: u32) -> image::RgbImage {
@@ -16,11 +16,6 @@ fn write_img(ws: &Ws, rel: &str, seed: u32) {
     let p = ws.path().join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     img(24, 20, seed).save(&p).unwrap();
-}
-
-fn rows(ws: &Ws, rel: &str) -> Vec<BTreeMap<String, String>> {
-    let mut r = csv::Reader::from_path(ws.path().join(rel)).unwrap();
-    r.deserialize().map(|x| x.unwrap()).collect()
 }
 
 fn pipeline(ingest: &str, extra: &str) -> String {

@@ -1,8 +1,8 @@
 //! The model chain through `flow run`: Train@folds → Calibrate → MineHardNegatives →
 //! Retrain@folds → EnsembleInfer, on a tiny demo set with a tiny CNN (runs in flow-worker).
 
-mod common;
-use common::{set, Ws};
+use crate::common;
+use common::{rows, set, Ws};
 use std::collections::BTreeMap;
 
 const CHAIN: &str = r#"Pipeline(
@@ -19,11 +19,6 @@ const CHAIN: &str = r#"Pipeline(
         "infer": EnsembleInfer(models: ["retrain", "train"], data: "pre", split: "split", calibration: "calibrate", tta: [Identity, HFlip], aggregate: CalibratedMean),
     },
 )"#;
-
-fn rows(ws: &Ws, rel: &str) -> Vec<BTreeMap<String, String>> {
-    let mut r = csv::Reader::from_path(ws.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
-    r.deserialize().map(|x| x.unwrap()).collect()
-}
 
 #[test]
 fn the_model_chain_runs_out_of_fold_and_caches() {

@@ -1,10 +1,10 @@
 //! A killed run never leaves a half-written artifact that a later run would trust, and
 //! never loses finished instances. Two runs on one cache wait for each other.
 
-mod common;
-use common::{set, Ws};
+use crate::common;
+use common::{set, wait_for, Ws};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SLOW: &str = r#"Pipeline(
     name: "crash",
@@ -18,14 +18,6 @@ const SLOW: &str = r#"Pipeline(
         "after": Exec(cmd: "cat s.txt > after.txt", inputs: [Stage("slow")], outputs: ["after.txt"]),
     },
 )"#;
-
-fn wait_for(path: &std::path::Path, what: &str) {
-    let t = Instant::now();
-    while !path.exists() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn sigkill_mid_stage_publishes_nothing_partial_and_keeps_finished_work() {

@@ -1,7 +1,7 @@
 //! Incrementality, asserted from what `flow run --json` says ran and was reused — never from
 //! timings.
 
-mod common;
+use crate::common;
 use common::{set, Ws};
 
 const CHAIN: &str = r#"Pipeline(

@@ -16,8 +16,8 @@
 //! `FLOW_HOSTILE_CASES` (default 60) and `FLOW_HOSTILE_SEED` for longer or other runs; a
 //! failure prints the seed and the pipeline.
 
-mod common;
-use common::{Rng, Ws};
+use crate::common;
+use common::{env_u64, Rng, Ws};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -263,10 +263,6 @@ fn safe_rel(rel: &str) -> Option<&str> {
             .split('/')
             .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\n'));
     ok.then_some(rel)
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 fn run_case(seed: u64) -> Result<(), String> {

@@ -1,0 +1,144 @@
+//! `flow compare`: experiments that share a split, side by side, with paired tests against
+//! the first. Reads only fresh results; `--run` runs what is stale first.
+
+use std::path::{Path, PathBuf};
+
+use flow_engine::{Context, Dag, NotFresh};
+use flow_stages::ports::{predictions, PREDICTIONS};
+use flow_stages::report::compare;
+use flow_stages::report::stage::Columns;
+
+use crate::ctx::{print_json, Ctx};
+use crate::exit::{Exit, Fail};
+
+pub struct Args<'a> {
+    pub files: &'a [PathBuf],
+    pub stage: Option<&'a str>,
+    pub run: bool,
+    pub latex: Option<&'a Path>,
+}
+
+pub fn compare(ctx: &Ctx, a: &Args<'_>) -> Result<Exit, Fail> {
+    if let Some(path) = a.latex {
+        // Before any work: a LaTeX file inside out/ or the cache would alter a cache object.
+        ctx.check_user_output(path)?;
+    }
+    let dags = a
+        .files
+        .iter()
+        .map(|f| ctx.load_or_report(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut exps = Vec::new();
+    let mut stale = Vec::new();
+    for (f, dag) in a.files.iter().zip(&dags) {
+        match experiment(ctx, f, dag, a)? {
+            Ok(e) => exps.push(e),
+            Err(why) => stale.push(why),
+        }
+    }
+    if !stale.is_empty() {
+        if !ctx.json {
+            for s in &stale {
+                eprintln!("stale: {s}");
+            }
+        }
+        return Err(Fail::new(
+            Exit::Failed,
+            "stale",
+            format!(
+                "run the stale experiments first (`flow run FILE`), or pass --run: {}",
+                stale.join("; ")
+            ),
+        ));
+    }
+    let c = compare::compare(&exps).map_err(|e| Fail::new(Exit::Failed, "compare", e.to_string()))?;
+    if let Some(path) = a.latex {
+        ctx.write_user_file(path, compare::latex(&c).as_bytes())?;
+    }
+    if ctx.json {
+        print_json(&c);
+    } else {
+        print!("{}", compare::markdown(&c));
+    }
+    Ok(Exit::Ok)
+}
+
+/// One pipeline's experiment (its fresh predictions and params), or why it is stale.
+/// With `--run`, a stale one is run first.
+fn experiment(ctx: &Ctx, file: &Path, dag: &Dag, a: &Args<'_>) -> Result<Result<compare::Experiment, String>, Fail> {
+    let cx = if a.run { ctx.open()? } else { ctx.open_read_only()? };
+    let stage = predictions_stage(dag, a.stage).map_err(Fail::usage)?;
+    let mut got = fresh_predictions(&cx, dag, &stage);
+    if a.run && matches!(got, Ok(Err(_))) {
+        let args = super::run::Args {
+            targets: a.stage.map(String::from).into_iter().collect(),
+            ..super::run::Args::new(file)
+        };
+        let quiet = Ctx {
+            json: false,
+            ..ctx.clone()
+        };
+        let code = super::run::run(&quiet, &args)?;
+        if code != Exit::Ok {
+            return Err(Fail::new(
+                code,
+                "stage",
+                format!("running {} for the comparison failed", file.display()),
+            ));
+        }
+        got = fresh_predictions(&cx, dag, &stage);
+    }
+    Ok(got.map_err(Fail::usage)?.map(|predictions| compare::Experiment {
+        name: dag.pipeline.name.clone(),
+        predictions,
+        params: dag
+            .pipeline
+            .stages
+            .iter()
+            .map(|d| (d.name.clone(), d.config.key_params()))
+            .collect(),
+    }))
+}
+
+/// The stage to compare: the one named, or the pipeline's only predictions stage.
+fn predictions_stage(dag: &Dag, stage: Option<&str>) -> Result<String, String> {
+    if let Some(s) = stage {
+        return Ok(s.to_string());
+    }
+    let v: Vec<&str> = dag
+        .pipeline
+        .stages
+        .iter()
+        .filter(|d| d.config.output() == PREDICTIONS)
+        .map(|d| d.name.as_str())
+        .collect();
+    let name = &dag.pipeline.name;
+    match v.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(format!(
+            "pipeline `{name}` has no EnsembleInfer stage: name one with --stage"
+        )),
+        _ => Err(format!(
+            "pipeline `{name}` has several EnsembleInfer stages ({}): pick one with --stage",
+            v.join(", ")
+        )),
+    }
+}
+
+/// The fresh predictions of `stage` (outer `Err`: a usage error), or why they are stale
+/// (inner `Err`).
+fn fresh_predictions(cx: &Context, dag: &Dag, stage: &str) -> Result<Result<Columns, String>, String> {
+    let rec = match cx.fresh_record(dag, stage) {
+        Ok(r) => r,
+        Err(NotFresh::Stale(why)) => return Ok(Err(why)),
+        Err(e) => return Err(e.to_string()),
+    };
+    let entry = rec
+        .tree
+        .entries
+        .get(predictions::ROWS)
+        .ok_or_else(|| format!("{}: `{stage}` has no {}", dag.pipeline.name, predictions::ROWS))?;
+    Columns::read_file(&cx.store.object_path(&entry.hash))
+        .map(Ok)
+        .map_err(|e| e.to_string())
+}
