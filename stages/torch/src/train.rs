@@ -95,10 +95,7 @@ pub fn run_train(spec: &WorkerSpec, p: &Train, hooks: &Hooks) -> Res<()> {
         .fold
         .ok_or("Train runs once per fold, and this instance has no fold")?;
     let device = pick_device(p.device)?;
-    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
-    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
-    check_fold(&folds, fold)?;
-    let items = data::join(&ds, &folds)?;
+    let (ds, items) = fold_data(spec, fold)?;
     let norm = data::norm_for_fold(&ds, &items, fold)?;
     let pretrained = match &p.pretrained {
         None => None,
@@ -139,18 +136,55 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
         return Err(format!("`models` input `{}` has no model for fold {fold}", base.from));
     }
     let info = read_model_info(&base.dir)?;
-    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
-    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
-    check_fold(&folds, fold)?;
-    let items = data::join(&ds, &folds)?;
+    let (ds, items) = fold_data(spec, fold)?;
     if info.image_size != ds.size {
         log(format!(
             "warning: the model of `{}` was trained on {} px images, the data here is {} px",
             base.from, info.image_size, ds.size
         ));
     }
+    let p = retrain_params(&info.train_params, r);
+    let hn = hard_negative_weights(spec, &items, fold, r)?;
+    // Which instance's model was fine-tuned, and from where, is a fact of this run (the key
+    // holds the model's content): run-record meta, not an output.
+    util::meta_event(serde_json::json!({"base_model": {"from": base.from, "dir": base.dir}}));
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "hard_negatives".into(),
+        serde_json::json!({"weight": r.weight, "up_weighted": hn.used, "not_in_train_set": hn.not_in_train}),
+    );
+    fit(
+        Job {
+            kind: "Retrain",
+            spec,
+            params: p,
+            fold,
+            ds: &ds,
+            items: &items,
+            weights: hn.weights,
+            norm: info.normalize.clone(),
+            init: Init::From(base.dir.join("model.safetensors")),
+            device,
+            extra_meta: extra,
+        },
+        hooks,
+    )
+}
 
-    let mut p = info.train_params.clone();
+/// The fold's data: the dataset, and its items joined with the split (which must have the fold).
+fn fold_data(spec: &WorkerSpec, fold: u32) -> Res<(Dataset, Vec<Item>)> {
+    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
+    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
+    check_fold(&folds, fold)?;
+    let items = data::join(&ds, &folds)?;
+    Ok((ds, items))
+}
+
+/// Retrain's training parameters: the base model's, with Retrain's epochs, lr, seed and device
+/// (and batch size and augmentation when given), a constant schedule, no early stopping and
+/// no pretrained weights.
+fn retrain_params(base: &Train, r: &Retrain) -> Train {
+    let mut p = base.clone();
     p.epochs = r.epochs;
     p.lr = r.lr;
     if let Some(b) = r.batch_size {
@@ -164,8 +198,23 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
     p.patience = None;
     p.pretrained = None;
     p.device = r.device;
+    p
+}
 
-    // Hard negatives of this fold: rows whose `fold` (the fold whose model mined them) is ours.
+/// Retrain's sample weights and what it made of its hard negatives.
+struct HardNegatives {
+    /// Per item: `weight` for this fold's hard negatives in its training set, else 1.
+    weights: Vec<f32>,
+    /// Items up-weighted.
+    used: usize,
+    /// Hard negatives of this fold outside its training set (ignored).
+    not_in_train: usize,
+}
+
+/// Weighs the hard negatives of this fold: rows whose `fold` (the fold whose model mined them)
+/// is ours. Names that are not items of the split are an error; those outside the training
+/// set are ignored, with a warning.
+fn hard_negative_weights(spec: &WorkerSpec, items: &[Item], fold: u32, r: &Retrain) -> Res<HardNegatives> {
     let hn_in = find_input(spec, "hard_negatives", Some(fold))?;
     let rows = flow_stages::ports::hard_negatives::read_rows(&hn_in.dir)?;
     let pos: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.item.as_str(), i)).collect();
@@ -206,30 +255,11 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
         "fold {fold}: {used} hard negative(s) weigh {} in the loss",
         r.weight
     ));
-    // Which instance's model was fine-tuned, and from where, is a fact of this run (the key
-    // holds the model's content): run-record meta, not an output.
-    util::meta_event(serde_json::json!({"base_model": {"from": base.from, "dir": base.dir}}));
-    let mut extra = serde_json::Map::new();
-    extra.insert(
-        "hard_negatives".into(),
-        serde_json::json!({"weight": r.weight, "up_weighted": used, "not_in_train_set": not_train.len()}),
-    );
-    fit(
-        Job {
-            kind: "Retrain",
-            spec,
-            params: p,
-            fold,
-            ds: &ds,
-            items: &items,
-            weights,
-            norm: info.normalize.clone(),
-            init: Init::From(base.dir.join("model.safetensors")),
-            device,
-            extra_meta: extra,
-        },
-        hooks,
-    )
+    Ok(HardNegatives {
+        weights,
+        used,
+        not_in_train: not_train.len(),
+    })
 }
 
 fn check_fold(folds: &[flow_stages::ports::split::FoldRow], fold: u32) -> Res<()> {
