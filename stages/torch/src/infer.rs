@@ -21,7 +21,7 @@
 //! cascade counts). Seconds and threads go to the run record's meta, not into outputs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use flow_stages::model::{Aggregate, EnsembleInfer, Tta};
@@ -33,7 +33,7 @@ use flow_stages::worker::WorkerSpec;
 use indexmap::IndexMap;
 use tch::Device;
 
-use crate::data::{self, Dataset};
+use crate::data::{self, Dataset, Item};
 use crate::nets::{self, Net};
 use crate::run::{device_name, find_input, pick_device};
 use crate::train::{predict, read_model_info};
@@ -72,7 +72,7 @@ fn members_of(spec: &WorkerSpec, port: &str, order: &[String]) -> Res<Vec<Member
     Ok(v)
 }
 
-fn load_model(dir: &std::path::Path, device: Device, ds: &Dataset, from: &str) -> Res<(Net, ModelInfo)> {
+fn load_model(dir: &Path, device: Device, ds: &Dataset, from: &str) -> Res<(Net, ModelInfo)> {
     let info = read_model_info(dir)?;
     if info.image_size != ds.size {
         log(format!(
@@ -88,103 +88,269 @@ fn load_model(dir: &std::path::Path, device: Device, ds: &Dataset, from: &str) -
 
 pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
     let t0 = Instant::now();
-    let device = pick_device(p.device)?;
-    if p.tta.is_empty() {
-        return Err("`tta` is empty (use [Identity])".into());
+    let e = Ensemble::open(spec, p)?;
+    let mut sc = Scored::new(&e);
+    for &k in &e.fold_ids {
+        sc.score_fold(&e, k)?;
     }
-    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
-    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
-    let items = data::join(&ds, &folds)?;
-    let fold_ids: BTreeSet<u32> = items.iter().map(|it| it.split.fold).collect();
 
-    let members = members_of(spec, "models", &p.models)?;
-    if members.is_empty() {
-        return Err("EnsembleInfer got no `models` inputs".into());
+    // Aggregate and write, sorted by item.
+    let (rows, fast_only) = e.prediction_rows(&sc);
+    Predictions {
+        members: e.members.iter().map(|m| m.name.clone()).collect(),
+        rows,
     }
-    let fast = match &p.cascade {
-        None => None,
-        Some(c) => {
-            let f = members_of(spec, "fast", std::slice::from_ref(&c.fast))?;
-            Some(
-                f.into_iter()
-                    .next()
-                    .ok_or_else(|| format!("cascade: the fast model stage `{}` was not passed", c.fast))?,
-            )
+    .write(&spec.out_dir)?;
+
+    let seconds = t0.elapsed().as_secs_f64();
+    e.write_doc(&spec.out_dir, sc, fast_only)?;
+    util::meta_event(serde_json::json!({
+        "device": device_name(e.device),
+        "threads": tch::get_num_threads(),
+        "seconds": seconds,
+    }));
+    let n = e.items.len();
+    log(format!(
+        "EnsembleInfer: {n} items, {} member(s), TTA {:?}, {} by the ensemble, {fast_only} by the fast model only, {seconds:.1} s",
+        e.members.len(),
+        p.tta,
+        n - fast_only
+    ));
+    Ok(())
+}
+
+/// What EnsembleInfer scores with: the items, the members and the fast model (each with a
+/// model for every fold of the items), and the temperatures.
+struct Ensemble<'a> {
+    p: &'a EnsembleInfer,
+    device: Device,
+    ds: Dataset,
+    items: Vec<Item>,
+    fold_ids: BTreeSet<u32>,
+    members: Vec<Member>,
+    fast: Option<Member>,
+    calib: Option<Temperatures>,
+}
+
+impl<'a> Ensemble<'a> {
+    /// Reads the inputs and checks them: TTA views, members, the fast model, one model per
+    /// fold, calibration where the aggregate needs it.
+    fn open(spec: &WorkerSpec, p: &'a EnsembleInfer) -> Res<Ensemble<'a>> {
+        let device = pick_device(p.device)?;
+        if p.tta.is_empty() {
+            return Err("`tta` is empty (use [Identity])".into());
         }
-    };
-    for m in members.iter().chain(fast.iter()) {
-        let missing: Vec<String> = fold_ids
-            .iter()
-            .filter(|k| !m.folds.contains_key(k))
-            .map(|k| k.to_string())
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "member `{}` has no model for fold(s) {} (the items of those folds cannot be scored out-of-fold)",
-                m.name,
-                missing.join(", ")
-            ));
+        let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
+        let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
+        let items = data::join(&ds, &folds)?;
+        let fold_ids: BTreeSet<u32> = items.iter().map(|it| it.split.fold).collect();
+
+        let members = members_of(spec, "models", &p.models)?;
+        if members.is_empty() {
+            return Err("EnsembleInfer got no `models` inputs".into());
         }
+        let fast = match &p.cascade {
+            None => None,
+            Some(c) => {
+                let f = members_of(spec, "fast", std::slice::from_ref(&c.fast))?;
+                Some(
+                    f.into_iter()
+                        .next()
+                        .ok_or_else(|| format!("cascade: the fast model stage `{}` was not passed", c.fast))?,
+                )
+            }
+        };
+        for m in members.iter().chain(fast.iter()) {
+            check_folds(m, &fold_ids)?;
+        }
+        let calib: Option<Temperatures> = match spec.inputs.iter().find(|i| i.port == "calibration") {
+            None => None,
+            Some(c) => Some(Temperatures::read(&c.dir)?),
+        };
+        if p.aggregate == Aggregate::CalibratedMean && calib.is_none() {
+            return Err("aggregate: CalibratedMean needs a `calibration` input".into());
+        }
+        Ok(Ensemble {
+            p,
+            device,
+            ds,
+            items,
+            fold_ids,
+            members,
+            fast,
+            calib,
+        })
     }
-    let calib: Option<Temperatures> = match spec.inputs.iter().find(|i| i.port == "calibration") {
-        None => None,
-        Some(c) => Some(Temperatures::read(&c.dir)?),
-    };
-    if p.aggregate == Aggregate::CalibratedMean && calib.is_none() {
-        return Err("aggregate: CalibratedMean needs a `calibration` input".into());
-    }
-    let temp = |member: &str, fold: u32| -> Res<f64> {
-        match &calib {
+
+    /// The temperature of `member`'s model of `fold` (1 without calibration).
+    fn temp(&self, member: &str, fold: u32) -> Res<f64> {
+        match &self.calib {
             None => Ok(1.0),
             Some(c) => c.temperature(member, fold),
         }
-    };
+    }
 
-    let n = items.len();
-    let mut member_probs: Vec<Vec<Option<f64>>> = vec![vec![None; n]; members.len()];
-    let mut fast_probs: Vec<Option<f64>> = vec![None; n];
-    let mut passed = vec![true; n];
-    let mut member_info: Vec<IndexMap<String, FoldModel>> = vec![Default::default(); members.len()];
-    let mut fast_info = IndexMap::new();
-    let mut per_fold = IndexMap::new();
-    let total_work = (fold_ids.len() * (members.len() + usize::from(fast.is_some()))).max(1);
-    let mut done = 0usize;
-    for &k in &fold_ids {
-        let idx: Vec<usize> = (0..n).filter(|&i| items[i].split.fold == k).collect();
-        if let (Some(f), Some(c)) = (&fast, &p.cascade) {
+    /// The model in `dir` (of instance `from`).
+    fn load(&self, from: &str, dir: &Path) -> Res<(Net, ModelInfo)> {
+        load_model(dir, self.device, &self.ds, from)
+    }
+
+    /// Mean logits of a model over `tta` for dataset `rows`.
+    fn logits(&self, (net, info): &(Net, ModelInfo), rows: &[usize], tta: &[Tta]) -> Res<Vec<f64>> {
+        predict(
+            net,
+            &self.ds,
+            &info.normalize,
+            rows,
+            self.p.batch_size,
+            self.device,
+            tta,
+        )
+    }
+
+    /// The rows of `predictions.csv` in item order, and how many items kept the fast model's
+    /// probability.
+    fn prediction_rows(&self, sc: &Scored) -> (Vec<PredictionRow>, usize) {
+        let items = &self.items;
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| items[a].item.cmp(&items[b].item));
+        let mut fast_only = 0usize;
+        let rows = order
+            .iter()
+            .map(|&i| {
+                let it = &items[i];
+                let score = if sc.passed[i] {
+                    let probs: Vec<f64> = sc.member_probs.iter().map(|v| v[i].expect("scored")).collect();
+                    match self.p.aggregate {
+                        Aggregate::Max => probs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                        Aggregate::Mean | Aggregate::CalibratedMean => probs.iter().sum::<f64>() / probs.len() as f64,
+                    }
+                } else {
+                    fast_only += 1;
+                    sc.fast_probs[i].expect("fast scored")
+                };
+                PredictionRow {
+                    item: it.item.clone(),
+                    group: it.group.clone(),
+                    label: it.label,
+                    source: it.source.clone(),
+                    fold: it.split.fold,
+                    score,
+                    members: sc.member_probs.iter().map(|v| v[i]).collect(),
+                }
+            })
+            .collect();
+        (rows, fast_only)
+    }
+
+    /// `infer.json`.
+    fn write_doc(&self, out: &Path, sc: Scored, fast_only: usize) -> Res<()> {
+        let (p, n) = (self.p, self.items.len());
+        InferDoc {
+            members: self
+                .members
+                .iter()
+                .zip(sc.member_info)
+                .map(|(m, folds)| MemberInfo {
+                    name: m.name.clone(),
+                    folds,
+                })
+                .collect(),
+            tta: p.tta.clone(),
+            aggregate: p.aggregate,
+            calibrated: self.calib.is_some(),
+            cascade: p.cascade.as_ref().map(|c| CascadeInfo {
+                fast: c.fast.clone(),
+                threshold: c.threshold,
+                folds: sc.fast_info,
+            }),
+            counts: Counts {
+                items: n,
+                ensemble: n - fast_only,
+                fast_only,
+                per_fold: sc.per_fold,
+            },
+            device: device_name(self.device),
+            libtorch: crate::libtorch_version().into(),
+        }
+        .write(out)
+    }
+}
+
+/// Member `m` must have a model for each of the items' folds.
+fn check_folds(m: &Member, fold_ids: &BTreeSet<u32>) -> Res<()> {
+    let missing: Vec<String> = fold_ids
+        .iter()
+        .filter(|k| !m.folds.contains_key(k))
+        .map(|k| k.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "member `{}` has no model for fold(s) {} (the items of those folds cannot be scored out-of-fold)",
+            m.name,
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The probabilities so far (per item, in `index.csv` order) and, per fold, which model
+/// scored it with which temperature.
+struct Scored {
+    /// Per member, per item; `None` where the cascade kept the fast probability.
+    member_probs: Vec<Vec<Option<f64>>>,
+    fast_probs: Vec<Option<f64>>,
+    /// Whether the item goes to the ensemble (always, without a cascade).
+    passed: Vec<bool>,
+    member_info: Vec<IndexMap<String, FoldModel>>,
+    fast_info: IndexMap<String, FoldModel>,
+    per_fold: IndexMap<String, FoldCounts>,
+    /// Models run so far, of `total_work` (progress).
+    done: usize,
+    total_work: usize,
+}
+
+impl Scored {
+    fn new(e: &Ensemble) -> Scored {
+        let n = e.items.len();
+        Scored {
+            member_probs: vec![vec![None; n]; e.members.len()],
+            fast_probs: vec![None; n],
+            passed: vec![true; n],
+            member_info: vec![Default::default(); e.members.len()],
+            fast_info: IndexMap::new(),
+            per_fold: IndexMap::new(),
+            done: 0,
+            total_work: (e.fold_ids.len() * (e.members.len() + usize::from(e.fast.is_some()))).max(1),
+        }
+    }
+
+    fn progress(&mut self, msg: String) {
+        self.done += 1;
+        progress(self.done as f64 / self.total_work as f64, msg);
+    }
+
+    /// The items held out by fold `k`: the fast model first (with a cascade), then every
+    /// member on the items that passed it, each with its model of fold `k`.
+    fn score_fold(&mut self, e: &Ensemble, k: u32) -> Res<()> {
+        let items = &e.items;
+        let idx: Vec<usize> = (0..items.len()).filter(|&i| items[i].split.fold == k).collect();
+        if let (Some(f), Some(c)) = (&e.fast, &e.p.cascade) {
             let (from, dir) = &f.folds[&k];
-            let (net, info) = load_model(dir, device, &ds, from)?;
-            let t = temp(&f.name, k)?;
+            let model = e.load(from, dir)?;
+            let t = e.temp(&f.name, k)?;
             let rows: Vec<usize> = idx.iter().map(|&i| items[i].row).collect();
-            let logits = predict(
-                &net,
-                &ds,
-                &info.normalize,
-                &rows,
-                p.batch_size,
-                device,
-                &[Tta::Identity],
-            )?;
+            let logits = e.logits(&model, &rows, &[Tta::Identity])?;
             for (j, &i) in idx.iter().enumerate() {
                 let pr = sigmoid(logits[j] / t);
-                fast_probs[i] = Some(pr);
-                passed[i] = pr >= c.threshold;
+                self.fast_probs[i] = Some(pr);
+                self.passed[i] = pr >= c.threshold;
             }
-            fast_info.insert(
-                k.to_string(),
-                FoldModel {
-                    from: from.clone(),
-                    temperature: t,
-                },
-            );
-            done += 1;
-            progress(
-                done as f64 / total_work as f64,
-                format!("fold {k}: fast model `{from}` scored {} items", idx.len()),
-            );
+            self.fast_info.insert(k.to_string(), fold_model(from, t));
+            self.progress(format!("fold {k}: fast model `{from}` scored {} items", idx.len()));
         }
-        let ens: Vec<usize> = idx.iter().copied().filter(|&i| passed[i]).collect();
-        per_fold.insert(
+        let ens: Vec<usize> = idx.iter().copied().filter(|&i| self.passed[i]).collect();
+        self.per_fold.insert(
             k.to_string(),
             FoldCounts {
                 items: idx.len(),
@@ -192,104 +358,25 @@ pub fn run_infer(spec: &WorkerSpec, p: &EnsembleInfer) -> Res<()> {
             },
         );
         let rows: Vec<usize> = ens.iter().map(|&i| items[i].row).collect();
-        for (mi, m) in members.iter().enumerate() {
+        for (mi, m) in e.members.iter().enumerate() {
             let (from, dir) = &m.folds[&k];
-            let t = temp(&m.name, k)?;
-            member_info[mi].insert(
-                k.to_string(),
-                FoldModel {
-                    from: from.clone(),
-                    temperature: t,
-                },
-            );
+            let t = e.temp(&m.name, k)?;
+            self.member_info[mi].insert(k.to_string(), fold_model(from, t));
             if !rows.is_empty() {
-                let (net, info) = load_model(dir, device, &ds, from)?;
-                let logits = predict(&net, &ds, &info.normalize, &rows, p.batch_size, device, &p.tta)?;
+                let logits = e.logits(&e.load(from, dir)?, &rows, &e.p.tta)?;
                 for (j, &i) in ens.iter().enumerate() {
-                    member_probs[mi][i] = Some(sigmoid(logits[j] / t));
+                    self.member_probs[mi][i] = Some(sigmoid(logits[j] / t));
                 }
             }
-            done += 1;
-            progress(
-                done as f64 / total_work as f64,
-                format!("fold {k}: `{from}` scored {} items", rows.len()),
-            );
+            self.progress(format!("fold {k}: `{from}` scored {} items", rows.len()));
         }
+        Ok(())
     }
+}
 
-    // Aggregate and write, sorted by item.
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| items[a].item.cmp(&items[b].item));
-    let mut fast_only = 0usize;
-    let rows = order
-        .iter()
-        .map(|&i| {
-            let it = &items[i];
-            let score = if passed[i] {
-                let probs: Vec<f64> = member_probs.iter().map(|v| v[i].expect("scored")).collect();
-                match p.aggregate {
-                    Aggregate::Max => probs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    Aggregate::Mean | Aggregate::CalibratedMean => probs.iter().sum::<f64>() / probs.len() as f64,
-                }
-            } else {
-                fast_only += 1;
-                fast_probs[i].expect("fast scored")
-            };
-            PredictionRow {
-                item: it.item.clone(),
-                group: it.group.clone(),
-                label: it.label,
-                source: it.source.clone(),
-                fold: it.split.fold,
-                score,
-                members: member_probs.iter().map(|v| v[i]).collect(),
-            }
-        })
-        .collect();
-    Predictions {
-        members: members.iter().map(|m| m.name.clone()).collect(),
-        rows,
+fn fold_model(from: &str, temperature: f64) -> FoldModel {
+    FoldModel {
+        from: from.to_string(),
+        temperature,
     }
-    .write(&spec.out_dir)?;
-
-    let seconds = t0.elapsed().as_secs_f64();
-    InferDoc {
-        members: members
-            .iter()
-            .zip(member_info)
-            .map(|(m, folds)| MemberInfo {
-                name: m.name.clone(),
-                folds,
-            })
-            .collect(),
-        tta: p.tta.clone(),
-        aggregate: p.aggregate,
-        calibrated: calib.is_some(),
-        cascade: p.cascade.as_ref().map(|c| CascadeInfo {
-            fast: c.fast.clone(),
-            threshold: c.threshold,
-            folds: fast_info,
-        }),
-        counts: Counts {
-            items: n,
-            ensemble: n - fast_only,
-            fast_only,
-            per_fold,
-        },
-        device: device_name(device),
-        libtorch: crate::libtorch_version().into(),
-    }
-    .write(&spec.out_dir)?;
-    util::meta_event(serde_json::json!({
-        "device": device_name(device),
-        "threads": tch::get_num_threads(),
-        "seconds": seconds,
-    }));
-    log(format!(
-        "EnsembleInfer: {n} items, {} member(s), TTA {:?}, {} by the ensemble, {fast_only} by the fast model only, {seconds:.1} s",
-        members.len(),
-        p.tta,
-        n - fast_only
-    ));
-    Ok(())
 }

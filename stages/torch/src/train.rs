@@ -95,10 +95,7 @@ pub fn run_train(spec: &WorkerSpec, p: &Train, hooks: &Hooks) -> Res<()> {
         .fold
         .ok_or("Train runs once per fold, and this instance has no fold")?;
     let device = pick_device(p.device)?;
-    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
-    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
-    check_fold(&folds, fold)?;
-    let items = data::join(&ds, &folds)?;
+    let (ds, items) = fold_data(spec, fold)?;
     let norm = data::norm_for_fold(&ds, &items, fold)?;
     let pretrained = match &p.pretrained {
         None => None,
@@ -139,18 +136,55 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
         return Err(format!("`models` input `{}` has no model for fold {fold}", base.from));
     }
     let info = read_model_info(&base.dir)?;
-    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
-    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
-    check_fold(&folds, fold)?;
-    let items = data::join(&ds, &folds)?;
+    let (ds, items) = fold_data(spec, fold)?;
     if info.image_size != ds.size {
         log(format!(
             "warning: the model of `{}` was trained on {} px images, the data here is {} px",
             base.from, info.image_size, ds.size
         ));
     }
+    let p = retrain_params(&info.train_params, r);
+    let hn = hard_negative_weights(spec, &items, fold, r)?;
+    // Which instance's model was fine-tuned, and from where, is a fact of this run (the key
+    // holds the model's content): run-record meta, not an output.
+    util::meta_event(serde_json::json!({"base_model": {"from": base.from, "dir": base.dir}}));
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "hard_negatives".into(),
+        serde_json::json!({"weight": r.weight, "up_weighted": hn.used, "not_in_train_set": hn.not_in_train}),
+    );
+    fit(
+        Job {
+            kind: "Retrain",
+            spec,
+            params: p,
+            fold,
+            ds: &ds,
+            items: &items,
+            weights: hn.weights,
+            norm: info.normalize.clone(),
+            init: Init::From(base.dir.join("model.safetensors")),
+            device,
+            extra_meta: extra,
+        },
+        hooks,
+    )
+}
 
-    let mut p = info.train_params.clone();
+/// The fold's data: the dataset, and its items joined with the split (which must have the fold).
+fn fold_data(spec: &WorkerSpec, fold: u32) -> Res<(Dataset, Vec<Item>)> {
+    let ds = Dataset::open(&find_input(spec, "data", None)?.dir)?;
+    let folds = data::read_folds(&find_input(spec, "split", None)?.dir)?;
+    check_fold(&folds, fold)?;
+    let items = data::join(&ds, &folds)?;
+    Ok((ds, items))
+}
+
+/// Retrain's training parameters: the base model's, with Retrain's epochs, lr, seed and device
+/// (and batch size and augmentation when given), a constant schedule, no early stopping and
+/// no pretrained weights.
+fn retrain_params(base: &Train, r: &Retrain) -> Train {
+    let mut p = base.clone();
     p.epochs = r.epochs;
     p.lr = r.lr;
     if let Some(b) = r.batch_size {
@@ -164,8 +198,23 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
     p.patience = None;
     p.pretrained = None;
     p.device = r.device;
+    p
+}
 
-    // Hard negatives of this fold: rows whose `fold` (the fold whose model mined them) is ours.
+/// Retrain's sample weights and what it made of its hard negatives.
+struct HardNegatives {
+    /// Per item: `weight` for this fold's hard negatives in its training set, else 1.
+    weights: Vec<f32>,
+    /// Items up-weighted.
+    used: usize,
+    /// Hard negatives of this fold outside its training set (ignored).
+    not_in_train: usize,
+}
+
+/// Weighs the hard negatives of this fold: rows whose `fold` (the fold whose model mined them)
+/// is ours. Names that are not items of the split are an error; those outside the training
+/// set are ignored, with a warning.
+fn hard_negative_weights(spec: &WorkerSpec, items: &[Item], fold: u32, r: &Retrain) -> Res<HardNegatives> {
     let hn_in = find_input(spec, "hard_negatives", Some(fold))?;
     let rows = flow_stages::ports::hard_negatives::read_rows(&hn_in.dir)?;
     let pos: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.item.as_str(), i)).collect();
@@ -206,30 +255,11 @@ pub fn run_retrain(spec: &WorkerSpec, r: &Retrain, hooks: &Hooks) -> Res<()> {
         "fold {fold}: {used} hard negative(s) weigh {} in the loss",
         r.weight
     ));
-    // Which instance's model was fine-tuned, and from where, is a fact of this run (the key
-    // holds the model's content): run-record meta, not an output.
-    util::meta_event(serde_json::json!({"base_model": {"from": base.from, "dir": base.dir}}));
-    let mut extra = serde_json::Map::new();
-    extra.insert(
-        "hard_negatives".into(),
-        serde_json::json!({"weight": r.weight, "up_weighted": used, "not_in_train_set": not_train.len()}),
-    );
-    fit(
-        Job {
-            kind: "Retrain",
-            spec,
-            params: p,
-            fold,
-            ds: &ds,
-            items: &items,
-            weights,
-            norm: info.normalize.clone(),
-            init: Init::From(base.dir.join("model.safetensors")),
-            device,
-            extra_meta: extra,
-        },
-        hooks,
-    )
+    Ok(HardNegatives {
+        weights,
+        used,
+        not_in_train: not_train.len(),
+    })
 }
 
 fn check_fold(folds: &[flow_stages::ports::split::FoldRow], fold: u32) -> Res<()> {
@@ -462,52 +492,223 @@ fn load_checkpoint(root: &Path, fingerprint: &str) -> Option<Loaded> {
     }
 }
 
-fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
-    let t0 = Instant::now();
-    let p = &job.params;
-    let k = job.fold;
-    let items = job.items;
-    let ds = job.ds;
-    let device = job.device;
-    let seed = p.seed.unwrap_or(0);
-    let roles: Vec<Role> = items.iter().map(|it| it.split.role(k)).collect();
-    let of = |r: Role| -> Vec<usize> { (0..items.len()).filter(|&i| roles[i] == r).collect() };
-    let (train, val) = (of(Role::Train), of(Role::Val));
+/// One fold's training as it is fixed before the first epoch: the job, the fold's items by
+/// role, and the batch and step numbers every epoch shares.
+struct Fold<'a> {
+    job: Job<'a>,
+    hooks: &'a Hooks,
+    seed: u64,
+    /// Each item's role in this fold (in `index.csv` order).
+    roles: Vec<Role>,
+    train: Vec<usize>,
+    val: Vec<usize>,
+    /// The training set by class (what weighted sampling draws from).
+    reals: Vec<usize>,
+    fakes: Vec<usize>,
+    counts: RoleCounts,
+    use_amp: bool,
+    n_batches: usize,
+    accum: usize,
+    steps_per_epoch: i64,
+    total_steps: i64,
+    selection: &'static str,
+    selection_note: Option<&'static str>,
+}
 
-    let mut counts = RoleCounts::default();
-    for r in [Role::Train, Role::Val, Role::Test, Role::Excluded] {
-        let idx = of(r);
-        let fake = idx.iter().filter(|&&i| items[i].label == 1).count();
-        *counts.get_mut(r) = ClassCounts {
-            real: idx.len() - fake,
-            fake,
+impl<'a> Fold<'a> {
+    /// Splits the items by role, checks the training set and the batch parameters, and works
+    /// out the batches per epoch (see the module docs) and the optimiser steps.
+    fn new(job: Job<'a>, hooks: &'a Hooks) -> Res<Fold<'a>> {
+        let p = &job.params;
+        let k = job.fold;
+        let items = job.items;
+        let roles: Vec<Role> = items.iter().map(|it| it.split.role(k)).collect();
+        let of = |r: Role| -> Vec<usize> { (0..items.len()).filter(|&i| roles[i] == r).collect() };
+        let (train, val) = (of(Role::Train), of(Role::Val));
+
+        let mut counts = RoleCounts::default();
+        for r in [Role::Train, Role::Val, Role::Test, Role::Excluded] {
+            let idx = of(r);
+            let fake = idx.iter().filter(|&&i| items[i].label == 1).count();
+            *counts.get_mut(r) = ClassCounts {
+                real: idx.len() - fake,
+                fake,
+            };
+        }
+        let tr_fake = train.iter().filter(|&&i| items[i].label == 1).count();
+        let tr_real = train.len() - tr_fake;
+        if tr_fake == 0 || tr_real == 0 {
+            let missing = if tr_fake == 0 { "fake" } else { "real" };
+            return Err(format!(
+                "fold {k} has no {missing} items in its training set ({tr_real} real, {tr_fake} fake): a detector needs both classes (check the split's holdout and subsample)"
+            ));
+        }
+        if p.batch_size == 0 || p.accumulate == 0 || p.epochs == 0 {
+            return Err("`batch_size`, `accumulate` and `epochs` must be at least 1".into());
+        }
+
+        let bs = p.batch_size;
+        let n_draws = train.len();
+        let n_batches = {
+            let full = n_draws / bs;
+            let rest = n_draws % bs;
+            full + usize::from(rest > 1 || (rest == 1 && full == 0))
         };
+        let accum = p.accumulate as usize;
+        let steps_per_epoch = n_batches.div_ceil(accum) as i64;
+        let total_steps = steps_per_epoch * p.epochs as i64;
+        let (selection, selection_note) = selection_rule(items, &val);
+        let reals: Vec<usize> = train.iter().copied().filter(|&i| items[i].label == 0).collect();
+        let fakes: Vec<usize> = train.iter().copied().filter(|&i| items[i].label == 1).collect();
+        Ok(Fold {
+            seed: p.seed.unwrap_or(0),
+            use_amp: p.mixed_precision && job.device.is_cuda(),
+            job,
+            hooks,
+            roles,
+            train,
+            val,
+            reals,
+            fakes,
+            counts,
+            n_batches,
+            accum,
+            steps_per_epoch,
+            total_steps,
+            selection,
+            selection_note,
+        })
     }
-    let tr_fake = train.iter().filter(|&&i| items[i].label == 1).count();
-    let tr_real = train.len() - tr_fake;
-    if tr_fake == 0 || tr_real == 0 {
-        let missing = if tr_fake == 0 { "fake" } else { "real" };
-        return Err(format!(
-            "fold {k} has no {missing} items in its training set ({tr_real} real, {tr_fake} fake): a detector needs both classes (check the split's holdout and subsample)"
+
+    /// Logits of dataset `rows` under `net` (eval mode, Identity view): validation and scores.
+    fn logits(&self, net: &Net, rows: &[usize]) -> Res<Vec<f64>> {
+        let job = &self.job;
+        predict(
+            net,
+            job.ds,
+            &job.norm,
+            rows,
+            job.params.batch_size * 2,
+            job.device,
+            &[Tta::Identity],
+        )
+    }
+
+    fn weight_sum(&self, c: &[usize]) -> f64 {
+        c.iter().map(|&i| self.job.weights[i] as f64).sum()
+    }
+
+    /// Logs the selection note (if any) and what is about to be trained.
+    fn log_start(&self) {
+        let (job, p, k) = (&self.job, &self.job.params, self.job.fold);
+        if let Some(n) = self.selection_note {
+            log(format!("note: fold {k}: {n}"));
+        }
+        let (tr_real, tr_fake) = (self.counts.train.real, self.counts.train.fake);
+        log(format!(
+            "{} fold {k}: {} on {:?}, {} train ({tr_real} real, {tr_fake} fake), {} val, {} batches of {}, {} threads",
+            job.kind,
+            nets::model_name(&p.model),
+            job.device,
+            self.train.len(),
+            self.val.len(),
+            self.n_batches,
+            p.batch_size,
+            tch::get_num_threads()
         ));
     }
-    if p.batch_size == 0 || p.accumulate == 0 || p.epochs == 0 {
-        return Err("`batch_size`, `accumulate` and `epochs` must be at least 1".into());
-    }
 
-    let s = ds.size as i64;
-    let per = (3 * s * s) as usize;
-    let use_amp = p.mixed_precision && device.is_cuda();
-    if p.mixed_precision && !device.is_cuda() {
-        log("mixed_precision: ignored on CPU (autocast is used on CUDA only)");
+    /// The epoch's batches (indices into the items) and their requests, with one
+    /// augmentation seed per item: all from the epoch's stream of (seed, fold, epoch).
+    fn epoch_batches(&self, epoch: u32) -> (Vec<Vec<usize>>, Vec<BatchReq>) {
+        let (p, items, k) = (&self.job.params, self.job.items, self.job.fold);
+        let mut rng = util::rng([self.seed, k as u64, epoch as u64, 0x7EA1_0001]);
+        let order: Vec<usize> = if p.balance {
+            (0..self.train.len())
+                .map(|_| {
+                    let pool = if rng.gen::<bool>() { &self.fakes } else { &self.reals };
+                    pool[rng.gen_range(0..pool.len())]
+                })
+                .collect()
+        } else {
+            let mut o = self.train.clone();
+            o.shuffle(&mut rng);
+            o
+        };
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(p.batch_size)
+            .take(self.n_batches)
+            .map(|c| c.to_vec())
+            .collect();
+        let reqs: Vec<BatchReq> = chunks
+            .iter()
+            .map(|c| BatchReq {
+                rows: c.iter().map(|&i| items[i].row).collect(),
+                seeds: Some(c.iter().map(|_| rng.gen::<u64>()).collect()),
+            })
+            .collect();
+        (chunks, reqs)
     }
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
+}
 
-    // Model and initial weights.
-    tch::manual_seed((seed as i64).wrapping_mul(1000).wrapping_add(k as i64));
-    let net = nets::build(&p.model, device, ds.size)?;
+/// The rule that picks the best epoch (see the module docs), and the note saying why when
+/// it is not the validation AUC.
+fn selection_rule(items: &[Item], val: &[usize]) -> (&'static str, Option<&'static str>) {
+    let val_fakes = val.iter().filter(|&&i| items[i].label == 1).count();
+    let selection = if val.is_empty() {
+        "train_loss"
+    } else if val_fakes > 0 && val_fakes < val.len() {
+        "val_auc"
+    } else {
+        "val_loss"
+    };
+    let selection_note = match selection {
+        "train_loss" => Some("the validation set is empty: the epoch with the lowest training loss was kept"),
+        "val_loss" => {
+            Some("the validation set has one class only (no AUC): the epoch with the lowest validation loss was kept")
+        }
+        _ => None,
+    };
+    (selection, selection_note)
+}
+
+/// The model in training and the run's progress: what a checkpoint keeps.
+struct Training {
+    net: Net,
+    opt: AdamW,
+    st: State,
+    /// The best epoch's weights so far, and the checkpoint file that holds them.
+    best: HashMap<String, Tensor>,
+    best_on_disk: Option<PathBuf>,
+}
+
+impl State {
+    fn fresh(fingerprint: String) -> State {
+        State {
+            fingerprint,
+            dir: String::new(),
+            epochs_done: 0,
+            sched_step: 0,
+            opt_step: 0,
+            batches_done: 0,
+            best_epoch: 0,
+            best_metric: None,
+            best_batches: 0,
+            bad_epochs: 0,
+            stopped: false,
+            scaler: Scaler::default(),
+            history: Vec::new(),
+            files: Default::default(),
+        }
+    }
+}
+
+/// libtorch seeded with `seed*1000 + fold`, the fold's network with its initial weights:
+/// fresh (optionally pretrained) for Train, the base model's for Retrain.
+fn build_model(f: &Fold) -> Res<(Net, Option<nets::Pretrained>)> {
+    let (job, p) = (&f.job, &f.job.params);
+    tch::manual_seed((f.seed as i64).wrapping_mul(1000).wrapping_add(job.fold as i64));
+    let net = nets::build(&p.model, job.device, job.ds.size)?;
     let pretrained = match &job.init {
         Init::Fresh { pretrained: Some(path) } => {
             let mut rep = nets::load_pretrained(&net, path, &p.model)?;
@@ -534,222 +735,308 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
             None
         }
     };
-    let mut opt = AdamW::new(&net.vs, p.weight_decay);
+    Ok((net, pretrained))
+}
 
-    let bs = p.batch_size;
-    let n_draws = train.len();
-    let n_batches = {
-        let full = n_draws / bs;
-        let rest = n_draws % bs;
-        full + usize::from(rest > 1 || (rest == 1 && full == 0))
-    };
-    let accum = p.accumulate as usize;
-    let steps_per_epoch = n_batches.div_ceil(accum) as i64;
-    let total_steps = steps_per_epoch * p.epochs as i64;
-    let rows_of = |c: &[usize]| -> Vec<usize> { c.iter().map(|&i| items[i].row).collect() };
-
-    // Resume.
+/// The optimiser, and the state of the resume dir's checkpoint when it is this run's (same
+/// kind, params, fold and item count), else a fresh start. Also returns the epoch the
+/// checkpoint was taken after.
+fn start_or_resume(f: &Fold, net: Net) -> Res<(Training, Option<u32>)> {
+    let job = &f.job;
+    let opt = AdamW::new(&net.vs, job.params.weight_decay);
     let fingerprint = serde_json::to_string(&serde_json::json!({
-        "v": 1, "kind": job.kind, "params": job.spec.params, "fold": k, "items": items.len(),
+        "v": 1, "kind": job.kind, "params": job.spec.params, "fold": job.fold, "items": job.items.len(),
     }))
     .expect("json");
-    let mut st = State {
-        fingerprint: fingerprint.clone(),
-        dir: String::new(),
-        epochs_done: 0,
-        sched_step: 0,
-        opt_step: 0,
-        batches_done: 0,
-        best_epoch: 0,
-        best_metric: None,
-        best_batches: 0,
-        bad_epochs: 0,
-        stopped: false,
-        scaler: Scaler::default(),
-        history: Vec::new(),
-        files: Default::default(),
+    let mut tr = Training {
+        net,
+        opt,
+        st: State::fresh(fingerprint.clone()),
+        best: HashMap::new(),
+        best_on_disk: None,
     };
-    let mut best: HashMap<String, Tensor> = HashMap::new();
-    let mut best_on_disk: Option<PathBuf> = None;
     let mut resumed_from = None;
     if let Some((s0, w, o, b)) = load_checkpoint(&job.spec.resume_dir, &fingerprint) {
-        nets::load_exact(&net.vs, &w, "checkpoint weights")?;
-        opt.load_state(&o, s0.opt_step)?;
-        best = b.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
-        best_on_disk = Some(job.spec.resume_dir.join(&s0.dir).join("best.safetensors"));
-        st = s0;
-        resumed_from = Some(st.epochs_done);
+        nets::load_exact(&tr.net.vs, &w, "checkpoint weights")?;
+        tr.opt.load_state(&o, s0.opt_step)?;
+        tr.best = b.into_iter().map(|(n, t)| (n, t.to_device(job.device))).collect();
+        tr.best_on_disk = Some(job.spec.resume_dir.join(&s0.dir).join("best.safetensors"));
+        tr.st = s0;
+        resumed_from = Some(tr.st.epochs_done);
         log(format!(
             "resuming from epoch {} (checkpoint after epoch {})",
-            st.epochs_done + 1,
-            st.epochs_done
+            tr.st.epochs_done + 1,
+            tr.st.epochs_done
         ));
     }
+    Ok((tr, resumed_from))
+}
 
-    let val_fakes = val.iter().filter(|&&i| items[i].label == 1).count();
-    let selection = if val.is_empty() {
-        "train_loss"
-    } else if val_fakes > 0 && val_fakes < val.len() {
-        "val_auc"
-    } else {
-        "val_loss"
-    };
-    let selection_note = match selection {
-        "train_loss" => Some("the validation set is empty: the epoch with the lowest training loss was kept"),
-        "val_loss" => {
-            Some("the validation set has one class only (no AUC): the epoch with the lowest validation loss was kept")
-        }
-        _ => None,
-    };
-    if let Some(n) = selection_note {
-        log(format!("note: fold {k}: {n}"));
+fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
+    let t0 = Instant::now();
+    let f = Fold::new(job, hooks)?;
+    let device = f.job.device;
+    if f.job.params.mixed_precision && !device.is_cuda() {
+        log("mixed_precision: ignored on CPU (autocast is used on CUDA only)");
     }
-    let weight_sum_of = |c: &[usize]| -> f64 { c.iter().map(|&i| job.weights[i] as f64).sum() };
-    let reals: Vec<usize> = train.iter().copied().filter(|&i| items[i].label == 0).collect();
-    let fakes: Vec<usize> = train.iter().copied().filter(|&i| items[i].label == 1).collect();
-    log(format!(
-        "{} fold {k}: {} on {device:?}, {} train ({tr_real} real, {tr_fake} fake), {} val, {n_batches} batches of {bs}, {} threads",
-        job.kind,
-        nets::model_name(&p.model),
-        train.len(),
-        val.len(),
-        tch::get_num_threads()
-    ));
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let (net, pretrained) = build_model(&f)?;
+    let (mut tr, resumed_from) = start_or_resume(&f, net)?;
+    f.log_start();
 
-    let epochs = p.epochs;
-    let mut epoch = st.epochs_done;
-    while epoch < epochs && !st.stopped {
-        let te = Instant::now();
-        let e1 = epoch + 1;
-        tch::manual_seed((util::mix(&[seed, k as u64, epoch as u64, 1]) >> 1) as i64);
-        let mut rng = util::rng([seed, k as u64, epoch as u64, 0x7EA1_0001]);
-        let order: Vec<usize> = if p.balance {
-            (0..n_draws)
-                .map(|_| {
-                    let pool = if rng.gen::<bool>() { &fakes } else { &reals };
-                    pool[rng.gen_range(0..pool.len())]
-                })
-                .collect()
-        } else {
-            let mut o = train.clone();
-            o.shuffle(&mut rng);
-            o
-        };
-        let chunks: Vec<Vec<usize>> = order.chunks(bs).take(n_batches).map(|c| c.to_vec()).collect();
-        let reqs: Vec<BatchReq> = chunks
-            .iter()
-            .map(|c| BatchReq {
-                rows: rows_of(c),
-                seeds: Some(c.iter().map(|_| rng.gen::<u64>()).collect()),
-            })
-            .collect();
-        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-        let mut last_lr = lr_at(p.schedule, p.lr, st.sched_step, total_steps, steps_per_epoch);
-        let t_batches = Instant::now();
-        prefetch(ds, &job.norm, Some(&p.augment), reqs, |bi, buf, n| {
-            let chunk = &chunks[bi];
-            if bi % accum == 0 {
-                opt.zero_grad();
-            }
-            let x = data::batch_tensor(&buf[..n * per], n, s, device);
-            let yv: Vec<f32> = chunk.iter().map(|&i| items[i].label as f32).collect();
-            let wv: Vec<f32> = chunk.iter().map(|&i| job.weights[i]).collect();
-            let y = Tensor::from_slice(&yv).to_device(device);
-            let w = Tensor::from_slice(&wv).to_device(device);
-            let logits = if use_amp {
-                tch::autocast(true, || net.forward(&x, true))
-            } else {
-                net.forward(&x, true)
-            };
-            let logits = logits.view([-1]).to_kind(Kind::Float);
-            let mut loss = (per_sample_loss(&logits, &y, p.loss) * &w).sum(Kind::Float) / weight_sum_of(chunk);
-            if hooks.poison == Some((e1, bi + 1)) {
-                loss *= f64::NAN;
-            }
-            let lv = loss.double_value(&[]);
-            if !lv.is_finite() {
-                return Err(format!(
-                    "loss became {} at epoch {e1} batch {} of fold {k} (lr {:.3e}: too high? try a lower lr, grad_clip, or check the data)",
-                    if lv.is_nan() { "NaN" } else { "infinite" },
-                    bi + 1,
-                    last_lr
-                ));
-            }
-            let scaled = if use_amp {
-                loss * (st.scaler.scale / accum as f64)
-            } else {
-                loss / accum as f64
-            };
-            opt.backward(&scaled);
-            loss_sum += lv * n as f64;
-            seen += n;
-            st.batches_done += 1;
-            if (bi + 1) % accum == 0 || bi + 1 == n_batches {
-                let lr = lr_at(p.schedule, p.lr, st.sched_step, total_steps, steps_per_epoch);
-                let take = if use_amp {
-                    opt.scale_grads(1.0 / st.scaler.scale);
-                    let norm = opt.grad_norm();
-                    let ok = st.scaler.update(norm.is_finite());
-                    if ok {
-                        if let Some(c) = p.grad_clip {
-                            if norm > c {
-                                opt.scale_grads(c / (norm + 1e-6));
-                            }
-                        }
-                    } else {
-                        log(format!(
-                            "epoch {e1} batch {}: fp16 gradient overflow, step skipped (loss scale now {})",
-                            bi + 1,
-                            st.scaler.scale
-                        ));
-                    }
-                    ok
-                } else {
-                    if let Some(c) = p.grad_clip {
-                        let norm = opt.grad_norm();
-                        if norm > c {
-                            opt.scale_grads(c / (norm + 1e-6));
-                        }
-                    }
-                    true
-                };
-                if take {
-                    opt.step(lr);
+    let epochs = f.job.params.epochs;
+    let mut epoch = tr.st.epochs_done;
+    while epoch < epochs && !tr.st.stopped {
+        run_epoch(&f, &mut tr, epoch)?;
+        epoch += 1;
+    }
+    write_outputs(&f, &tr)?;
+    write_meta(&f, &tr, pretrained)?;
+    report_done(&f, &tr, resumed_from, t0);
+    Ok(())
+}
+
+/// One epoch's training loop as it runs: its batches and running totals.
+struct EpochRun<'c> {
+    /// The epoch, 1-based.
+    e1: u32,
+    chunks: &'c [Vec<usize>],
+    loss_sum: f64,
+    seen: usize,
+    /// The learning rate of the last optimiser step (before the first: the scheduler's).
+    last_lr: f64,
+    started: Instant,
+    /// Seconds of the whole loop, once it has run.
+    secs: f64,
+}
+
+impl EpochRun<'_> {
+    fn images_per_s(&self) -> f64 {
+        self.seen as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// Validation loss and AUC of an epoch (none without a validation set; no AUC with one
+/// class).
+struct Validation {
+    loss: Option<f64>,
+    auc: Option<f64>,
+}
+
+/// Epoch `epoch` (0-based): libtorch seeded for it, its batches, the training loop,
+/// validation, best-epoch selection, the checkpoint, its log line and the test hook.
+fn run_epoch(f: &Fold, tr: &mut Training, epoch: u32) -> Res<()> {
+    let te = Instant::now();
+    let e1 = epoch + 1;
+    let epochs = f.job.params.epochs;
+    tch::manual_seed((util::mix(&[f.seed, f.job.fold as u64, epoch as u64, 1]) >> 1) as i64);
+    let (chunks, reqs) = f.epoch_batches(epoch);
+    let ep = train_epoch(f, tr, e1, &chunks, reqs)?;
+    let train_loss = ep.loss_sum / ep.seen.max(1) as f64;
+    let v = validate(f, &tr.net)?;
+    let improved = tr.end_epoch(f, e1, train_loss, &v);
+    let secs = te.elapsed().as_secs_f64();
+    tr.st.history.push(EpochRow {
+        epoch: e1,
+        train_loss,
+        val_loss: v.loss,
+        val_auc: v.auc,
+        lr: ep.last_lr,
+        seconds: secs,
+        train_images_per_s: ep.images_per_s(),
+    });
+    tr.st.opt_step = tr.opt.step;
+    save_checkpoint(
+        &f.job.spec.resume_dir,
+        &mut tr.st,
+        &tr.net,
+        &tr.opt,
+        &tr.best,
+        &mut tr.best_on_disk,
+    )?;
+    let fmt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
+    let msg = format!(
+        "epoch {e1}/{epochs} loss {train_loss:.4} val loss {} val AUC {} lr {:.3e} {secs:.1} s ({:.0} img/s){}",
+        fmt(v.loss, 4),
+        fmt(v.auc, 4),
+        ep.last_lr,
+        ep.images_per_s(),
+        if improved { " *" } else { "" }
+    );
+    log(&msg);
+    progress(e1 as f64 / epochs as f64, msg);
+    if let Some(h) = &f.hooks.after_epoch {
+        h(e1)?;
+    }
+    if tr.st.stopped {
+        log(format!(
+            "early stopping after epoch {e1}: no {} improvement for {} epoch(s); best epoch {}",
+            f.selection, tr.st.bad_epochs, tr.st.best_epoch
+        ));
+    }
+    Ok(())
+}
+
+/// The training loop of epoch `e1` over `chunks` (their pixels built one batch ahead by
+/// [`prefetch`]).
+fn train_epoch<'c>(
+    f: &Fold,
+    tr: &mut Training,
+    e1: u32,
+    chunks: &'c [Vec<usize>],
+    reqs: Vec<BatchReq>,
+) -> Res<EpochRun<'c>> {
+    let (job, p) = (&f.job, &f.job.params);
+    let s = job.ds.size as i64;
+    let per = (3 * s * s) as usize;
+    let mut ep = EpochRun {
+        e1,
+        chunks,
+        loss_sum: 0.0,
+        seen: 0,
+        last_lr: lr_at(p.schedule, p.lr, tr.st.sched_step, f.total_steps, f.steps_per_epoch),
+        started: Instant::now(),
+        secs: 0.0,
+    };
+    prefetch(job.ds, &job.norm, Some(&p.augment), reqs, |bi, buf, n| {
+        if bi % f.accum == 0 {
+            tr.opt.zero_grad();
+        }
+        let x = data::batch_tensor(&buf[..n * per], n, s, job.device);
+        train_batch(f, tr, &mut ep, bi, &x, n)
+    })?;
+    ep.secs = ep.started.elapsed().as_secs_f64();
+    Ok(ep)
+}
+
+/// Batch `bi` (0-based) of the epoch: forward, the weighted loss (which must be finite),
+/// backward, an optimiser step at the end of each `accumulate` batches, and progress.
+fn train_batch(f: &Fold, tr: &mut Training, ep: &mut EpochRun, bi: usize, x: &Tensor, n: usize) -> Res<()> {
+    let (job, p, k) = (&f.job, &f.job.params, f.job.fold);
+    let (e1, n_batches, accum) = (ep.e1, f.n_batches, f.accum);
+    let chunk = &ep.chunks[bi];
+    let yv: Vec<f32> = chunk.iter().map(|&i| job.items[i].label as f32).collect();
+    let wv: Vec<f32> = chunk.iter().map(|&i| job.weights[i]).collect();
+    let y = Tensor::from_slice(&yv).to_device(job.device);
+    let w = Tensor::from_slice(&wv).to_device(job.device);
+    let logits = if f.use_amp {
+        tch::autocast(true, || tr.net.forward(x, true))
+    } else {
+        tr.net.forward(x, true)
+    };
+    let logits = logits.view([-1]).to_kind(Kind::Float);
+    let mut loss = (per_sample_loss(&logits, &y, p.loss) * &w).sum(Kind::Float) / f.weight_sum(chunk);
+    if f.hooks.poison == Some((e1, bi + 1)) {
+        loss *= f64::NAN;
+    }
+    let lv = loss.double_value(&[]);
+    if !lv.is_finite() {
+        return Err(format!(
+            "loss became {} at epoch {e1} batch {} of fold {k} (lr {:.3e}: too high? try a lower lr, grad_clip, or check the data)",
+            if lv.is_nan() { "NaN" } else { "infinite" },
+            bi + 1,
+            ep.last_lr
+        ));
+    }
+    let scaled = if f.use_amp {
+        loss * (tr.st.scaler.scale / accum as f64)
+    } else {
+        loss / accum as f64
+    };
+    tr.opt.backward(&scaled);
+    ep.loss_sum += lv * n as f64;
+    ep.seen += n;
+    tr.st.batches_done += 1;
+    if (bi + 1) % accum == 0 || bi + 1 == n_batches {
+        ep.last_lr = optimizer_step(f, tr, e1, bi);
+    }
+    if (bi + 1) % 10 == 0 && bi + 1 < n_batches {
+        let ips = ep.seen as f64 / ep.started.elapsed().as_secs_f64().max(1e-9);
+        let epochs = p.epochs;
+        progress(
+            ((e1 - 1) as f64 + (bi + 1) as f64 / n_batches as f64) / epochs as f64,
+            format!(
+                "epoch {e1}/{epochs} batch {}/{n_batches} loss {:.4} ({ips:.0} img/s)",
+                bi + 1,
+                ep.loss_sum / ep.seen as f64
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The optimiser step closing an accumulation window: with mixed precision the gradients
+/// unscaled and checked (an overflow skips the step), gradient clipping, the step, and the
+/// scheduler's count. Returns the step's learning rate.
+fn optimizer_step(f: &Fold, tr: &mut Training, e1: u32, bi: usize) -> f64 {
+    let p = &f.job.params;
+    let (opt, st) = (&mut tr.opt, &mut tr.st);
+    let lr = lr_at(p.schedule, p.lr, st.sched_step, f.total_steps, f.steps_per_epoch);
+    let take = if f.use_amp {
+        opt.scale_grads(1.0 / st.scaler.scale);
+        let norm = opt.grad_norm();
+        let ok = st.scaler.update(norm.is_finite());
+        if ok {
+            if let Some(c) = p.grad_clip {
+                if norm > c {
+                    opt.scale_grads(c / (norm + 1e-6));
                 }
-                st.sched_step += 1;
-                last_lr = lr;
             }
-            if (bi + 1) % 10 == 0 && bi + 1 < n_batches {
-                let ips = seen as f64 / t_batches.elapsed().as_secs_f64().max(1e-9);
-                progress(
-                    (epoch as f64 + (bi + 1) as f64 / n_batches as f64) / epochs as f64,
-                    format!(
-                        "epoch {e1}/{epochs} batch {}/{n_batches} loss {:.4} ({ips:.0} img/s)",
-                        bi + 1,
-                        loss_sum / seen as f64
-                    ),
-                );
-            }
-            Ok(())
-        })?;
-        let train_secs = t_batches.elapsed().as_secs_f64();
-        let train_loss = loss_sum / seen.max(1) as f64;
-
-        // Validation.
-        let (val_loss, val_auc) = if val.is_empty() {
-            (None, None)
         } else {
-            let rows: Vec<usize> = val.iter().map(|&i| items[i].row).collect();
-            let logits = predict(&net, ds, &job.norm, &rows, bs * 2, device, &[Tta::Identity])?;
-            let labels: Vec<u8> = val.iter().map(|&i| items[i].label).collect();
-            let lt = Tensor::from_slice(&logits).to_kind(Kind::Float);
-            let yt = Tensor::from_slice(&labels.iter().map(|&y| y as f32).collect::<Vec<_>>());
-            let vl = per_sample_loss(&lt, &yt, p.loss).mean(Kind::Float).double_value(&[]);
-            (Some(vl), util::auc(&logits, &labels))
-        };
-        let (metric, higher) = match selection {
-            "val_auc" => (val_auc.unwrap_or(f64::NAN), true),
-            "val_loss" => (val_loss.unwrap_or(f64::NAN), false),
+            log(format!(
+                "epoch {e1} batch {}: fp16 gradient overflow, step skipped (loss scale now {})",
+                bi + 1,
+                st.scaler.scale
+            ));
+        }
+        ok
+    } else {
+        if let Some(c) = p.grad_clip {
+            let norm = opt.grad_norm();
+            if norm > c {
+                opt.scale_grads(c / (norm + 1e-6));
+            }
+        }
+        true
+    };
+    if take {
+        opt.step(lr);
+    }
+    st.sched_step += 1;
+    lr
+}
+
+/// Validation loss and AUC of the current weights (eval mode, Identity view).
+fn validate(f: &Fold, net: &Net) -> Res<Validation> {
+    if f.val.is_empty() {
+        return Ok(Validation { loss: None, auc: None });
+    }
+    let (job, items) = (&f.job, f.job.items);
+    let rows: Vec<usize> = f.val.iter().map(|&i| items[i].row).collect();
+    let logits = f.logits(net, &rows)?;
+    let labels: Vec<u8> = f.val.iter().map(|&i| items[i].label).collect();
+    let lt = Tensor::from_slice(&logits).to_kind(Kind::Float);
+    let yt = Tensor::from_slice(&labels.iter().map(|&y| y as f32).collect::<Vec<_>>());
+    let vl = per_sample_loss(&lt, &yt, job.params.loss)
+        .mean(Kind::Float)
+        .double_value(&[]);
+    Ok(Validation {
+        loss: Some(vl),
+        auc: util::auc(&logits, &labels),
+    })
+}
+
+impl Training {
+    /// Counts epoch `e1` as done and judges it by the selection metric: a better one becomes
+    /// the best (its weights kept), a worse one brings early stopping nearer. Returns
+    /// whether it improved.
+    fn end_epoch(&mut self, f: &Fold, e1: u32, train_loss: f64, v: &Validation) -> bool {
+        let (p, st) = (&f.job.params, &mut self.st);
+        let (metric, higher) = match f.selection {
+            "val_auc" => (v.auc.unwrap_or(f64::NAN), true),
+            "val_loss" => (v.loss.unwrap_or(f64::NAN), false),
             _ => (train_loss, false),
         };
         let improved = match st.best_metric.map(f64::from_bits) {
@@ -768,54 +1055,27 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
             st.best_epoch = e1;
             st.best_batches = st.batches_done;
             st.bad_epochs = 0;
-            best = nets::snapshot(&net.vs);
+            self.best = nets::snapshot(&self.net.vs);
         } else {
             st.bad_epochs += 1;
         }
         if let Some(pat) = p.patience {
-            if st.bad_epochs >= pat.max(1) && e1 < epochs {
+            if st.bad_epochs >= pat.max(1) && e1 < p.epochs {
                 st.stopped = true;
             }
         }
-        let secs = te.elapsed().as_secs_f64();
-        st.history.push(EpochRow {
-            epoch: e1,
-            train_loss,
-            val_loss,
-            val_auc,
-            lr: last_lr,
-            seconds: secs,
-            train_images_per_s: seen as f64 / train_secs.max(1e-9),
-        });
-        st.opt_step = opt.step;
-        save_checkpoint(&job.spec.resume_dir, &mut st, &net, &opt, &best, &mut best_on_disk)?;
-        let fmt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
-        let msg = format!(
-            "epoch {e1}/{epochs} loss {train_loss:.4} val loss {} val AUC {} lr {last_lr:.3e} {secs:.1} s ({:.0} img/s){}",
-            fmt(val_loss, 4),
-            fmt(val_auc, 4),
-            seen as f64 / train_secs.max(1e-9),
-            if improved { " *" } else { "" }
-        );
-        log(&msg);
-        progress(e1 as f64 / epochs as f64, msg);
-        if let Some(h) = &hooks.after_epoch {
-            h(e1)?;
-        }
-        if st.stopped {
-            log(format!(
-                "early stopping after epoch {e1}: no {} improvement for {} epoch(s); best epoch {}",
-                selection, st.bad_epochs, st.best_epoch
-            ));
-        }
-        epoch = e1;
+        improved
     }
+}
 
-    // Outputs: the best epoch's weights.
-    nets::restore(&net.vs, &best);
+/// The best epoch's weights (restored into the net), `history.csv`, and `scores.csv` with
+/// every item's logit under those weights.
+fn write_outputs(f: &Fold, tr: &Training) -> Res<()> {
+    let (job, items, st) = (&f.job, f.job.items, &tr.st);
+    nets::restore(&tr.net.vs, &tr.best);
     let out = &job.spec.out_dir;
     std::fs::create_dir_all(out).ctx(|| format!("cannot create {}", out.display()))?;
-    nets::save(&net.vs, &out.join(models::WEIGHTS), Some(st.best_batches))?;
+    nets::save(&tr.net.vs, &out.join(models::WEIGHTS), Some(st.best_batches))?;
     let history: Vec<HistRow> = st
         .history
         .iter()
@@ -838,59 +1098,69 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
         ),
     );
     let rows: Vec<usize> = items.iter().map(|it| it.row).collect();
-    let logits = predict(&net, ds, &job.norm, &rows, bs * 2, device, &[Tta::Identity])?;
+    let logits = f.logits(&tr.net, &rows)?;
     let scores: Vec<ScoreRow> = items
         .iter()
         .enumerate()
         .map(|(i, it)| ScoreRow {
             item: it.item.clone(),
-            role: roles[i],
+            role: f.roles[i],
             label: it.label,
             source: it.source.clone(),
             logit: logits[i],
         })
         .collect();
-    models::write_scores(out, &scores)?;
+    models::write_scores(out, &scores)
+}
 
+/// `meta.json`.
+fn write_meta(f: &Fold, tr: &Training, pretrained: Option<nets::Pretrained>) -> Res<()> {
+    let (job, p, st) = (&f.job, &f.job.params, &tr.st);
     let best_row = st.history.iter().find(|h| h.epoch == st.best_epoch);
-    let seconds = t0.elapsed().as_secs_f64();
     ModelMeta {
         kind: job.kind.into(),
-        fold: k,
+        fold: job.fold,
         model: p.model.clone(),
         model_name: nets::model_name(&p.model),
         params: job.spec.params.clone(),
         train_params: p.clone(),
-        image_size: ds.size,
+        image_size: job.ds.size,
         normalize: job.norm.clone(),
-        counts,
-        epochs,
+        counts: f.counts,
+        epochs: p.epochs,
         epochs_run: st.epochs_done,
         stopped_early: st.stopped,
         best_epoch: st.best_epoch,
         best_val_auc: best_row.and_then(|h| h.val_auc),
         best_val_loss: best_row.and_then(|h| h.val_loss),
-        selection: selection.into(),
-        selection_note: selection_note.map(String::from),
+        selection: f.selection.into(),
+        selection_note: f.selection_note.map(String::from),
         balance: if p.balance {
             "weighted sampling (classes drawn equally often, with replacement)"
         } else {
             "none"
         }
         .into(),
-        optimizer_steps: opt.step,
-        device: device_name(device),
-        mixed_precision: use_amp,
+        optimizer_steps: tr.opt.step,
+        device: device_name(job.device),
+        mixed_precision: f.use_amp,
         libtorch: crate::libtorch_version().into(),
         pretrained,
-        seed,
-        extra: job.extra_meta,
+        seed: f.seed,
+        extra: job.extra_meta.clone(),
     }
-    .write(out)?;
+    .write(&job.spec.out_dir)
+}
+
+/// The run record's meta (timings, threads, resume) and the closing log line.
+fn report_done(f: &Fold, tr: &Training, resumed_from: Option<u32>, t0: Instant) {
+    let (job, st) = (&f.job, &tr.st);
+    let best_row = st.history.iter().find(|h| h.epoch == st.best_epoch);
+    let seconds = t0.elapsed().as_secs_f64();
     util::meta_event(serde_json::json!({
         "best_epoch": st.best_epoch,
         "best_val_auc": best_row.and_then(|h| h.val_auc),
-        "device": device_name(device),
+        "device": device_name(job.device),
         "threads": tch::get_num_threads(),
         "seconds": seconds,
         "resumed_after_epoch": resumed_from,
@@ -901,12 +1171,13 @@ fn fit(job: Job<'_>, hooks: &Hooks) -> Res<()> {
         })).collect::<Vec<_>>(),
     }));
     log(format!(
-        "{} fold {k} done in {seconds:.1} s: best epoch {} ({selection} {})",
+        "{} fold {} done in {seconds:.1} s: best epoch {} ({} {})",
         job.kind,
+        job.fold,
         st.best_epoch,
+        f.selection,
         st.best_metric
             .map(f64::from_bits)
             .map_or("-".into(), |m| format!("{m:.4}"))
     ));
-    Ok(())
 }
