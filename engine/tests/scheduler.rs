@@ -21,6 +21,9 @@ struct T {
     folds: Option<u32>,
     #[serde(default)]
     reads: Vec<String>,
+    /// Read again on a second port.
+    #[serde(default)]
+    also: Vec<String>,
     #[serde(default)]
     files: Vec<String>,
     #[serde(default)]
@@ -39,10 +42,9 @@ fn running() -> &'static Mutex<BTreeMap<PathBuf, (usize, usize)>> {
 
 impl StageConfig for T {
     fn inputs(&self) -> Vec<Input> {
-        let stages = self
-            .reads
-            .iter()
-            .map(|s| Input::stage("reads", s.clone(), &[PortType::ANY]));
+        let stages = (self.reads.iter().map(|s| ("reads", s)))
+            .chain(self.also.iter().map(|s| ("also", s)))
+            .map(|(port, s)| Input::stage(port, s.clone(), &[PortType::ANY]));
         let files = self.files.iter().map(|f| Input::path("files", f.clone()));
         stages.chain(files).collect()
     }
@@ -319,4 +321,17 @@ fn no_more_instances_run_at_once_than_jobs() {
     h1.pipeline(r#""f": T(folds: 4, content: "f"),"#);
     h1.run_with(1, None, false);
     assert_eq!(h1.max_running(), 1);
+}
+
+// A consumer reading one per-fold producer through two ports has 2 × folds incoming edges.
+// The scheduler once decremented its count by the edges between the pair once per *edge*,
+// so it was ready after 2 of 3 folds and failed ("upstream will run first").
+#[test]
+fn a_consumer_of_one_producer_on_two_ports_waits_for_every_fold() {
+    let h = Harness::new();
+    h.pipeline(r#""p": T(folds: 3, content: "p"), "c": T(reads: ["p"], also: ["p"]),"#);
+    let log = h.run();
+    assert!(log.failed.is_empty(), "{:?}", log.summary.failed);
+    assert_eq!(log.executed, set(&["c", "p@fold0", "p@fold1", "p@fold2"]));
+    assert_eq!(h.out("c"), "pppppp");
 }

@@ -26,8 +26,7 @@ use crate::testdata::{self, input, spec, train_params, Synth};
 use crate::train::Hooks;
 
 fn serial() -> MutexGuard<'static, ()> {
-    static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
+    crate::torch_serial()
 }
 
 /// Hooks that end a run (as a kill would) after epoch `epoch`'s checkpoint.

@@ -90,6 +90,16 @@ pub fn set_threads(n: usize) {
     });
 }
 
+/// libtorch's RNG and intra-op thread count are process-wide, and the test harness runs
+/// tests on parallel threads: every test that draws from the torch RNG (a model's initial
+/// weights), seeds it or sets the thread count holds this lock, or a determinism test sees
+/// another test's draws or a changed reduction order.
+#[cfg(test)]
+pub(crate) fn torch_serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +116,7 @@ mod tests {
 
     #[test]
     fn threads_apply() {
+        let _g = torch_serial();
         set_threads(1);
         assert_eq!(tch::get_num_threads(), 1);
     }

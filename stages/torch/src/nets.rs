@@ -367,6 +367,7 @@ mod tests {
 
     #[test]
     fn simple_cnn_variants_give_one_logit_per_item() {
+        let _g = crate::torch_serial();
         for (highpass, pool) in [(false, GlobalPool::Avg), (true, GlobalPool::Max)] {
             let m = Model::SimpleCnn {
                 width: 4,
