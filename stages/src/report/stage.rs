@@ -23,7 +23,8 @@
 //!   `p ≥ t` stops (filtration) and the share of fakes it stops (leakage).
 //!
 //! `metrics.json` keys are stable: renaming one is a breaking change. Every string that comes
-//! from the data (item, source and stage names) is HTML-escaped in `index.html`.
+//! from the data (item, source and stage names) is HTML-escaped in `index.html` ([`esc`]) and
+//! Markdown-escaped in `report.md` ([`md`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -322,9 +323,35 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-/// Markdown-table-safe text (pipes and HTML escaped).
-fn md(s: &str) -> String {
-    esc(s).replace('|', "\\|")
+/// Markdown-escapes text from the data (`report.md`): a backslash before what Markdown reads
+/// as markup — `\\`, `|` (which ends a table cell), `*`, `_`, `` ` `` and a leading `#` or `>`
+/// — and `&lt;` for a `<` that could open an HTML tag or autolink (before a letter, `/`, `!` or
+/// `?`); everything else, quotes and apostrophes included, stays as it is.
+pub(crate) fn md(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    let mut leading = true;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' | '|' | '*' | '_' | '`' => {
+                o.push('\\');
+                o.push(c);
+            }
+            '#' | '>' if leading => {
+                o.push('\\');
+                o.push(c);
+            }
+            '<' if chars
+                .peek()
+                .is_some_and(|n| n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?')) =>
+            {
+                o.push_str("&lt;")
+            }
+            c => o.push(c),
+        }
+        leading &= c.is_whitespace();
+    }
+    o
 }
 
 const METRIC_ROWS: &[(&str, &str)] = &[
@@ -1207,6 +1234,28 @@ mod tests {
             b.metrics["per_source"][0]["source"], evil,
             "metrics.json keeps the raw name"
         );
+        // Each format escapes for itself: report.md is Markdown, not HTML.
+        let b = build(&cfg(), &preds("o'neil|gan_*v2*"), None, &[], &[]).unwrap();
+        assert!(
+            b.markdown.contains("| o'neil\\|gan\\_\\*v2\\* |"),
+            "report.md: the name as one readable table cell\n{}",
+            b.markdown
+        );
+        assert!(b.markdown.contains("### Reliability of the ensemble's scores"));
+        for entity in ["&#39;", "&quot;", "&amp;"] {
+            assert!(!b.markdown.contains(entity), "report.md holds the HTML entity {entity}");
+        }
+        assert!(b.html.contains("o&#39;neil|gan_*v2*"), "index.html escapes for HTML");
+    }
+
+    #[test]
+    fn markdown_escapes_only_what_markdown_reads() {
+        assert_eq!(md("o'neil \"q\" & co"), "o'neil \"q\" & co");
+        assert_eq!(md("a|b\\c*d_e`f"), "a\\|b\\\\c\\*d\\_e\\`f");
+        assert_eq!(md("# x #1"), "\\# x #1");
+        assert_eq!(md("  > quote, a > b"), "  \\> quote, a > b");
+        assert_eq!(md("<script>1 < 2</script>"), "&lt;script>1 < 2&lt;/script>");
+        assert_eq!(md("<!-- c --> <?x <http://a>"), "&lt;!-- c --> &lt;?x &lt;http://a>");
     }
 
     #[test]
