@@ -23,8 +23,8 @@
 //!   `p ≥ t` stops (filtration) and the share of fakes it stops (leakage).
 //!
 //! `metrics.json` keys are stable: renaming one is a breaking change. Every string that comes
-//! from the data (item, source and stage names) is HTML-escaped in `index.html` ([`esc`]) and
-//! Markdown-escaped in `report.md` ([`md`]).
+//! from the data (item, source and stage names) is HTML-escaped in `index.html` (`esc`) and
+//! Markdown-escaped in `report.md` (`md`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
