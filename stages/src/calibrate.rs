@@ -23,7 +23,8 @@
 use std::collections::BTreeMap;
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, Input, PortType, StageConfig, StageError, StageKind,
+    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, Input, PortType, ResolvedInput, StageConfig, StageError,
+    StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,91 +130,16 @@ impl StageConfig for Calibrate {
     fn execute(&self, ctx: &ExecCtx<'_>) -> Result<(), StageError> {
         let mut folds = Vec::new();
         let mut all_rows: Vec<CalibratedRow> = Vec::new();
-        // Pooled test items: logits before, logits over their fold's temperature after.
-        let (mut test_before, mut test_after, mut test_labels) = (Vec::new(), Vec::new(), Vec::new());
+        let mut pooled = PooledTest::default();
         let mut inputs: Vec<_> = ctx.inputs_of("models").collect();
         inputs.sort_by_key(|i| i.fold);
         for input in inputs {
-            let fold = input
-                .fold
-                .ok_or_else(|| StageError::msg(format!("`{}` is not a per-fold model stage", input.from)))?;
-            let rows = crate::ports::models::read_scores(&input.dir).map_err(StageError::msg)?;
-            let pick = |role: Role| -> (Vec<f64>, Vec<u8>) {
-                rows.iter()
-                    .filter(|r| r.role == role)
-                    .map(|r| (r.logit, r.label))
-                    .unzip()
-            };
-            let (vz, vy) = pick(Role::Val);
-            let (tz, ty) = pick(Role::Test);
-            let (fit_z, fit_y, fit_on) = if vz.is_empty() {
-                let (z, y) = pick(Role::Train);
-                (z, y, "train")
-            } else {
-                (vz.clone(), vy.clone(), "val")
-            };
-            let t = fit_temperature(&fit_z, &fit_y);
-            let test_probs: Vec<f64> = tz.iter().map(|z| sigmoid(z / t)).collect();
-            folds.push(FoldCalibration {
-                fold,
-                from: input.from.clone(),
-                temperature: t,
-                fit_on: fit_on.into(),
-                val: BeforeAfter {
-                    before: quality(&vz, &vy, 1.0, self.bins),
-                    after: quality(&vz, &vy, t, self.bins),
-                },
-                test: BeforeAfter {
-                    before: quality(&tz, &ty, 1.0, self.bins),
-                    after: quality(&tz, &ty, t, self.bins),
-                },
-                thresholds_test: metrics::cascade(&test_probs, &ty, &self.thresholds),
-            });
-            test_before.extend(tz.iter().copied());
-            test_after.extend(tz.iter().map(|z| z / t));
-            test_labels.extend(ty);
-            for r in rows {
-                let prob = sigmoid(r.logit / t);
-                all_rows.push(CalibratedRow {
-                    item: r.item,
-                    fold,
-                    role: r.role,
-                    label: r.label,
-                    source: r.source,
-                    logit: r.logit,
-                    prob,
-                });
-            }
+            folds.push(self.calibrate_fold(input, &mut pooled, &mut all_rows)?);
         }
         if folds.is_empty() {
             return Err(StageError::msg("no model folds to calibrate"));
         }
-        let (before, after) = (
-            quality(&test_before, &test_labels, 1.0, self.bins),
-            quality(&test_after, &test_labels, 1.0, self.bins),
-        );
-        let probs = |logits: &[f64]| logits.iter().map(|z| sigmoid(*z)).collect::<Vec<f64>>();
-        let (test_before, test_after) = (probs(&test_before), probs(&test_after));
-        let reduction = if before.ece > 0.0 {
-            1.0 - after.ece / before.ece
-        } else {
-            0.0
-        };
-        let doc = CalibrationDoc {
-            method: "temperature".into(),
-            bins: self.bins,
-            folds,
-            pooled_test: PooledQuality {
-                before,
-                after,
-                ece_reduction: reduction,
-            },
-            thresholds_test: metrics::cascade(&test_after, &test_labels, &self.thresholds),
-            reliability_test: Reliability {
-                before: bins_of(&test_before, &test_labels, self.bins),
-                after: bins_of(&test_after, &test_labels, self.bins),
-            },
-        };
+        let doc = self.document(folds, pooled);
         doc.write(ctx.out_dir).map_err(StageError::msg)?;
         let mut reliability = Vec::new();
         for (which, bins) in [
@@ -231,6 +157,110 @@ impl StageConfig for Calibrate {
         }
         write_reliability(ctx.out_dir, &reliability).map_err(StageError::msg)?;
         write_scores(ctx.out_dir, &all_rows).map_err(StageError::msg)
+    }
+}
+
+/// The pooled test items of every fold: logits before, logits over their fold's temperature
+/// after.
+#[derive(Default)]
+struct PooledTest {
+    before: Vec<f64>,
+    after: Vec<f64>,
+    labels: Vec<u8>,
+}
+
+impl Calibrate {
+    /// One fold: the temperature fitted on its validation items (on its training items when it
+    /// has none), quality before/after; its test items join `pooled`, every item `all_rows`.
+    fn calibrate_fold(
+        &self,
+        input: &ResolvedInput,
+        pooled: &mut PooledTest,
+        all_rows: &mut Vec<CalibratedRow>,
+    ) -> Result<FoldCalibration, StageError> {
+        let fold = input
+            .fold
+            .ok_or_else(|| StageError::msg(format!("`{}` is not a per-fold model stage", input.from)))?;
+        let rows = crate::ports::models::read_scores(&input.dir).map_err(StageError::msg)?;
+        let pick = |role: Role| -> (Vec<f64>, Vec<u8>) {
+            rows.iter()
+                .filter(|r| r.role == role)
+                .map(|r| (r.logit, r.label))
+                .unzip()
+        };
+        let (vz, vy) = pick(Role::Val);
+        let (tz, ty) = pick(Role::Test);
+        let (fit_z, fit_y, fit_on) = if vz.is_empty() {
+            let (z, y) = pick(Role::Train);
+            (z, y, "train")
+        } else {
+            (vz.clone(), vy.clone(), "val")
+        };
+        let t = fit_temperature(&fit_z, &fit_y);
+        let test_probs: Vec<f64> = tz.iter().map(|z| sigmoid(z / t)).collect();
+        let calibration = FoldCalibration {
+            fold,
+            from: input.from.clone(),
+            temperature: t,
+            fit_on: fit_on.into(),
+            val: BeforeAfter {
+                before: quality(&vz, &vy, 1.0, self.bins),
+                after: quality(&vz, &vy, t, self.bins),
+            },
+            test: BeforeAfter {
+                before: quality(&tz, &ty, 1.0, self.bins),
+                after: quality(&tz, &ty, t, self.bins),
+            },
+            thresholds_test: metrics::cascade(&test_probs, &ty, &self.thresholds),
+        };
+        pooled.before.extend(tz.iter().copied());
+        pooled.after.extend(tz.iter().map(|z| z / t));
+        pooled.labels.extend(ty);
+        for r in rows {
+            let prob = sigmoid(r.logit / t);
+            all_rows.push(CalibratedRow {
+                item: r.item,
+                fold,
+                role: r.role,
+                label: r.label,
+                source: r.source,
+                logit: r.logit,
+                prob,
+            });
+        }
+        Ok(calibration)
+    }
+
+    /// `calibration.json`: the folds, and quality, thresholds and reliability of the pooled
+    /// test items.
+    fn document(&self, folds: Vec<FoldCalibration>, pooled: PooledTest) -> CalibrationDoc {
+        let labels = &pooled.labels;
+        let (before, after) = (
+            quality(&pooled.before, labels, 1.0, self.bins),
+            quality(&pooled.after, labels, 1.0, self.bins),
+        );
+        let probs = |logits: &[f64]| logits.iter().map(|z| sigmoid(*z)).collect::<Vec<f64>>();
+        let (test_before, test_after) = (probs(&pooled.before), probs(&pooled.after));
+        let reduction = if before.ece > 0.0 {
+            1.0 - after.ece / before.ece
+        } else {
+            0.0
+        };
+        CalibrationDoc {
+            method: "temperature".into(),
+            bins: self.bins,
+            folds,
+            pooled_test: PooledQuality {
+                before,
+                after,
+                ece_reduction: reduction,
+            },
+            thresholds_test: metrics::cascade(&test_after, labels, &self.thresholds),
+            reliability_test: Reliability {
+                before: bins_of(&test_before, labels, self.bins),
+                after: bins_of(&test_after, labels, self.bins),
+            },
+        }
     }
 }
 

@@ -638,7 +638,7 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Reference values: `reference_values.py` (next to this file), run with scikit-learn 1.9.1,
     //! scipy 1.17.1, numpy 2.4.6 (Python 3.11); pasted verbatim. Tolerance 1e-9 (relative above 1).
     use super::*;
@@ -646,7 +646,7 @@ mod tests {
     const TOL: f64 = 1e-9;
 
     #[track_caller]
-    fn assert_close(got: f64, want: f64) {
+    pub(crate) fn assert_close(got: f64, want: f64) {
         assert!(
             got == want || (got - want).abs() <= TOL * want.abs().max(1.0),
             "got {got:?}, want {want:?}"
@@ -666,11 +666,11 @@ mod tests {
     const INV_Y: [u8; 6] = [0, 0, 0, 1, 1, 1];
     const UNB_S: [f64; 12] = [0.05, 0.2, 0.15, 0.7, 0.3, 0.1, 0.55, 0.4, 0.25, 0.6, 0.35, 0.02];
     const UNB_Y: [u8; 12] = [0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0];
-    const LONG_S: [f64; 32] = [
+    pub(crate) const LONG_S: [f64; 32] = [
         0.0, 1.0, 0.38, 0.54, 0.38, 0.4, 0.51, 0.81, 0.9, 0.65, 0.76, 0.38, 0.32, 0.31, 0.61, 0.41, 0.58, 0.17, 0.46,
         0.53, 0.71, 0.69, 0.57, 0.08, 0.87, 0.77, 0.4, 0.54, 0.38, 0.26, 0.18, 0.47,
     ];
-    const LONG_Y: [u8; 32] = [
+    pub(crate) const LONG_Y: [u8; 32] = [
         1, 0, 1, 0, 1, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1,
     ];
     // TIES: sklearn.metrics.roc_curve(y, s, drop_intermediate=False)

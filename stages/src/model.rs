@@ -265,6 +265,21 @@ fn torch_env() -> Vec<(String, String)> {
     )]
 }
 
+/// A libtorch stage's resources: the threads it is given, and a GPU unless it runs on the CPU.
+fn torch_resources(device: Device) -> Resources {
+    Resources {
+        threads: 0,
+        gpu: device != Device::Cpu,
+    }
+}
+
+/// Train and Retrain: one instance per fold of the `split` stage.
+fn per_fold(split: &str) -> FanOut {
+    FanOut::PerFold {
+        split: split.to_string(),
+    }
+}
+
 /// The most epochs a training stage may ask for, and the most accumulation steps.
 pub const MAX_EPOCHS: u32 = 100_000;
 pub const MAX_ACCUMULATE: u32 = 65_536;
@@ -365,9 +380,7 @@ impl StageConfig for Train {
         MODELS
     }
     fn fan_out(&self) -> FanOut {
-        FanOut::PerFold {
-            split: self.split.clone(),
-        }
+        per_fold(&self.split)
     }
     fn resolve_defaults(&mut self, d: &Defaults) {
         if self.seed.is_none() {
@@ -381,10 +394,7 @@ impl StageConfig for Train {
         torch_env()
     }
     fn resources(&self) -> Resources {
-        Resources {
-            threads: 0,
-            gpu: self.device != Device::Cpu,
-        }
+        torch_resources(self.device)
     }
     fn validate(&self) -> Vec<ConfigProblem> {
         train_problems(self)
@@ -469,9 +479,7 @@ impl StageConfig for Retrain {
         MODELS
     }
     fn fan_out(&self) -> FanOut {
-        FanOut::PerFold {
-            split: self.split.clone(),
-        }
+        per_fold(&self.split)
     }
     fn resolve_defaults(&mut self, d: &Defaults) {
         if self.seed.is_none() {
@@ -485,10 +493,7 @@ impl StageConfig for Retrain {
         torch_env()
     }
     fn resources(&self) -> Resources {
-        Resources {
-            threads: 0,
-            gpu: self.device != Device::Cpu,
-        }
+        torch_resources(self.device)
     }
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut c = Checks::new();
@@ -598,10 +603,7 @@ impl StageConfig for EnsembleInfer {
         torch_env()
     }
     fn resources(&self) -> Resources {
-        Resources {
-            threads: 0,
-            gpu: self.device != Device::Cpu,
-        }
+        torch_resources(self.device)
     }
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut v = Vec::new();

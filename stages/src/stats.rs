@@ -268,30 +268,15 @@ fn asymptotic_p(m: usize, ties: &[f64], w: f64) -> f64 {
 mod tests {
     //! Reference values: `reference_values.py` (next to this file), run with scikit-learn 1.9.1,
     //! scipy 1.17.1, numpy 2.4.6 (Python 3.11); pasted verbatim. Tolerance 1e-9 (relative above 1).
+    //! `LONG_S`/`LONG_Y` and the tolerance are the metrics tests' (the same script's inputs).
     use super::*;
-
-    const TOL: f64 = 1e-9;
-
-    #[track_caller]
-    fn assert_close(got: f64, want: f64) {
-        assert!(
-            got == want || (got - want).abs() <= TOL * want.abs().max(1.0),
-            "got {got:?}, want {want:?}"
-        );
-    }
+    use crate::metrics::tests::{assert_close, LONG_S, LONG_Y};
 
     // DeLong: classic O(mn) structural components == Sun & Xu fast midrank (to 1e-14);
     // p = 2 * scipy.stats.norm.sf(|z|). [auc_a, auc_b, diff, se, z, p]
-    const LONG_S: [f64; 32] = [
-        0.0, 1.0, 0.38, 0.54, 0.38, 0.4, 0.51, 0.81, 0.9, 0.65, 0.76, 0.38, 0.32, 0.31, 0.61, 0.41, 0.58, 0.17, 0.46,
-        0.53, 0.71, 0.69, 0.57, 0.08, 0.87, 0.77, 0.4, 0.54, 0.38, 0.26, 0.18, 0.47,
-    ];
     const LONG_S_B: [f64; 32] = [
         0.27, 0.72, 0.55, 0.4, 0.68, 0.37, 0.75, 0.42, 0.78, 0.57, 0.68, 0.54, 0.62, 0.29, 0.33, 0.66, 0.71, 0.49,
         0.32, 0.37, 0.68, 0.6, 0.63, 0.1, 0.85, 0.85, 0.26, 0.48, 0.38, 0.22, 0.46, 0.64,
-    ];
-    const LONG_Y: [u8; 32] = [
-        1, 0, 1, 0, 1, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1,
     ];
     const DELONG_LONG: [f64; 6] = [
         0.7321428571428571,

@@ -532,87 +532,14 @@ fn sensor_noise(img: &Planes, sigma: f32, rho: f32, rng: &mut ChaCha8Rng) -> Pla
 fn synth_real(ctx: &mut Ctx, rng: &mut ChaCha8Rng) -> Real {
     let n = ctx.n;
     let nn = n * n;
-    let nf = n as f32;
     let alpha = rng.gen_range(1.6f32..2.6);
-    let (fy, _) = ctx.pink2(alpha, rng);
-    let (fu, fv) = ctx.pink2(alpha + rng.gen_range(-0.2f32..0.4), rng);
-    let (by, bu, bv) = (
-        rng.gen_range(0.3f32..0.7),
-        rng.gen_range(-0.07f32..0.07),
-        rng.gen_range(-0.07f32..0.07),
-    );
-    let cy = rng.gen_range(0.06f32..0.2);
-    let cc = rng.gen_range(0.01f32..0.05);
-    let mut yp: Vec<f32> = fy.iter().map(|v| by + cy * v).collect();
-    let mut up: Vec<f32> = fu.iter().map(|v| bu + cc * v).collect();
-    let mut vp: Vec<f32> = fv.iter().map(|v| bv + cc * v).collect();
-
+    let mut opp = background(ctx, alpha, rng);
     let objects = rng.gen_range(1..=5);
     for _ in 0..objects {
-        let cx = rng.gen_range(-0.1f32..1.1) * nf;
-        let cyy = rng.gen_range(-0.1f32..1.1) * nf;
-        let a = rng.gen_range(0.06f32..0.35) * nf;
-        let b = (a * rng.gen_range(0.45f32..1.6)).max(1.5);
-        let (co, si) = unit_vec(rng);
-        let kind = rng.gen_range(0..3u8);
-        let ew = rng.gen_range(0.6f32..1.8);
-        let oy = rng.gen_range(0.08f32..0.92);
-        let ou = rng.gen_range(-0.1f32..0.1);
-        let ov = rng.gen_range(-0.1f32..0.1);
-        let (t1, t2) = ctx.pink2(rng.gen_range(1.4f32..3.2), rng);
-        let ct = rng.gen_range(0.01f32..0.15);
-        let (sdx, sdy) = unit_vec(rng);
-        let sh = rng.gen_range(0.0f32..0.3);
-        let reach = a.max(b) * if kind == 1 { 1.5 } else { 1.0 } + ew;
-        let x0 = (cx - reach).floor().max(0.0) as usize;
-        let x1 = ((cx + reach).ceil().max(0.0) as usize).min(n);
-        let y0 = (cyy - reach).floor().max(0.0) as usize;
-        let y1 = ((cyy + reach).ceil().max(0.0) as usize).min(n);
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let px = x as f32 + 0.5 - cx;
-                let py = y as f32 + 0.5 - cyy;
-                let xr = co * px + si * py;
-                let yr = -si * px + co * py;
-                let d = match kind {
-                    0 => ellipse_sd(xr, yr, a, b),
-                    1 => (xr.abs() - a).max(yr.abs() - b),
-                    _ => {
-                        let (qx, qy) = ((xr / a) * (xr / a), (yr / b) * (yr / b));
-                        ((qx * qx + qy * qy).sqrt().sqrt() - 1.0) * a.min(b)
-                    }
-                };
-                let m = soft_mask(d, ew);
-                if m <= 0.0 {
-                    continue;
-                }
-                let i = y * n + x;
-                let shade = 1.0 + sh * (sdx * px + sdy * py) / a.max(b);
-                let ty = (oy + ct * t1[i]) * shade;
-                let tu = ou + 0.3 * ct * t2[i];
-                let tv = ov - 0.3 * ct * t1[i];
-                yp[i] = m * ty + (1.0 - m) * yp[i];
-                up[i] = m * tu + (1.0 - m) * up[i];
-                vp[i] = m * tv + (1.0 - m) * vp[i];
-            }
-        }
+        paint_object(ctx, &mut opp, rng);
     }
-
-    // Illumination: a linear ramp and a vignette, scaling colour with light.
-    let (ldx, ldy) = unit_vec(rng);
-    let lg = rng.gen_range(0.0f32..0.6);
-    let vig = rng.gen_range(0.0f32..0.35);
-    for y in 0..n {
-        for x in 0..n {
-            let px = (x as f32 + 0.5) / nf - 0.5;
-            let py = (y as f32 + 0.5) / nf - 0.5;
-            let l = (1.0 + lg * (ldx * px + ldy * py)) * (1.0 - 2.0 * vig * (px * px + py * py));
-            let i = y * n + x;
-            yp[i] *= l;
-            up[i] *= l;
-            vp[i] *= l;
-        }
-    }
+    illuminate(n, &mut opp, rng);
+    let [yp, up, vp] = &opp;
 
     // Opponent colour → RGB (the mean of R, G, B is the luminance).
     let mut clean: Planes = [
@@ -627,8 +554,116 @@ fn synth_real(ctx: &mut Ctx, rng: &mut ChaCha8Rng) -> Real {
             *plane = blur(plane, n, optics);
         }
     }
+    tone_map(&mut clean, rng);
 
-    // Tone mapping: the 0.2 % / 99.8 % quantiles to a random [lo, hi] in [0, 1].
+    let sigma = log_uniform(rng, 0.6, 4.0) / 255.0;
+    let rho = rng.gen_range(0.3f32..0.85);
+    let noise = sensor_noise(&clean, sigma, rho, rng);
+    Real {
+        clean,
+        noise,
+        alpha,
+        sigma,
+        rho,
+    }
+}
+
+/// The background: 1/f^alpha fields around a random base colour, as opponent planes
+/// (luminance, two chroma).
+fn background(ctx: &mut Ctx, alpha: f32, rng: &mut ChaCha8Rng) -> Planes {
+    let (fy, _) = ctx.pink2(alpha, rng);
+    let (fu, fv) = ctx.pink2(alpha + rng.gen_range(-0.2f32..0.4), rng);
+    let (by, bu, bv) = (
+        rng.gen_range(0.3f32..0.7),
+        rng.gen_range(-0.07f32..0.07),
+        rng.gen_range(-0.07f32..0.07),
+    );
+    let cy = rng.gen_range(0.06f32..0.2);
+    let cc = rng.gen_range(0.01f32..0.05);
+    [
+        fy.iter().map(|v| by + cy * v).collect(),
+        fu.iter().map(|v| bu + cc * v).collect(),
+        fv.iter().map(|v| bv + cc * v).collect(),
+    ]
+}
+
+/// One soft-edged, textured and shaded object (ellipse, rectangle or superellipse) painted
+/// over the opponent planes.
+fn paint_object(ctx: &mut Ctx, opp: &mut Planes, rng: &mut ChaCha8Rng) {
+    let n = ctx.n;
+    let nf = n as f32;
+    let [yp, up, vp] = opp;
+    let cx = rng.gen_range(-0.1f32..1.1) * nf;
+    let cyy = rng.gen_range(-0.1f32..1.1) * nf;
+    let a = rng.gen_range(0.06f32..0.35) * nf;
+    let b = (a * rng.gen_range(0.45f32..1.6)).max(1.5);
+    let (co, si) = unit_vec(rng);
+    let kind = rng.gen_range(0..3u8);
+    let ew = rng.gen_range(0.6f32..1.8);
+    let oy = rng.gen_range(0.08f32..0.92);
+    let ou = rng.gen_range(-0.1f32..0.1);
+    let ov = rng.gen_range(-0.1f32..0.1);
+    let (t1, t2) = ctx.pink2(rng.gen_range(1.4f32..3.2), rng);
+    let ct = rng.gen_range(0.01f32..0.15);
+    let (sdx, sdy) = unit_vec(rng);
+    let sh = rng.gen_range(0.0f32..0.3);
+    let reach = a.max(b) * if kind == 1 { 1.5 } else { 1.0 } + ew;
+    let x0 = (cx - reach).floor().max(0.0) as usize;
+    let x1 = ((cx + reach).ceil().max(0.0) as usize).min(n);
+    let y0 = (cyy - reach).floor().max(0.0) as usize;
+    let y1 = ((cyy + reach).ceil().max(0.0) as usize).min(n);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let px = x as f32 + 0.5 - cx;
+            let py = y as f32 + 0.5 - cyy;
+            let xr = co * px + si * py;
+            let yr = -si * px + co * py;
+            let d = match kind {
+                0 => ellipse_sd(xr, yr, a, b),
+                1 => (xr.abs() - a).max(yr.abs() - b),
+                _ => {
+                    let (qx, qy) = ((xr / a) * (xr / a), (yr / b) * (yr / b));
+                    ((qx * qx + qy * qy).sqrt().sqrt() - 1.0) * a.min(b)
+                }
+            };
+            let m = soft_mask(d, ew);
+            if m <= 0.0 {
+                continue;
+            }
+            let i = y * n + x;
+            let shade = 1.0 + sh * (sdx * px + sdy * py) / a.max(b);
+            let ty = (oy + ct * t1[i]) * shade;
+            let tu = ou + 0.3 * ct * t2[i];
+            let tv = ov - 0.3 * ct * t1[i];
+            yp[i] = m * ty + (1.0 - m) * yp[i];
+            up[i] = m * tu + (1.0 - m) * up[i];
+            vp[i] = m * tv + (1.0 - m) * vp[i];
+        }
+    }
+}
+
+/// Illumination: a linear ramp and a vignette, scaling colour with light.
+fn illuminate(n: usize, opp: &mut Planes, rng: &mut ChaCha8Rng) {
+    let nf = n as f32;
+    let [yp, up, vp] = opp;
+    let (ldx, ldy) = unit_vec(rng);
+    let lg = rng.gen_range(0.0f32..0.6);
+    let vig = rng.gen_range(0.0f32..0.35);
+    for y in 0..n {
+        for x in 0..n {
+            let px = (x as f32 + 0.5) / nf - 0.5;
+            let py = (y as f32 + 0.5) / nf - 0.5;
+            let l = (1.0 + lg * (ldx * px + ldy * py)) * (1.0 - 2.0 * vig * (px * px + py * py));
+            let i = y * n + x;
+            yp[i] *= l;
+            up[i] *= l;
+            vp[i] *= l;
+        }
+    }
+}
+
+/// Tone mapping: the 0.2 % / 99.8 % quantiles to a random [lo, hi] in [0, 1].
+fn tone_map(clean: &mut Planes, rng: &mut ChaCha8Rng) {
     let mut all: Vec<f32> = clean.iter().flatten().copied().collect();
     let k_lo = all.len() / 500;
     let k_hi = all.len() - 1 - k_lo;
@@ -641,17 +676,6 @@ fn synth_real(ctx: &mut Ctx, rng: &mut ChaCha8Rng) -> Real {
         for v in plane.iter_mut() {
             *v = (t_lo + (*v - q_lo) * scale).clamp(0.0, 1.0);
         }
-    }
-
-    let sigma = log_uniform(rng, 0.6, 4.0) / 255.0;
-    let rho = rng.gen_range(0.3f32..0.85);
-    let noise = sensor_noise(&clean, sigma, rho, rng);
-    Real {
-        clean,
-        noise,
-        alpha,
-        sigma,
-        rho,
     }
 }
 
@@ -666,9 +690,17 @@ fn synth_real(ctx: &mut Ctx, rng: &mut ChaCha8Rng) -> Real {
 /// period-2 pattern, strength drawn per item. The real's sensor noise is kept.
 fn gan_upsample(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
     let n = ctx.n;
+    let low = downsample2(&real.clean, n);
+    let up = upsample2(&low, n);
+    let up = restore_detail(ctx, real, &up, rng);
+    Fingerprint::draw(rng).apply(n, &up, &low, &real.noise)
+}
+
+/// 2x2 box down-sampling (the last row/column repeated for an odd size).
+fn downsample2(img: &Planes, n: usize) -> Planes {
     let h = n.div_ceil(2);
-    let low: Planes = std::array::from_fn(|c| {
-        let src = &real.clean[c];
+    std::array::from_fn(|c| {
+        let src = &img[c];
         let mut out = vec![0.0; h * h];
         for i in 0..h {
             for j in 0..h {
@@ -678,8 +710,13 @@ fn gan_upsample(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
             }
         }
         out
-    });
-    // Bilinear x2 with half-pixel alignment: taps (0.75, 0.25) towards the nearer neighbour.
+    })
+}
+
+/// Bilinear x2 (to `n` x `n`) with half-pixel alignment: taps (0.75, 0.25) towards the nearer
+/// neighbour.
+fn upsample2(low: &Planes, n: usize) -> Planes {
+    let h = n.div_ceil(2);
     let taps = |o: usize| -> (usize, usize) {
         let i = o / 2;
         let other = if o.is_multiple_of(2) {
@@ -689,7 +726,7 @@ fn gan_upsample(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
         };
         (i, other)
     };
-    let up: Planes = std::array::from_fn(|c| {
+    std::array::from_fn(|c| {
         let l = &low[c];
         let mut out = vec![0.0; n * n];
         for y in 0..n {
@@ -701,29 +738,24 @@ fn gan_upsample(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
             }
         }
         out
-    });
+    })
+}
 
-    // Restore the real's spectral envelope, as a generator hallucinating detail would: per
-    // channel and frequency cell (a 6x6 grid over |fx|, |fy|: the bottleneck's loss is
-    // separable, not radial), a modest gain (1 to 2.5) on the down/up-sampled spectrum plus
-    // random-phase texture (shared by the channels) filling the power the bottleneck removed.
-    // So fakes are not simply blurrier than reals; their fine detail is just not the real's.
-    const CELLS: usize = 6;
-    const BINS: usize = CELLS * CELLS;
+/// Frequency cells of the detail restoration: a 6x6 grid over |fx|, |fy|.
+const CELLS: usize = 6;
+const BINS: usize = CELLS * CELLS;
+
+/// Restore the real's spectral envelope, as a generator hallucinating detail would: per
+/// channel and frequency cell (a 6x6 grid over |fx|, |fy|: the bottleneck's loss is
+/// separable, not radial), a modest gain (1 to 2.5) on the down/up-sampled spectrum plus
+/// random-phase texture (shared by the channels) filling the power the bottleneck removed.
+/// So fakes are not simply blurrier than reals; their fine detail is just not the real's.
+fn restore_detail(ctx: &mut Ctx, real: &Real, up: &Planes, rng: &mut ChaCha8Rng) -> Planes {
+    let n = ctx.n;
     let cell = |f: f32| ((f / 0.5 * CELLS as f32) as usize).min(CELLS - 1);
     let (afx, afy) = (ctx.afx.clone(), ctx.afy.clone());
     let bin_of = |i: usize| cell(afy[i]) * CELLS + cell(afx[i]);
-    // The hallucinated detail goes where the low-resolution content has structure: white
-    // noise modulated by the local band-pass energy of the up-sampled luminance.
-    let lum_up = luminance(&up);
-    let smooth = blur(&lum_up, n, 1.5);
-    let band2: Vec<f32> = lum_up.iter().zip(&smooth).map(|(u, s)| (u - s) * (u - s)).collect();
-    let mut env: Vec<f32> = blur(&band2, n, 1.2).iter().map(|v| v.max(0.0)).collect();
-    let env_rms = (env.iter().map(|v| (v * v) as f64).sum::<f64>() / (n * n) as f64).sqrt() as f32;
-    let floor = rng.gen_range(0.0f32..0.15);
-    env.iter_mut()
-        .for_each(|v| *v = floor + (1.0 - floor) * *v / env_rms.max(1e-6));
-    let white: Vec<f32> = env.iter().map(|e| e * gauss(rng)).collect();
+    let white = detail_noise(n, up, rng);
     let sw = ctx.spectrum(&white);
     let mut ew = [0.0f64; BINS];
     for i in 1..n * n {
@@ -743,7 +775,7 @@ fn gan_upsample(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
         (row(y0) * (1.0 - fy) + row(y1) * fy) as f32
     };
     let inv_nn = 1.0 / (n * n) as f32;
-    let up: Planes = std::array::from_fn(|c| {
+    std::array::from_fn(|c| {
         let sc = ctx.spectrum(&real.clean[c]);
         let mut su = ctx.spectrum(&up[c]);
         let (mut ec, mut eu) = ([0.0f64; BINS], [0.0f64; BINS]);
@@ -769,58 +801,90 @@ fn gan_upsample(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
         su.iter_mut().for_each(|v| *v *= inv_nn);
         ctx.fft2(&mut su, true);
         su.iter().map(|v| v.re).collect()
-    });
+    })
+}
 
-    // The fingerprint: per output phase p = (y % 2, x % 2) a 3x3 kernel over the low-res image.
-    let mut gains = [0.0f32; 4];
-    gains.iter_mut().for_each(|g| *g = gauss(rng));
-    let gm = gains.iter().sum::<f32>() / 4.0;
-    gains.iter_mut().for_each(|g| *g -= gm);
-    const W: [f32; 9] = [
-        1.0 / 16.0,
-        2.0 / 16.0,
-        1.0 / 16.0,
-        2.0 / 16.0,
-        4.0 / 16.0,
-        2.0 / 16.0,
-        1.0 / 16.0,
-        2.0 / 16.0,
-        1.0 / 16.0,
-    ];
-    let mut kern = [[0.0f32; 9]; 4];
-    for p in 0..4 {
-        for t in 0..9 {
-            kern[p][t] = gains[p] * W[t] + 0.1 * gauss(rng);
-        }
-    }
-    let total = kern.iter().flatten().sum::<f32>() / 36.0;
-    kern.iter_mut().flatten().for_each(|v| *v -= total);
-    let sums: Vec<f32> = kern.iter().map(|k| k.iter().sum::<f32>()).collect();
-    let rms = (sums.iter().map(|s| s * s).sum::<f32>() / 4.0).sqrt().max(1e-3);
-    let strength = log_uniform(rng, 0.002, 0.025) / rms;
+/// The hallucinated detail goes where the low-resolution content has structure: white
+/// noise modulated by the local band-pass energy of the up-sampled luminance.
+fn detail_noise(n: usize, up: &Planes, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let lum_up = luminance(up);
+    let smooth = blur(&lum_up, n, 1.5);
+    let band2: Vec<f32> = lum_up.iter().zip(&smooth).map(|(u, s)| (u - s) * (u - s)).collect();
+    let mut env: Vec<f32> = blur(&band2, n, 1.2).iter().map(|v| v.max(0.0)).collect();
+    let env_rms = (env.iter().map(|v| (v * v) as f64).sum::<f64>() / (n * n) as f64).sqrt() as f32;
+    let floor = rng.gen_range(0.0f32..0.15);
+    env.iter_mut()
+        .for_each(|v| *v = floor + (1.0 - floor) * *v / env_rms.max(1e-6));
+    env.iter().map(|e| e * gauss(rng)).collect()
+}
 
-    let clampi = |i: isize| i.clamp(0, h as isize - 1) as usize;
-    std::array::from_fn(|c| {
-        let u = &up[c];
-        let l = &low[c];
-        let mut out = vec![0.0; n * n];
-        for y in 0..n {
-            for x in 0..n {
-                let i = y * n + x;
-                let kp = &kern[(y % 2) * 2 + x % 2];
-                let (iy, ix) = ((y / 2) as isize, (x / 2) as isize);
-                let mut acc = 0.0;
-                for dy in 0..3 {
-                    let row = clampi(iy + dy as isize - 1) * h;
-                    for dx in 0..3 {
-                        acc += kp[dy * 3 + dx] * l[row + clampi(ix + dx as isize - 1)];
-                    }
-                }
-                out[i] = u[i] + strength * acc + real.noise[c][i];
+/// The transposed-convolution fingerprint: per output phase p = (y % 2, x % 2) a 3x3 kernel
+/// over the low-res image, and its strength.
+struct Fingerprint {
+    kern: [[f32; 9]; 4],
+    strength: f32,
+}
+
+impl Fingerprint {
+    /// Per-phase gains of zero mean on a binomial kernel, plus jitter, zero net gain.
+    fn draw(rng: &mut ChaCha8Rng) -> Fingerprint {
+        let mut gains = [0.0f32; 4];
+        gains.iter_mut().for_each(|g| *g = gauss(rng));
+        let gm = gains.iter().sum::<f32>() / 4.0;
+        gains.iter_mut().for_each(|g| *g -= gm);
+        const W: [f32; 9] = [
+            1.0 / 16.0,
+            2.0 / 16.0,
+            1.0 / 16.0,
+            2.0 / 16.0,
+            4.0 / 16.0,
+            2.0 / 16.0,
+            1.0 / 16.0,
+            2.0 / 16.0,
+            1.0 / 16.0,
+        ];
+        let mut kern = [[0.0f32; 9]; 4];
+        for p in 0..4 {
+            for t in 0..9 {
+                kern[p][t] = gains[p] * W[t] + 0.1 * gauss(rng);
             }
         }
-        out
-    })
+        let total = kern.iter().flatten().sum::<f32>() / 36.0;
+        kern.iter_mut().flatten().for_each(|v| *v -= total);
+        let sums: Vec<f32> = kern.iter().map(|k| k.iter().sum::<f32>()).collect();
+        let rms = (sums.iter().map(|s| s * s).sum::<f32>() / 4.0).sqrt().max(1e-3);
+        let strength = log_uniform(rng, 0.002, 0.025) / rms;
+        Fingerprint { kern, strength }
+    }
+
+    /// The output: the restored up-sampled image, plus the fingerprint (the phase's kernel over
+    /// the low-res image, times `strength`), plus the real's sensor noise.
+    fn apply(&self, n: usize, up: &Planes, low: &Planes, noise: &Planes) -> Planes {
+        let (kern, strength) = (&self.kern, self.strength);
+        let h = n.div_ceil(2);
+        let clampi = |i: isize| i.clamp(0, h as isize - 1) as usize;
+        std::array::from_fn(|c| {
+            let u = &up[c];
+            let l = &low[c];
+            let mut out = vec![0.0; n * n];
+            for y in 0..n {
+                for x in 0..n {
+                    let i = y * n + x;
+                    let kp = &kern[(y % 2) * 2 + x % 2];
+                    let (iy, ix) = ((y / 2) as isize, (x / 2) as isize);
+                    let mut acc = 0.0;
+                    for dy in 0..3 {
+                        let row = clampi(iy + dy as isize - 1) * h;
+                        for dx in 0..3 {
+                            acc += kp[dy * 3 + dx] * l[row + clampi(ix + dx as isize - 1)];
+                        }
+                    }
+                    out[i] = u[i] + strength * acc + noise[c][i];
+                }
+            }
+            out
+        })
+    }
 }
 
 /// Weighted per-channel mean of `img` under `w`.
@@ -890,15 +954,47 @@ fn faceswap_blend(ctx: &mut Ctx, real: &Real, donor: &Real, rng: &mut ChaCha8Rng
 /// border.
 fn inpaint(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
     let n = ctx.n;
-    let nf = n as f32;
     let target = real.image();
+    let mask = inpaint_mask(n, rng);
+    let unknown: Vec<usize> = (0..n * n).filter(|&i| mask[i] > 0.0).collect();
+    let is_unknown: Vec<bool> = mask.iter().map(|&m| m > 0.0).collect();
+    let core: Vec<f32> = mask.iter().map(|&m| if m >= 0.5 { 1.0 } else { 0.0 }).collect();
+    let tx = InpaintTexture::draw(ctx, real, &core, rng);
+
+    let mut out = target.clone();
+    let fills: Vec<Vec<f32>> = target
+        .iter()
+        .map(|plane| diffuse_fill(plane, n, &unknown, &is_unknown))
+        .collect();
+    let chroma = [
+        tx.chroma_u,
+        -0.5 * tx.chroma_u + 0.866 * tx.chroma_v,
+        -0.5 * tx.chroma_u - 0.866 * tx.chroma_v,
+    ];
+    for &i in &unknown {
+        let m = mask[i];
+        let t = tx.tex[i] - tx.tex_mean;
+        let g0 = gauss(rng);
+        for c in 0..3 {
+            let base = fills[c][i] + tx.tex_gain * t + tx.chroma_gain * chroma[c] * tx.tex_c[i] + tx.drift[c];
+            let sd = tx.noise_sigma * (0.35 + 1.3 * base.clamp(0.0, 1.0)).sqrt();
+            let noise = sd * (real.rho * g0 + (1.0 - real.rho * real.rho).sqrt() * gauss(rng));
+            out[c][i] = m * (base + noise) + (1.0 - m) * target[c][i];
+        }
+    }
+    out
+}
+
+/// The soft mask of the inpainted region: a rectangle, an ellipse or a blob (the union of
+/// two or three ellipses around the centre), with a feathered border.
+fn inpaint_mask(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let nf = n as f32;
     let half = rng.gen_range(0.1f32..0.22) * nf;
     let hy = half * rng.gen_range(0.7f32..1.4);
     let cx = rng.gen_range(half + 1.0..nf - half - 1.0);
     let cy = rng.gen_range((hy + 1.0).min(nf * 0.5)..(nf - hy - 1.0).max(nf * 0.5 + 0.01));
     let feather = rng.gen_range(1.0f32..3.5) * (nf / 64.0).max(0.5);
     let kind = rng.gen_range(0..3u8);
-    // Blob: the union of two or three ellipses around the centre.
     let lobes: Vec<(f32, f32, f32, f32)> = (0..rng.gen_range(2..=3))
         .map(|_| {
             (
@@ -909,7 +1005,7 @@ fn inpaint(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
             )
         })
         .collect();
-    let mask: Vec<f32> = (0..n * n)
+    (0..n * n)
         .map(|i| {
             let px = (i % n) as f32 + 0.5;
             let py = (i / n) as f32 + 0.5;
@@ -923,108 +1019,117 @@ fn inpaint(ctx: &mut Ctx, real: &Real, rng: &mut ChaCha8Rng) -> Planes {
             };
             soft_mask(d, feather)
         })
-        .collect();
-    let unknown: Vec<usize> = (0..n * n).filter(|&i| mask[i] > 0.0).collect();
-    let is_unknown: Vec<bool> = mask.iter().map(|&m| m > 0.0).collect();
-    let core: Vec<f32> = mask.iter().map(|&m| if m >= 0.5 { 1.0 } else { 0.0 }).collect();
+        .collect()
+}
 
-    // Texture amplitude relative to the luminance contrast of what is being replaced.
-    let lum_clean = luminance(&real.clean);
-    let std_in = |v: &[f32]| -> f32 {
-        let w: f64 = core.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
-        let mean = v.iter().zip(&core).map(|(&x, &m)| x as f64 * m as f64).sum::<f64>() / w;
-        let var = v
-            .iter()
-            .zip(&core)
-            .map(|(&x, &m)| m as f64 * (x as f64 - mean) * (x as f64 - mean))
-            .sum::<f64>()
-            / w;
-        var.sqrt() as f32
-    };
-    let (tex, tex_c) = ctx.pink2(real.alpha + rng.gen_range(0.4f32..1.4), rng);
-    let tex_std = std_in(&tex).max(1e-3);
-    let tex_gain = rng.gen_range(0.05f32..0.7) * std_in(&lum_clean) / tex_std;
-    let (chroma_u, chroma_v) = unit_vec(rng);
-    let chroma_gain = 0.25 * tex_gain * rng.gen_range(0.0f32..1.0);
-    let tex_mean: f32 = {
-        let w: f32 = core.iter().sum::<f32>().max(1.0);
-        tex.iter().zip(&core).map(|(t, m)| t * m).sum::<f32>() / w
-    };
-    let noise_sigma = real.sigma * rng.gen_range(0.0f32..0.4);
-    // Colour drift of the re-synthesised content (zero in expectation).
-    let drift_all = gauss(rng) * rng.gen_range(0.0f32..0.015);
-    let drift: [f32; 3] = std::array::from_fn(|_| drift_all + 0.005 * gauss(rng));
+/// What the inpainted content adds to the diffused fill: a smoother texture (with a chroma
+/// part), a colour drift and the level of its fresh noise.
+struct InpaintTexture {
+    tex: Vec<f32>,
+    tex_c: Vec<f32>,
+    tex_mean: f32,
+    tex_gain: f32,
+    chroma_u: f32,
+    chroma_v: f32,
+    chroma_gain: f32,
+    noise_sigma: f32,
+    drift: [f32; 3],
+}
 
-    let mut out = target.clone();
-    let mut fills: Vec<Vec<f32>> = Vec::with_capacity(3);
-    for plane in &target {
-        let known = blur(plane, n, 1.0);
-        let mut fill = known.clone();
-        // Initial guess: interpolate along the row and the column between known pixels.
-        for &i in &unknown {
-            let (y, x) = (i / n, i % n);
-            let scan = |step: isize, along_row: bool| -> Option<(f32, f32)> {
-                let (mut yy, mut xx) = (y as isize, x as isize);
-                let mut dist = 0.0;
-                loop {
-                    if along_row {
-                        xx += step;
-                    } else {
-                        yy += step;
-                    }
-                    dist += 1.0;
-                    if xx < 0 || yy < 0 || xx >= n as isize || yy >= n as isize {
-                        return None;
-                    }
-                    let j = yy as usize * n + xx as usize;
-                    if !is_unknown[j] {
-                        return Some((known[j], dist));
-                    }
+impl InpaintTexture {
+    /// The texture's amplitude is relative to the luminance contrast of what is being
+    /// replaced (the mask's `core`).
+    fn draw(ctx: &mut Ctx, real: &Real, core: &[f32], rng: &mut ChaCha8Rng) -> InpaintTexture {
+        let lum_clean = luminance(&real.clean);
+        let std_in = |v: &[f32]| -> f32 {
+            let w: f64 = core.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
+            let mean = v.iter().zip(core).map(|(&x, &m)| x as f64 * m as f64).sum::<f64>() / w;
+            let var = v
+                .iter()
+                .zip(core)
+                .map(|(&x, &m)| m as f64 * (x as f64 - mean) * (x as f64 - mean))
+                .sum::<f64>()
+                / w;
+            var.sqrt() as f32
+        };
+        let (tex, tex_c) = ctx.pink2(real.alpha + rng.gen_range(0.4f32..1.4), rng);
+        let tex_std = std_in(&tex).max(1e-3);
+        let tex_gain = rng.gen_range(0.05f32..0.7) * std_in(&lum_clean) / tex_std;
+        let (chroma_u, chroma_v) = unit_vec(rng);
+        let chroma_gain = 0.25 * tex_gain * rng.gen_range(0.0f32..1.0);
+        let tex_mean: f32 = {
+            let w: f32 = core.iter().sum::<f32>().max(1.0);
+            tex.iter().zip(core).map(|(t, m)| t * m).sum::<f32>() / w
+        };
+        let noise_sigma = real.sigma * rng.gen_range(0.0f32..0.4);
+        // Colour drift of the re-synthesised content (zero in expectation).
+        let drift_all = gauss(rng) * rng.gen_range(0.0f32..0.015);
+        let drift: [f32; 3] = std::array::from_fn(|_| drift_all + 0.005 * gauss(rng));
+        InpaintTexture {
+            tex,
+            tex_c,
+            tex_mean,
+            tex_gain,
+            chroma_u,
+            chroma_v,
+            chroma_gain,
+            noise_sigma,
+            drift,
+        }
+    }
+}
+
+/// One plane's unknown pixels diffused from the (slightly blurred) known ones: first
+/// interpolated along the row and the column between known pixels, then relaxed towards the
+/// harmonic fill.
+fn diffuse_fill(plane: &[f32], n: usize, unknown: &[usize], is_unknown: &[bool]) -> Vec<f32> {
+    let known = blur(plane, n, 1.0);
+    let mut fill = known.clone();
+    for &i in unknown {
+        let (y, x) = (i / n, i % n);
+        let scan = |step: isize, along_row: bool| -> Option<(f32, f32)> {
+            let (mut yy, mut xx) = (y as isize, x as isize);
+            let mut dist = 0.0;
+            loop {
+                if along_row {
+                    xx += step;
+                } else {
+                    yy += step;
                 }
-            };
-            let interp = |a: Option<(f32, f32)>, b: Option<(f32, f32)>| match (a, b) {
-                (Some((va, da)), Some((vb, db))) => Some(((va * db + vb * da) / (da + db), da + db)),
-                (Some((v, d)), None) | (None, Some((v, d))) => Some((v, 4.0 * d)),
-                (None, None) => None,
-            };
-            let row = interp(scan(-1, true), scan(1, true));
-            let col = interp(scan(-1, false), scan(1, false));
-            fill[i] = match (row, col) {
-                (Some((vr, sr)), Some((vc, sc))) => (vr * sc + vc * sr) / (sr + sc),
-                (Some((v, _)), None) | (None, Some((v, _))) => v,
-                (None, None) => known[i],
-            };
-        }
-        // Relax towards the harmonic fill.
-        for _ in 0..40 {
-            for &i in &unknown {
-                let (y, x) = (i / n, i % n);
-                let up = if y > 0 { fill[i - n] } else { fill[i] };
-                let down = if y + 1 < n { fill[i + n] } else { fill[i] };
-                let left = if x > 0 { fill[i - 1] } else { fill[i] };
-                let right = if x + 1 < n { fill[i + 1] } else { fill[i] };
-                fill[i] = 0.25 * (up + down + left + right);
+                dist += 1.0;
+                if xx < 0 || yy < 0 || xx >= n as isize || yy >= n as isize {
+                    return None;
+                }
+                let j = yy as usize * n + xx as usize;
+                if !is_unknown[j] {
+                    return Some((known[j], dist));
+                }
             }
-        }
-        fills.push(fill);
+        };
+        let interp = |a: Option<(f32, f32)>, b: Option<(f32, f32)>| match (a, b) {
+            (Some((va, da)), Some((vb, db))) => Some(((va * db + vb * da) / (da + db), da + db)),
+            (Some((v, d)), None) | (None, Some((v, d))) => Some((v, 4.0 * d)),
+            (None, None) => None,
+        };
+        let row = interp(scan(-1, true), scan(1, true));
+        let col = interp(scan(-1, false), scan(1, false));
+        fill[i] = match (row, col) {
+            (Some((vr, sr)), Some((vc, sc))) => (vr * sc + vc * sr) / (sr + sc),
+            (Some((v, _)), None) | (None, Some((v, _))) => v,
+            (None, None) => known[i],
+        };
     }
-    let chroma = [
-        chroma_u,
-        -0.5 * chroma_u + 0.866 * chroma_v,
-        -0.5 * chroma_u - 0.866 * chroma_v,
-    ];
-    for &i in &unknown {
-        let m = mask[i];
-        let t = tex[i] - tex_mean;
-        let g0 = gauss(rng);
-        for c in 0..3 {
-            let base = fills[c][i] + tex_gain * t + chroma_gain * chroma[c] * tex_c[i] + drift[c];
-            let sd = noise_sigma * (0.35 + 1.3 * base.clamp(0.0, 1.0)).sqrt();
-            let noise = sd * (real.rho * g0 + (1.0 - real.rho * real.rho).sqrt() * gauss(rng));
-            out[c][i] = m * (base + noise) + (1.0 - m) * target[c][i];
+    for _ in 0..40 {
+        for &i in unknown {
+            let (y, x) = (i / n, i % n);
+            let up = if y > 0 { fill[i - n] } else { fill[i] };
+            let down = if y + 1 < n { fill[i + n] } else { fill[i] };
+            let left = if x > 0 { fill[i - 1] } else { fill[i] };
+            let right = if x + 1 < n { fill[i + 1] } else { fill[i] };
+            fill[i] = 0.25 * (up + down + left + right);
         }
     }
-    out
+    fill
 }
 
 #[cfg(test)]

@@ -978,11 +978,16 @@ mod tests {
                 Rgb([255, 0, 0])
             }
         });
+        decoded_png(w, h, img.into_raw())
+    }
+
+    /// A decoded `w`x`h` PNG of these RGB bytes.
+    fn decoded_png(w: u32, h: u32, rgb: Vec<u8>) -> Decoded {
         Decoded {
             width: w,
             height: h,
             format: "png",
-            rgb: img.into_raw(),
+            rgb,
         }
     }
 
@@ -1004,12 +1009,7 @@ mod tests {
 
     #[test]
     fn letterbox_keeps_content_with_black_bars() {
-        let d = Decoded {
-            width: 8,
-            height: 4,
-            format: "png",
-            rgb: vec![255; 8 * 4 * 3],
-        };
+        let d = decoded_png(8, 4, vec![255; 8 * 4 * 3]);
         let out = to_square(&d, 8, Crop::Letterbox, Filter::Bilinear);
         for y in 0..8 {
             let row = &out[y * 24..(y + 1) * 24];
@@ -1017,12 +1017,7 @@ mod tests {
             assert!(row.iter().all(|&v| v == want), "row {y}: {row:?}");
         }
         // Tall, downscaled: 10x40 → 16: content 4 px wide, columns 6..10.
-        let d = Decoded {
-            width: 10,
-            height: 40,
-            format: "png",
-            rgb: vec![200; 10 * 40 * 3],
-        };
+        let d = decoded_png(10, 40, vec![200; 10 * 40 * 3]);
         let out = to_square(&d, 16, Crop::Letterbox, Filter::CatmullRom);
         for (i, p) in out.chunks(3).enumerate() {
             let x = i % 16;
@@ -1041,12 +1036,7 @@ mod tests {
     fn constant_image_stays_constant() {
         let c = [90u8, 140, 200];
         for (w, h) in [(37, 23), (23, 37), (5, 5), (300, 200)] {
-            let d = Decoded {
-                width: w,
-                height: h,
-                format: "png",
-                rgb: c.repeat((w * h) as usize),
-            };
+            let d = decoded_png(w, h, c.repeat((w * h) as usize));
             for filter in [Filter::Bilinear, Filter::CatmullRom, Filter::Lanczos3] {
                 for size in [1, 3, 16, 64] {
                     let out = to_square(&d, size, Crop::Center, filter);

@@ -241,12 +241,15 @@ impl StageConfig for Ingest {
 struct Candidate {
     rel: String,
     abs: PathBuf,
-    hash: Option<String>,
-    label: Option<u8>,
+    label: u8,
     source: String,
     group: Option<String>,
     split: String,
 }
+
+/// What decoding found of one candidate: width, height, format and content hash, or the
+/// problem.
+type Decoded = Result<(u32, u32, String, String), String>;
 
 fn label_name(l: u8) -> &'static str {
     if l == 0 {
@@ -367,161 +370,184 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
         .iter()
         .find(|p| p.port == "root")
         .ok_or_else(|| StageError::msg("dataset root missing"))?;
-    let root_abs = rp.abs.clone();
-    if !root_abs.is_dir() {
+    if !rp.abs.is_dir() {
         return Err(StageError::msg(format!("dataset root `{root}` is not a directory")));
     }
+    let mut scan = FolderScan {
+        cfg,
+        root,
+        root_abs: &rp.abs,
+        bad: Vec::new(),
+        cands: Vec::new(),
+    };
+    match layout {
+        Layout::ImageFolder | Layout::PreSplit => scan.scan_tree(*layout == Layout::PreSplit)?,
+        Layout::Manifest(csv_rel) => scan.scan_manifest(csv_rel)?,
+    }
+    let FolderScan { mut bad, cands, .. } = scan;
     let known_hash = |rel: &str| {
         rp.tree
             .as_ref()
             .and_then(|t| t.entries.get(rel))
             .map(|e| e.hash.to_hex())
     };
-    let mut bad: Vec<BadItem> = Vec::new();
-    let mut cands: Vec<Candidate> = Vec::new();
-    let is_image = |rel: &str| {
+    let results = decode_all(ctx, &cands, &known_hash)?;
+    let items = checked_items(cfg, cands, results, &mut bad)?;
+    let (items, mut report) = resolve_duplicates(items, &mut bad);
+    if !bad.is_empty() && cfg.on_bad_image == OnBad::Fail {
+        return Err(bad_files_error(root, bad));
+    }
+    bad.sort_by(|a, b| a.path.cmp(&b.path));
+    report.skipped = bad;
+    finish(ctx, items, report, serde_json::json!({"root": root}))
+}
+
+/// The candidates of a dataset root, one builder per layout, and the files they left out.
+struct FolderScan<'a> {
+    cfg: &'a Ingest,
+    /// As written in the pipeline (for messages).
+    root: &'a str,
+    root_abs: &'a Path,
+    bad: Vec<BadItem>,
+    cands: Vec<Candidate>,
+}
+
+impl FolderScan<'_> {
+    fn is_image(&self, rel: &str) -> bool {
         Path::new(rel)
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .is_some_and(|e| cfg.extensions.contains(&e))
-    };
-    match layout {
-        Layout::ImageFolder | Layout::PreSplit => {
-            let presplit = *layout == Layout::PreSplit;
-            for (rel, abs) in list_files(&root_abs)? {
-                let parts: Vec<&str> = rel.split('/').collect();
-                let (split, rest) = if presplit {
-                    match parts.first().map(|s| s.to_ascii_lowercase()) {
-                        Some(s)
-                            if ["train", "val", "valid", "validation", "test"].contains(&s.as_str())
-                                && parts.len() > 1 =>
-                        {
-                            let s = if s.starts_with("val") { "val".to_string() } else { s };
-                            (s, &parts[1..])
-                        }
-                        _ => {
-                            bad.push(BadItem {
-                                path: rel.clone(),
-                                problem: "not under train/, val/ or test/".into(),
-                            });
-                            continue;
-                        }
-                    }
-                } else {
-                    (String::new(), &parts[..])
-                };
-                if rest.len() < 2 {
-                    bad.push(BadItem {
-                        path: rel.clone(),
-                        problem: "not under real/ or fake/".into(),
-                    });
-                    continue;
-                }
-                let Some(label) = parse_label(rest[0]) else {
-                    bad.push(BadItem {
-                        path: rel.clone(),
-                        problem: format!("`{}/` is neither real/ nor fake/", rest[0]),
-                    });
-                    continue;
-                };
-                if !is_image(&rel) {
-                    bad.push(BadItem {
-                        path: rel.clone(),
-                        problem: "unknown extension (not an image)".into(),
-                    });
-                    continue;
-                }
-                let source = if rest.len() > 2 {
-                    rest[1].to_string()
-                } else {
-                    label_name(label).to_string()
-                };
-                cands.push(Candidate {
-                    hash: known_hash(&rel),
-                    rel,
-                    abs,
-                    label: Some(label),
-                    source,
-                    group: None,
-                    split,
-                });
-            }
-        }
-        Layout::Manifest(csv_rel) => {
-            let csv_path = root_abs.join(csv_rel);
-            let mut r = csv::Reader::from_path(&csv_path)
-                .map_err(|e| StageError::msg(format!("cannot read manifest {}/{csv_rel}: {e}", root)))?;
-            let headers = r.headers().map_err(|e| StageError::msg(e.to_string()))?.clone();
-            let col = |n: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(n));
-            let (Some(pc), Some(lc)) = (col("path"), col("label")) else {
-                return Err(StageError::msg(format!(
-                    "manifest {root}/{csv_rel} needs `path` and `label` columns (has: {})",
-                    headers.iter().collect::<Vec<_>>().join(", ")
-                )));
-            };
-            let (sc, gc, spc) = (col("source"), col("group"), col("split"));
-            for (i, rec) in r.records().enumerate() {
-                let rec = rec.map_err(|e| StageError::msg(format!("manifest {root}/{csv_rel} line {}: {e}", i + 2)))?;
-                let rel = rec.get(pc).unwrap_or("").trim().to_string();
-                if flow_cache::normalize_rel(&rel).is_err() {
-                    bad.push(BadItem {
-                        path: format!("{csv_rel}:{}", i + 2),
-                        problem: format!("bad path `{rel}`"),
-                    });
-                    continue;
-                }
-                let Some(label) = rec.get(lc).and_then(parse_label) else {
-                    bad.push(BadItem {
-                        path: rel,
-                        problem: format!("bad label `{}` (0/1 or real/fake)", rec.get(lc).unwrap_or("")),
-                    });
-                    continue;
-                };
-                if !is_image(&rel) {
-                    bad.push(BadItem {
-                        path: rel,
-                        problem: "unknown extension (not an image)".into(),
-                    });
-                    continue;
-                }
-                let source = sc
-                    .and_then(|c| rec.get(c))
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_else(|| label_name(label).to_string());
-                let group = gc
-                    .and_then(|c| rec.get(c))
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| s.trim().to_string());
-                let split = spc
-                    .and_then(|c| rec.get(c))
-                    .map(|s| s.trim().to_ascii_lowercase())
-                    .unwrap_or_default();
-                let abs = root_abs.join(&rel);
-                if !abs.is_file() {
-                    bad.push(BadItem {
-                        path: rel,
-                        problem: "listed in the manifest but missing".into(),
-                    });
-                    continue;
-                }
-                cands.push(Candidate {
-                    hash: known_hash(&rel),
-                    rel,
-                    abs,
-                    label: Some(label),
-                    source,
-                    group,
-                    split,
-                });
-            }
-        }
+            .is_some_and(|e| self.cfg.extensions.contains(&e))
     }
 
-    // Decode every candidate (in parallel) to catch empty, truncated and corrupt files.
+    fn reject(&mut self, path: String, problem: impl Into<String>) {
+        self.bad.push(BadItem {
+            path,
+            problem: problem.into(),
+        });
+    }
+
+    /// Layouts `ImageFolder` and `PreSplit`: the label (and split) from the directories.
+    fn scan_tree(&mut self, presplit: bool) -> Result<(), StageError> {
+        for (rel, abs) in list_files(self.root_abs)? {
+            let parts: Vec<&str> = rel.split('/').collect();
+            let (split, rest) = if presplit {
+                match parts.first().map(|s| s.to_ascii_lowercase()) {
+                    Some(s)
+                        if ["train", "val", "valid", "validation", "test"].contains(&s.as_str()) && parts.len() > 1 =>
+                    {
+                        let s = if s.starts_with("val") { "val".to_string() } else { s };
+                        (s, &parts[1..])
+                    }
+                    _ => {
+                        self.reject(rel.clone(), "not under train/, val/ or test/");
+                        continue;
+                    }
+                }
+            } else {
+                (String::new(), &parts[..])
+            };
+            if rest.len() < 2 {
+                self.reject(rel.clone(), "not under real/ or fake/");
+                continue;
+            }
+            let Some(label) = parse_label(rest[0]) else {
+                self.reject(rel.clone(), format!("`{}/` is neither real/ nor fake/", rest[0]));
+                continue;
+            };
+            if !self.is_image(&rel) {
+                self.reject(rel.clone(), "unknown extension (not an image)");
+                continue;
+            }
+            let source = if rest.len() > 2 {
+                rest[1].to_string()
+            } else {
+                label_name(label).to_string()
+            };
+            self.cands.push(Candidate {
+                rel,
+                abs,
+                label,
+                source,
+                group: None,
+                split,
+            });
+        }
+        Ok(())
+    }
+
+    /// Layout `Manifest`: one row per file, `path,label[,source][,group][,split]`.
+    fn scan_manifest(&mut self, csv_rel: &str) -> Result<(), StageError> {
+        let root = self.root;
+        let csv_path = self.root_abs.join(csv_rel);
+        let mut r = csv::Reader::from_path(&csv_path)
+            .map_err(|e| StageError::msg(format!("cannot read manifest {}/{csv_rel}: {e}", root)))?;
+        let headers = r.headers().map_err(|e| StageError::msg(e.to_string()))?.clone();
+        let col = |n: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(n));
+        let (Some(pc), Some(lc)) = (col("path"), col("label")) else {
+            return Err(StageError::msg(format!(
+                "manifest {root}/{csv_rel} needs `path` and `label` columns (has: {})",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        let (sc, gc, spc) = (col("source"), col("group"), col("split"));
+        for (i, rec) in r.records().enumerate() {
+            let rec = rec.map_err(|e| StageError::msg(format!("manifest {root}/{csv_rel} line {}: {e}", i + 2)))?;
+            let rel = rec.get(pc).unwrap_or("").trim().to_string();
+            if flow_cache::normalize_rel(&rel).is_err() {
+                self.reject(format!("{csv_rel}:{}", i + 2), format!("bad path `{rel}`"));
+                continue;
+            }
+            let Some(label) = rec.get(lc).and_then(parse_label) else {
+                let problem = format!("bad label `{}` (0/1 or real/fake)", rec.get(lc).unwrap_or(""));
+                self.reject(rel, problem);
+                continue;
+            };
+            if !self.is_image(&rel) {
+                self.reject(rel, "unknown extension (not an image)");
+                continue;
+            }
+            let source = sc
+                .and_then(|c| rec.get(c))
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|| label_name(label).to_string());
+            let group = gc
+                .and_then(|c| rec.get(c))
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().to_string());
+            let split = spc
+                .and_then(|c| rec.get(c))
+                .map(|s| s.trim().to_ascii_lowercase())
+                .unwrap_or_default();
+            let abs = self.root_abs.join(&rel);
+            if !abs.is_file() {
+                self.reject(rel, "listed in the manifest but missing");
+                continue;
+            }
+            self.cands.push(Candidate {
+                rel,
+                abs,
+                label,
+                source,
+                group,
+                split,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Decodes every candidate (in parallel) to catch empty, truncated and corrupt files; the
+/// content hash comes from the stat cache where it knows the file.
+fn decode_all(
+    ctx: &ExecCtx<'_>,
+    cands: &[Candidate],
+    known_hash: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Vec<Decoded>, StageError> {
     let total = cands.len();
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<(u32, u32, String, String), String>>>> = Mutex::new(vec![None; total]);
+    let results: Mutex<Vec<Option<Decoded>>> = Mutex::new(vec![None; total]);
     let next = AtomicUsize::new(0);
     let threads = ctx.threads.max(1).min(total.max(1));
     crossbeam::scope(|s| {
@@ -538,10 +564,7 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
                         if bytes.is_empty() {
                             return Err("empty file (0 bytes)".to_string());
                         }
-                        let hash = c
-                            .hash
-                            .clone()
-                            .unwrap_or_else(|| blake3::hash(&bytes).to_hex().to_string());
+                        let hash = known_hash(&c.rel).unwrap_or_else(|| blake3::hash(&bytes).to_hex().to_string());
                         let d = imageops::decode(&bytes).map_err(|e| e.to_string())?;
                         Ok((d.width, d.height, d.format.to_string(), hash))
                     });
@@ -557,13 +580,24 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
     if ctx.cancelled() {
         return Err(StageError::Cancelled);
     }
+    let results = results.into_inner().expect("lock");
+    Ok(results.into_iter().map(|r| r.expect("every item processed")).collect())
+}
+
+/// The items of the candidates that decoded and have a group; the others go to `bad`.
+fn checked_items(
+    cfg: &Ingest,
+    cands: Vec<Candidate>,
+    results: Vec<Decoded>,
+    bad: &mut Vec<BadItem>,
+) -> Result<Vec<Item>, StageError> {
     let re = match &cfg.group_by {
         GroupBy::Regex(r) => Some(regex::Regex::new(r).map_err(|e| StageError::msg(e.to_string()))?),
         _ => None,
     };
     let mut items = Vec::new();
-    for (c, r) in cands.into_iter().zip(results.into_inner().expect("lock")) {
-        match r.expect("every item processed") {
+    for (c, r) in cands.into_iter().zip(results) {
+        match r {
             Err(problem) => bad.push(BadItem { path: c.rel, problem }),
             Ok((w, h, fmt, hash)) => {
                 let group = match (&cfg.group_by, c.group) {
@@ -594,7 +628,7 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
                     item,
                     path: c.rel,
                     hash,
-                    label: c.label.expect("label"),
+                    label: c.label,
                     source: c.source,
                     group,
                     width: w,
@@ -605,8 +639,12 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
             }
         }
     }
+    Ok(items)
+}
 
-    // The same content under both labels is a leak; under one label, one identity.
+/// The same content under both labels is a leak (its items go to `bad`); under one label,
+/// one identity (their groups are merged and listed in the report).
+fn resolve_duplicates(mut items: Vec<Item>, bad: &mut Vec<BadItem>) -> (Vec<Item>, Report) {
     let mut by_hash: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, it) in items.iter().enumerate() {
         by_hash.entry(it.hash.as_str()).or_default().push(i);
@@ -634,7 +672,21 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
         });
     }
     let mut report = Report::default();
-    // Union the groups of identical files (same label).
+    merge.sort();
+    merge_groups(&mut items, &merge, &mut report);
+    let leak_set: std::collections::HashSet<usize> = leak.into_iter().collect();
+    let items: Vec<Item> = items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !leak_set.contains(i))
+        .map(|(_, it)| it)
+        .collect();
+    (items, report)
+}
+
+/// Unions the groups of identical files (same label), sets (sorted), and lists each set in
+/// the report's duplicates.
+fn merge_groups(items: &mut [Item], merge: &[Vec<usize>], report: &mut Report) {
     let mut parent: HashMap<String, String> = HashMap::new();
     fn find(p: &mut HashMap<String, String>, g: &str) -> String {
         let mut cur = g.to_string();
@@ -646,8 +698,7 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
         }
         cur
     }
-    merge.sort();
-    for idx in &merge {
+    for idx in merge {
         let mut gs: Vec<String> = idx.iter().map(|&i| find(&mut parent, &items[i].group)).collect();
         gs.sort();
         gs.dedup();
@@ -661,38 +712,29 @@ fn ingest_folder(cfg: &Ingest, ctx: &ExecCtx<'_>, root: &str, layout: &Layout) -
     for it in items.iter_mut() {
         it.group = find(&mut parent, &it.group);
     }
-    let leak_set: std::collections::HashSet<usize> = leak.into_iter().collect();
-    let items: Vec<Item> = items
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !leak_set.contains(i))
-        .map(|(_, it)| it)
-        .collect();
+}
 
-    if !bad.is_empty() && cfg.on_bad_image == OnBad::Fail {
-        bad.sort_by(|a, b| a.path.cmp(&b.path));
-        let width = bad.iter().map(|b| b.path.len()).max().unwrap_or(0).min(70);
-        let mut table = String::new();
-        for b in bad.iter().take(50) {
-            table.push_str(&format!(
-                "\n  {:width$}  {}",
-                format!("{root}/{}", b.path),
-                b.problem,
-                width = width + root.len() + 1
-            ));
-        }
-        if bad.len() > 50 {
-            table.push_str(&format!("\n  … and {} more", bad.len() - 50));
-        }
-        return Err(StageError::msg(format!(
-            "{} bad file{} in dataset `{root}` (set `on_bad_image: Skip` to leave them out and list them in report.json):{table}",
-            bad.len(),
-            if bad.len() == 1 { "" } else { "s" }
-        )));
-    }
+/// `on_bad_image: Fail`: the error with a table of (at most 50) offending paths.
+fn bad_files_error(root: &str, mut bad: Vec<BadItem>) -> StageError {
     bad.sort_by(|a, b| a.path.cmp(&b.path));
-    report.skipped = bad;
-    finish(ctx, items, report, serde_json::json!({"root": root}))
+    let width = bad.iter().map(|b| b.path.len()).max().unwrap_or(0).min(70);
+    let mut table = String::new();
+    for b in bad.iter().take(50) {
+        table.push_str(&format!(
+            "\n  {:width$}  {}",
+            format!("{root}/{}", b.path),
+            b.problem,
+            width = width + root.len() + 1
+        ));
+    }
+    if bad.len() > 50 {
+        table.push_str(&format!("\n  … and {} more", bad.len() - 50));
+    }
+    StageError::msg(format!(
+        "{} bad file{} in dataset `{root}` (set `on_bad_image: Skip` to leave them out and list them in report.json):{table}",
+        bad.len(),
+        if bad.len() == 1 { "" } else { "s" }
+    ))
 }
 
 fn finish(

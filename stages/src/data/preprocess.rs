@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, Input, PortType, Resources, StageConfig, StageError,
-    StageKind,
+    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, Input, PortType, ResolvedInput, Resources, StageConfig,
+    StageError, StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +96,57 @@ impl StageConfig for Preprocess {
             .next()
             .ok_or_else(|| StageError::msg("no dataset input"))?;
         let items: Vec<Item> = read_manifest(&input.dir).map_err(StageError::msg)?;
+        let source = Source::of(ctx, input, &items)?;
+        let n = items.len();
+        let shards = Shards::create(ctx.out_dir, n, self.size)?;
+        let stats = self.process_all(ctx, &items, &source, &shards)?;
+        for f in &shards.files {
+            f.sync_all()?;
+        }
+        let index: Vec<IndexRow> = items
+            .iter()
+            .zip(&stats)
+            .enumerate()
+            .map(|(i, (it, st))| IndexRow {
+                row: i,
+                shard: i / shards.rows_per_shard,
+                item: it.item.clone(),
+                label: it.label,
+                source: it.source.clone(),
+                group: it.group.clone(),
+                hash: it.hash.clone(),
+                mean_r: round6(st[0]),
+                mean_g: round6(st[1]),
+                mean_b: round6(st[2]),
+                sq_r: round6(st[3]),
+                sq_g: round6(st[4]),
+                sq_b: round6(st[5]),
+            })
+            .collect();
+        write_index(ctx.out_dir, &index).map_err(StageError::msg)?;
+        PreprocessInfo {
+            size: self.size,
+            crop: self.crop,
+            filter: self.filter,
+            normalize: self.normalize,
+            count: n,
+            rows_per_shard: shards.rows_per_shard,
+            shards: shards.names,
+            layout: LAYOUT.into(),
+        }
+        .write(ctx.out_dir)
+        .map_err(StageError::msg)
+    }
+}
+
+/// Where the dataset's files are, and whether to verify them against the manifest.
+struct Source {
+    base: std::path::PathBuf,
+    verify: bool,
+}
+
+impl Source {
+    fn of(ctx: &ExecCtx<'_>, input: &ResolvedInput, items: &[Item]) -> Result<Source, StageError> {
         // Demo images live in the Ingest output; folder datasets in the workspace.
         // Files of the workspace may change under us: verify them against the manifest.
         // Files of a stage's outputs are immutable store objects, already content-addressed.
@@ -107,7 +158,7 @@ impl StageConfig for Preprocess {
         // producing stage's own outputs (an immutable object, so nothing to verify): a
         // manifest that points elsewhere (`/abs/img.png`, `../x`) would make this stage's
         // cached result depend on files no key sees.
-        for it in &items {
+        for it in items {
             let n = flow_cache::normalize_rel(&it.path).map_err(|why| {
                 StageError::msg(format!(
                     "manifest of `{}`: path `{}` leaves the dataset ({why}); paths are relative to the dataset",
@@ -122,20 +173,53 @@ impl StageConfig for Preprocess {
                 )));
             }
         }
-        let n = items.len();
-        let item_bytes = (self.size as u64) * (self.size as u64) * 3;
+        Ok(Source { base, verify })
+    }
+}
+
+/// The output shard files, created at their final length.
+struct Shards {
+    files: Vec<std::fs::File>,
+    names: Vec<String>,
+    rows_per_shard: usize,
+    item_bytes: u64,
+}
+
+impl Shards {
+    fn create(out_dir: &std::path::Path, n: usize, size: u32) -> Result<Shards, StageError> {
+        let item_bytes = (size as u64) * (size as u64) * 3;
         let rows_per_shard = (SHARD_BYTES / item_bytes).max(1) as usize;
         let nshards = n.div_ceil(rows_per_shard).max(1);
-        let mut shards = Vec::new();
+        let mut files = Vec::new();
         let mut names = Vec::new();
         for s in 0..nshards {
             let name = shard_name(s);
             let rows = rows_per_shard.min(n - s * rows_per_shard);
-            let f = std::fs::File::create(ctx.out_dir.join(&name))?;
+            let f = std::fs::File::create(out_dir.join(&name))?;
             f.set_len(rows as u64 * item_bytes)?;
-            shards.push(f);
+            files.push(f);
             names.push(name);
         }
+        Ok(Shards {
+            files,
+            names,
+            rows_per_shard,
+            item_bytes,
+        })
+    }
+}
+
+impl Preprocess {
+    /// Processes every item (in parallel) into its shard row; the channel statistics per item.
+    fn process_all(
+        &self,
+        ctx: &ExecCtx<'_>,
+        items: &[Item],
+        source: &Source,
+        shards: &Shards,
+    ) -> Result<Vec<[f64; 6]>, StageError> {
+        let n = items.len();
+        let (rows_per_shard, item_bytes) = (shards.rows_per_shard, shards.item_bytes);
         let stats: Mutex<Vec<[f64; 6]>> = Mutex::new(vec![[0.0; 6]; n]);
         let errors: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
         // A failure to write the output (a full disk) is not the image's fault: the first one
@@ -155,25 +239,17 @@ impl StageConfig for Preprocess {
                             break;
                         }
                         let it = &items[i];
-                        let path = base.join(&it.path);
-                        let res = (|| -> Result<[f64; 6], String> {
-                            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
-                            if verify && blake3::hash(&bytes).to_hex().as_str() != it.hash {
-                                return Err("content changed since Ingest read it (run again)".into());
-                            }
-                            imageops::process_into(&bytes, self.size, self.crop, self.filter, &mut px)
-                                .map_err(|e| e.to_string())?;
-                            Ok(channel_stats(&px))
-                        })();
-                        match res {
+                        let path = source.base.join(&it.path);
+                        match self.process_one(&path, it, source.verify, &mut px) {
                             Ok(st) => {
                                 let (shard, row) = (i / rows_per_shard, i % rows_per_shard);
-                                match shards[shard].write_all_at(&px, row as u64 * item_bytes) {
+                                match shards.files[shard].write_all_at(&px, row as u64 * item_bytes) {
                                     Ok(()) => stats.lock().expect("lock")[i] = st,
                                     Err(e) => {
                                         let mut f = fatal.lock().expect("lock");
                                         f.get_or_insert_with(|| {
-                                            format!("cannot write {}: {e}", ctx.out_dir.join(&names[shard]).display())
+                                            let shard_path = ctx.out_dir.join(&shards.names[shard]);
+                                            format!("cannot write {}: {e}", shard_path.display())
                                         });
                                     }
                                 }
@@ -203,43 +279,17 @@ impl StageConfig for Preprocess {
                 summarize_errors(errors)
             )));
         }
-        for f in &shards {
-            f.sync_all()?;
+        Ok(stats.into_inner().expect("lock"))
+    }
+
+    /// One item: read (and verify), decode, square and resize into `px`; its channel statistics.
+    fn process_one(&self, path: &std::path::Path, it: &Item, verify: bool, px: &mut [u8]) -> Result<[f64; 6], String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        if verify && blake3::hash(&bytes).to_hex().as_str() != it.hash {
+            return Err("content changed since Ingest read it (run again)".into());
         }
-        let stats = stats.into_inner().expect("lock");
-        let index: Vec<IndexRow> = items
-            .iter()
-            .zip(&stats)
-            .enumerate()
-            .map(|(i, (it, st))| IndexRow {
-                row: i,
-                shard: i / rows_per_shard,
-                item: it.item.clone(),
-                label: it.label,
-                source: it.source.clone(),
-                group: it.group.clone(),
-                hash: it.hash.clone(),
-                mean_r: round6(st[0]),
-                mean_g: round6(st[1]),
-                mean_b: round6(st[2]),
-                sq_r: round6(st[3]),
-                sq_g: round6(st[4]),
-                sq_b: round6(st[5]),
-            })
-            .collect();
-        write_index(ctx.out_dir, &index).map_err(StageError::msg)?;
-        PreprocessInfo {
-            size: self.size,
-            crop: self.crop,
-            filter: self.filter,
-            normalize: self.normalize,
-            count: n,
-            rows_per_shard,
-            shards: names,
-            layout: LAYOUT.into(),
-        }
-        .write(ctx.out_dir)
-        .map_err(StageError::msg)
+        imageops::process_into(&bytes, self.size, self.crop, self.filter, px).map_err(|e| e.to_string())?;
+        Ok(channel_stats(px))
     }
 }
 

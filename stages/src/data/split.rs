@@ -168,6 +168,23 @@ struct Group {
 /// Assign folds. Errors are user-facing.
 pub fn split(items: &[Item], cfg: &Split) -> Result<(Vec<FoldRow>, SplitSummary), String> {
     let seed = cfg.seed.unwrap_or(0);
+    let held = held_sources(items, cfg)?;
+    let mut groups = groups_of(items, cfg.stratify);
+    if let Some(f) = cfg.subsample.filter(|f| *f < 1.0) {
+        subsample(&mut groups, f, seed);
+    }
+    let (mut rows, k) = match cfg.mode {
+        // Only fold 0 exists as an outer fold; training items carry fold 1 as "not test".
+        Mode::Predefined => (predefined_rows(items, &groups, &held)?, 1),
+        Mode::KFold => (kfold_rows(items, &groups, &held, cfg, seed)?, cfg.folds as usize),
+    };
+    rows.sort_by(|a, b| a.item.cmp(&b.item));
+    let summary = summarize(&rows, items, k as u32, cfg)?;
+    Ok((rows, summary))
+}
+
+/// The `holdout` sources, each of which must exist in the dataset.
+fn held_sources(items: &[Item], cfg: &Split) -> Result<BTreeSet<String>, String> {
     let sources: BTreeSet<&str> = items.iter().map(|i| i.source.as_str()).collect();
     let held: BTreeSet<String> = cfg
         .holdout
@@ -182,15 +199,18 @@ pub fn split(items: &[Item], cfg: &Split) -> Result<(Vec<FoldRow>, SplitSummary)
             ));
         }
     }
+    Ok(held)
+}
+
+/// The groups in id order, with their items per stratum (label × source, or one stratum).
+fn groups_of(items: &[Item], stratify: bool) -> Vec<Group> {
     let stratum = |it: &Item| {
-        if cfg.stratify {
+        if stratify {
             format!("{}:{}", it.label, it.source)
         } else {
             "all".to_string()
         }
     };
-
-    // Groups.
     let mut gmap: BTreeMap<&str, Group> = BTreeMap::new();
     for (i, it) in items.iter().enumerate() {
         let g = gmap.entry(it.group.as_str()).or_insert_with(|| Group {
@@ -201,205 +221,204 @@ pub fn split(items: &[Item], cfg: &Split) -> Result<(Vec<FoldRow>, SplitSummary)
         g.items.push(i);
         *g.counts.entry(stratum(it)).or_default() += 1;
     }
-    let mut groups: Vec<Group> = gmap.into_values().collect();
+    gmap.into_values().collect()
+}
 
-    // Subsample whole groups, per stratum of the group's composition, nested by rank.
-    if let Some(f) = cfg.subsample.filter(|f| *f < 1.0) {
-        let mut by_comp: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (gi, g) in groups.iter().enumerate() {
-            let comp: Vec<String> = g.counts.keys().cloned().collect();
-            by_comp.entry(comp.join("+")).or_default().push(gi);
-        }
-        let mut keep = vec![false; groups.len()];
-        for (_, mut gis) in by_comp {
-            gis.sort_by_key(|&gi| (rank(seed ^ 0x5eed_5ab5, &groups[gi].id), gi));
-            let n = ((gis.len() as f64) * f).round().max(1.0) as usize;
-            for &gi in gis.iter().take(n) {
-                keep[gi] = true;
-            }
-        }
-        let mut k = keep.into_iter();
-        groups.retain(|_| k.next().expect("same length"));
+/// Keeps a fraction `f` of whole groups, per stratum of the group's composition, nested by rank.
+fn subsample(groups: &mut Vec<Group>, f: f64, seed: u64) {
+    let mut by_comp: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let comp: Vec<String> = g.counts.keys().cloned().collect();
+        by_comp.entry(comp.join("+")).or_default().push(gi);
     }
-
-    let rows_of_group = |g: &Group, fold: u32| -> Vec<FoldRow> {
-        g.items
-            .iter()
-            .map(|&i| {
-                let it = &items[i];
-                FoldRow {
-                    item: it.item.clone(),
-                    group: it.group.clone(),
-                    label: it.label,
-                    source: it.source.clone(),
-                    fold,
-                    val_for: None,
-                    holdout: held.contains(&it.source) as u8,
-                }
-            })
-            .collect()
-    };
-
-    let mut rows: Vec<FoldRow> = Vec::new();
-    let k = match cfg.mode {
-        Mode::Predefined => {
-            // fold 0 = test; val_for 0 = val; the rest trains.
-            for g in &groups {
-                let splits: BTreeSet<&str> = g.items.iter().map(|&i| items[i].split.as_str()).collect();
-                if splits.len() > 1 {
-                    return Err(format!(
-                        "group `{}` has items in several predefined splits ({}): that is a leak",
-                        g.id,
-                        splits.into_iter().collect::<Vec<_>>().join(", ")
-                    ));
-                }
-                for &i in &g.items {
-                    let it = &items[i];
-                    let (fold, val_for) = match it.split.as_str() {
-                        "test" => (0, None),
-                        "val" => (1, Some(0)),
-                        "train" => (1, None),
-                        other => {
-                            return Err(format!(
-                                "item `{}` has split `{other}`; `mode: Predefined` needs train/val/test for every item",
-                                it.item
-                            ))
-                        }
-                    };
-                    rows.push(FoldRow {
-                        item: it.item.clone(),
-                        group: it.group.clone(),
-                        label: it.label,
-                        source: it.source.clone(),
-                        fold,
-                        val_for,
-                        holdout: held.contains(&it.source) as u8,
-                    });
-                }
-            }
-            // Only fold 0 exists as an outer fold; training items carry fold 1 as "not test".
-            1
+    let mut keep = vec![false; groups.len()];
+    for (_, mut gis) in by_comp {
+        gis.sort_by_key(|&gi| (rank(seed ^ 0x5eed_5ab5, &groups[gi].id), gi));
+        let n = ((gis.len() as f64) * f).round().max(1.0) as usize;
+        for &gi in gis.iter().take(n) {
+            keep[gi] = true;
         }
-        Mode::KFold => {
-            let k = cfg.folds as usize;
-            if groups.len() < k {
+    }
+    let mut k = keep.into_iter();
+    groups.retain(|_| k.next().expect("same length"));
+}
+
+fn fold_row(it: &Item, fold: u32, val_for: Option<u32>, held: &BTreeSet<String>) -> FoldRow {
+    FoldRow {
+        item: it.item.clone(),
+        group: it.group.clone(),
+        label: it.label,
+        source: it.source.clone(),
+        fold,
+        val_for,
+        holdout: held.contains(&it.source) as u8,
+    }
+}
+
+/// `mode: Predefined`: fold 0 = test; val_for 0 = val; the rest trains (fold 1).
+fn predefined_rows(items: &[Item], groups: &[Group], held: &BTreeSet<String>) -> Result<Vec<FoldRow>, String> {
+    let mut rows: Vec<FoldRow> = Vec::new();
+    for g in groups {
+        let splits: BTreeSet<&str> = g.items.iter().map(|&i| items[i].split.as_str()).collect();
+        if splits.len() > 1 {
+            return Err(format!(
+                "group `{}` has items in several predefined splits ({}): that is a leak",
+                g.id,
+                splits.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        for &i in &g.items {
+            let it = &items[i];
+            let (fold, val_for) = match it.split.as_str() {
+                "test" => (0, None),
+                "val" => (1, Some(0)),
+                "train" => (1, None),
+                other => {
+                    return Err(format!(
+                        "item `{}` has split `{other}`; `mode: Predefined` needs train/val/test for every item",
+                        it.item
+                    ))
+                }
+            };
+            rows.push(fold_row(it, fold, val_for, held));
+        }
+    }
+    Ok(rows)
+}
+
+/// `mode: KFold`: groups assigned to folds, inner validation carved, both classes checked.
+fn kfold_rows(
+    items: &[Item],
+    groups: &[Group],
+    held: &BTreeSet<String>,
+    cfg: &Split,
+    seed: u64,
+) -> Result<Vec<FoldRow>, String> {
+    let k = cfg.folds as usize;
+    if groups.len() < k {
+        return Err(format!(
+            "{} groups cannot fill {k} folds: use fewer folds or more data",
+            groups.len()
+        ));
+    }
+    let assign = assign_folds(groups, k, seed);
+    let mut per_fold_rows: Vec<Vec<FoldRow>> = vec![Vec::new(); k];
+    for (gi, g) in groups.iter().enumerate() {
+        let rows = g.items.iter().map(|&i| fold_row(&items[i], assign[gi], None, held));
+        per_fold_rows[assign[gi] as usize].extend(rows);
+    }
+    // Inner validation for outer fold f: groups from fold f+1 (never held-out ones).
+    if cfg.val_ratio > 0.0 {
+        for f in 0..k {
+            carve_validation(&mut per_fold_rows, f, cfg.val_ratio, seed);
+        }
+    }
+    let rows: Vec<FoldRow> = per_fold_rows.into_iter().flatten().collect();
+    // Every fold needs both classes to be evaluated.
+    for f in 0..k as u32 {
+        for l in [0u8, 1] {
+            if !rows.iter().any(|r| r.fold == f && r.label == l) {
                 return Err(format!(
-                    "{} groups cannot fill {k} folds: use fewer folds or more data",
-                    groups.len()
+                    "fold {f} has no {} items: the dataset is too small or too unbalanced for {k} folds",
+                    if l == 0 { "real" } else { "fake" }
                 ));
             }
-            // Greedy stratified assignment: largest / most uneven groups first, seeded order
-            // among equals; each group to the fold where it leaves per-stratum counts closest
-            // to ideal (ties: fewer items, then lower index).
-            let total: BTreeMap<String, usize> = groups.iter().fold(BTreeMap::new(), |mut acc, g| {
-                for (s, c) in &g.counts {
-                    *acc.entry(s.clone()).or_default() += c;
-                }
-                acc
-            });
-            let mut order: Vec<usize> = (0..groups.len()).collect();
-            order.sort_by_key(|&gi| {
-                (
-                    std::cmp::Reverse(groups[gi].items.len()),
-                    rank(seed, &groups[gi].id),
-                    gi,
-                )
-            });
-            let mut fold_counts: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); k];
-            let mut fold_size = vec![0usize; k];
-            let mut assign = vec![0u32; groups.len()];
-            for gi in order {
-                let g = &groups[gi];
-                // How much adding the group to fold f increases the squared deviation from
-                // the ideal per-stratum counts (normalised by the ideal).
-                let cost = |f: usize| -> i64 {
-                    let mut c = 0.0;
-                    for (s, n) in &g.counts {
-                        let ideal = total[s] as f64 / k as f64;
-                        let cur = *fold_counts[f].get(s).unwrap_or(&0) as f64;
-                        let after = cur + *n as f64;
-                        c += ((after - ideal).powi(2) - (cur - ideal).powi(2)) / ideal.max(1.0);
-                    }
-                    (c * 1e9).round() as i64
-                };
-                let f = (0..k).min_by_key(|&f| (cost(f), fold_size[f], f)).expect("k >= 1");
-                assign[gi] = f as u32;
-                fold_size[f] += g.items.len();
-                for (s, c) in &g.counts {
-                    *fold_counts[f].entry(s.clone()).or_default() += c;
-                }
-            }
-            let mut per_fold_rows: Vec<Vec<FoldRow>> = vec![Vec::new(); k];
-            for (gi, g) in groups.iter().enumerate() {
-                per_fold_rows[assign[gi] as usize].extend(rows_of_group(g, assign[gi]));
-            }
-            // Inner validation for outer fold f: groups from fold f+1 (never held-out ones).
-            if cfg.val_ratio > 0.0 {
-                for f in 0..k {
-                    let donor = (f + 1) % k;
-                    let train_pool: BTreeMap<String, usize> = per_fold_rows
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != f)
-                        .flat_map(|(_, r)| r.iter())
-                        .filter(|r| r.holdout == 0)
-                        .fold(BTreeMap::new(), |mut acc, r| {
-                            *acc.entry(format!("{}:{}", r.label, r.source)).or_default() += 1;
-                            acc
-                        });
-                    let target: BTreeMap<&String, f64> =
-                        train_pool.iter().map(|(s, c)| (s, *c as f64 * cfg.val_ratio)).collect();
-                    let mut donor_groups: Vec<&str> = per_fold_rows[donor]
-                        .iter()
-                        .filter(|r| r.holdout == 0)
-                        .map(|r| r.group.as_str())
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect();
-                    donor_groups.sort_by_key(|g| (rank(seed.wrapping_add(f as u64 + 1), g), g.to_string()));
-                    let mut got: BTreeMap<String, f64> = BTreeMap::new();
-                    let mut chosen: BTreeSet<String> = BTreeSet::new();
-                    for g in donor_groups {
-                        let mut gc: BTreeMap<String, f64> = BTreeMap::new();
-                        for r in per_fold_rows[donor].iter().filter(|r| r.group == g && r.holdout == 0) {
-                            *gc.entry(format!("{}:{}", r.label, r.source)).or_default() += 1.0;
-                        }
-                        // Take the group if every stratum it adds stays within half a group of target.
-                        let fits = gc.iter().all(|(s, c)| {
-                            got.get(s).copied().unwrap_or(0.0) + c <= target.get(s).copied().unwrap_or(0.0) + c / 2.0
-                        });
-                        if fits {
-                            for (s, c) in gc {
-                                *got.entry(s).or_default() += c;
-                            }
-                            chosen.insert(g.to_string());
-                        }
-                    }
-                    for r in per_fold_rows[donor].iter_mut() {
-                        if r.holdout == 0 && chosen.contains(&r.group) {
-                            r.val_for = Some(f as u32);
-                        }
-                    }
-                }
-            }
-            rows = per_fold_rows.into_iter().flatten().collect();
-            // Every fold needs both classes to be evaluated.
-            for f in 0..k as u32 {
-                for l in [0u8, 1] {
-                    if !rows.iter().any(|r| r.fold == f && r.label == l) {
-                        return Err(format!(
-                            "fold {f} has no {} items: the dataset is too small or too unbalanced for {k} folds",
-                            if l == 0 { "real" } else { "fake" }
-                        ));
-                    }
-                }
-            }
-            k
         }
-    };
-    rows.sort_by(|a, b| a.item.cmp(&b.item));
-    let summary = summarize(&rows, items, k as u32, cfg)?;
-    Ok((rows, summary))
+    }
+    Ok(rows)
+}
+
+/// Greedy stratified assignment: largest / most uneven groups first, seeded order among
+/// equals; each group to the fold where it leaves per-stratum counts closest to ideal
+/// (ties: fewer items, then lower index). The fold of each group.
+fn assign_folds(groups: &[Group], k: usize, seed: u64) -> Vec<u32> {
+    let total: BTreeMap<String, usize> = groups.iter().fold(BTreeMap::new(), |mut acc, g| {
+        for (s, c) in &g.counts {
+            *acc.entry(s.clone()).or_default() += c;
+        }
+        acc
+    });
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by_key(|&gi| {
+        (
+            std::cmp::Reverse(groups[gi].items.len()),
+            rank(seed, &groups[gi].id),
+            gi,
+        )
+    });
+    let mut fold_counts: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); k];
+    let mut fold_size = vec![0usize; k];
+    let mut assign = vec![0u32; groups.len()];
+    for gi in order {
+        let g = &groups[gi];
+        // How much adding the group to fold f increases the squared deviation from
+        // the ideal per-stratum counts (normalised by the ideal).
+        let cost = |f: usize| -> i64 {
+            let mut c = 0.0;
+            for (s, n) in &g.counts {
+                let ideal = total[s] as f64 / k as f64;
+                let cur = *fold_counts[f].get(s).unwrap_or(&0) as f64;
+                let after = cur + *n as f64;
+                c += ((after - ideal).powi(2) - (cur - ideal).powi(2)) / ideal.max(1.0);
+            }
+            (c * 1e9).round() as i64
+        };
+        let f = (0..k).min_by_key(|&f| (cost(f), fold_size[f], f)).expect("k >= 1");
+        assign[gi] = f as u32;
+        fold_size[f] += g.items.len();
+        for (s, c) in &g.counts {
+            *fold_counts[f].entry(s.clone()).or_default() += c;
+        }
+    }
+    assign
+}
+
+/// Marks the groups of fold `f+1` that validate outer fold `f`: stratified, about
+/// `val_ratio` of fold `f`'s training items, never held-out ones.
+fn carve_validation(per_fold_rows: &mut [Vec<FoldRow>], f: usize, val_ratio: f64, seed: u64) {
+    let donor = (f + 1) % per_fold_rows.len();
+    let train_pool: BTreeMap<String, usize> = per_fold_rows
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != f)
+        .flat_map(|(_, r)| r.iter())
+        .filter(|r| r.holdout == 0)
+        .fold(BTreeMap::new(), |mut acc, r| {
+            *acc.entry(format!("{}:{}", r.label, r.source)).or_default() += 1;
+            acc
+        });
+    let target: BTreeMap<&String, f64> = train_pool.iter().map(|(s, c)| (s, *c as f64 * val_ratio)).collect();
+    let mut donor_groups: Vec<&str> = per_fold_rows[donor]
+        .iter()
+        .filter(|r| r.holdout == 0)
+        .map(|r| r.group.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    donor_groups.sort_by_key(|g| (rank(seed.wrapping_add(f as u64 + 1), g), g.to_string()));
+    let mut got: BTreeMap<String, f64> = BTreeMap::new();
+    let mut chosen: BTreeSet<String> = BTreeSet::new();
+    for g in donor_groups {
+        let mut gc: BTreeMap<String, f64> = BTreeMap::new();
+        for r in per_fold_rows[donor].iter().filter(|r| r.group == g && r.holdout == 0) {
+            *gc.entry(format!("{}:{}", r.label, r.source)).or_default() += 1.0;
+        }
+        // Take the group if every stratum it adds stays within half a group of target.
+        let fits = gc
+            .iter()
+            .all(|(s, c)| got.get(s).copied().unwrap_or(0.0) + c <= target.get(s).copied().unwrap_or(0.0) + c / 2.0);
+        if fits {
+            for (s, c) in gc {
+                *got.entry(s).or_default() += c;
+            }
+            chosen.insert(g.to_string());
+        }
+    }
+    for r in per_fold_rows[donor].iter_mut() {
+        if r.holdout == 0 && chosen.contains(&r.group) {
+            r.val_for = Some(f as u32);
+        }
+    }
 }
 
 /// Per-fold counts and the leakage check (which must find nothing).

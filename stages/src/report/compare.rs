@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::stage::{esc, Columns};
+use super::stage::{md, Columns};
 use crate::metrics;
 use crate::stats;
 
@@ -156,13 +156,13 @@ fn source_names(c: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// A Markdown table of [`compare`]'s result.
+/// A Markdown table of [`compare`]'s result (names Markdown-escaped with `stage::md`).
 pub fn markdown(c: &Value) -> String {
     let sources = source_names(c);
     let mut s = String::new();
     let _ = write!(s, "| experiment | AUC | folds: mean ± std |");
     for src in &sources {
-        let _ = write!(s, " {} |", esc(src).replace('|', "\\|"));
+        let _ = write!(s, " {} |", md(src));
     }
     let _ = writeln!(s, " ΔAUC | DeLong p | paired t p | Wilcoxon p |");
     let _ = writeln!(s, "|---|---|---|{}---|---|---|---|", "---|".repeat(sources.len()));
@@ -172,7 +172,7 @@ pub fn markdown(c: &Value) -> String {
         let _ = write!(
             s,
             "| {} | {} | {} ± {} |",
-            esc(e["name"].as_str().unwrap_or("")).replace('|', "\\|"),
+            md(e["name"].as_str().unwrap_or("")),
             f(&e["auc"], 3),
             f(&sm["mean"], 3),
             f(&sm["std"], 3)

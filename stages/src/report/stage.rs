@@ -23,7 +23,8 @@
 //!   `p ≥ t` stops (filtration) and the share of fakes it stops (leakage).
 //!
 //! `metrics.json` keys are stable: renaming one is a breaking change. Every string that comes
-//! from the data (item, source and stage names) is HTML-escaped in `index.html`.
+//! from the data (item, source and stage names) is HTML-escaped in `index.html` (`esc`) and
+//! Markdown-escaped in `report.md` (`md`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -250,7 +251,7 @@ pub struct Built {
     pub metrics: Value,
     pub markdown: String,
     pub html: String,
-    /// (file stem, plot)
+    /// (file stem, title, plot)
     pub plots: Vec<(String, String, Plot)>,
 }
 
@@ -322,9 +323,35 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-/// Markdown-table-safe text (pipes and HTML escaped).
-fn md(s: &str) -> String {
-    esc(s).replace('|', "\\|")
+/// Markdown-escapes text from the data (`report.md`): a backslash before what Markdown reads
+/// as markup — `\\`, `|` (which ends a table cell), `*`, `_`, `` ` `` and a leading `#` or `>`
+/// — and `&lt;` for a `<` that could open an HTML tag or autolink (before a letter, `/`, `!` or
+/// `?`); everything else, quotes and apostrophes included, stays as it is.
+pub(crate) fn md(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    let mut leading = true;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' | '|' | '*' | '_' | '`' => {
+                o.push('\\');
+                o.push(c);
+            }
+            '#' | '>' if leading => {
+                o.push('\\');
+                o.push(c);
+            }
+            '<' if chars
+                .peek()
+                .is_some_and(|n| n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?')) =>
+            {
+                o.push_str("&lt;")
+            }
+            c => o.push(c),
+        }
+        leading &= c.is_whitespace();
+    }
+    o
 }
 
 const METRIC_ROWS: &[(&str, &str)] = &[
@@ -368,23 +395,80 @@ pub fn build(
         Some(t) => (t, "param"),
         None => (eer_t, "pooled EER threshold (picked on these predictions: optimistic)"),
     };
-    let bin_json = |idx: &[usize], t: f64| -> Value {
-        serde_json::to_value(Binary::compute(&sub(&p.score, idx), &sub(&p.labels, idx), t, bins)).unwrap()
-    };
-    let pooled_default = bin_json(&all, 0.5);
-    let pooled_chosen = bin_json(&all, chosen);
+    let pooled_default = bin_json(p, &all, 0.5, bins);
+    let pooled_chosen = bin_json(p, &all, chosen, bins);
+    let folds = Folds::of(p);
+    let (folds_json, across) = per_fold_json(cfg, p, &folds);
+    let sources = fake_sources(p);
 
-    // Folds.
-    let mut fold_ids: Vec<u32> = p.folds.clone();
-    fold_ids.sort_unstable();
-    fold_ids.dedup();
-    let fold_idx: BTreeMap<u32, Vec<usize>> = fold_ids
+    let metrics_json = json!({
+        "n": n,
+        "n_real": n - n_fake,
+        "n_fake": n_fake,
+        "sources": sources,
+        "folds": folds.ids,
+        "threshold": {"default": 0.5, "chosen": chosen, "chosen_from": chosen_from},
+        "pooled": {
+            "at_default": pooled_default,
+            "at_chosen": pooled_chosen,
+            "eer": eer,
+            "auc_ci": boot(cfg, 1, &p.score, &p.labels, metrics::auc),
+            "ap_ci": boot(cfg, 2, &p.score, &p.labels, metrics::average_precision),
+        },
+        "per_fold": folds_json,
+        "across_folds": across,
+        "per_source": per_source_json(cfg, p, &sources, &folds),
+        "members": members_json(cfg, p),
+        "calibration": cal.map(calibration_json),
+        "training": training_json(histories),
+        "cascade": cascade_json(p, n_fake),
+        "holdout": holdout_json(p, holdout),
+        "settings": {"bootstrap": cfg.bootstrap, "stratified_bootstrap": true, "level": cfg.level,
+                     "bins": bins, "seed": cfg.seed},
+    });
+
+    let plots = make_plots(p, &folds.idx, &sources, &metrics_json, cal, histories, bins)?;
+    let markdown = render_md(&metrics_json, &plots);
+    let html = render_html(&metrics_json, &plots);
+    Ok(Built {
+        metrics: metrics_json,
+        markdown,
+        html,
+        plots,
+    })
+}
+
+/// [`Binary`] metrics of the items `idx` at threshold `t`, as JSON.
+fn bin_json(p: &Columns, idx: &[usize], t: f64, bins: usize) -> Value {
+    serde_json::to_value(Binary::compute(&sub(&p.score, idx), &sub(&p.labels, idx), t, bins)).unwrap()
+}
+
+/// The folds of the predictions, ascending, and the items of each.
+struct Folds {
+    ids: Vec<u32>,
+    idx: BTreeMap<u32, Vec<usize>>,
+}
+
+impl Folds {
+    fn of(p: &Columns) -> Folds {
+        let n = p.items.len();
+        let mut ids: Vec<u32> = p.folds.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let idx = ids
+            .iter()
+            .map(|&f| (f, (0..n).filter(|&i| p.folds[i] == f).collect()))
+            .collect();
+        Folds { ids, idx }
+    }
+}
+
+/// Per fold (at 0.5), and each metric across folds: mean, std and t-interval.
+fn per_fold_json(cfg: &Report, p: &Columns, folds: &Folds) -> (Vec<Value>, serde_json::Map<String, Value>) {
+    let folds_json: Vec<Value> = folds
+        .idx
         .iter()
-        .map(|&f| (f, (0..n).filter(|&i| p.folds[i] == f).collect()))
-        .collect();
-    let folds_json: Vec<Value> = fold_idx
-        .iter()
-        .map(|(f, idx)| json!({"fold": f, "n": idx.len(), "at_default": bin_json(idx, 0.5)}))
+        .map(|(f, idx)| json!({"fold": f, "n": idx.len(), "at_default": bin_json(p, idx, 0.5, cfg.bins)}))
         .collect();
     let mut across = serde_json::Map::new();
     for (k, _) in METRIC_ROWS {
@@ -394,19 +478,29 @@ pub fn build(
             serde_json::to_value(metrics::mean_std_ci(&vals, cfg.level)).unwrap(),
         );
     }
+    (folds_json, across)
+}
 
-    // Sources.
-    let mut sources: Vec<String> = (0..n)
+/// The sources of the fakes, sorted.
+fn fake_sources(p: &Columns) -> Vec<String> {
+    let mut sources: Vec<String> = (0..p.items.len())
         .filter(|&i| p.labels[i] == 1)
         .map(|i| p.sources[i].clone())
         .collect();
     sources.sort();
     sources.dedup();
+    sources
+}
+
+/// Each fake source against all reals: metrics at 0.5, bootstrap CIs, AUC across folds.
+fn per_source_json(cfg: &Report, p: &Columns, sources: &[String], folds: &Folds) -> Vec<Value> {
+    let n = p.items.len();
     let mut per_source = Vec::new();
     for (si, s) in sources.iter().enumerate() {
         let idx: Vec<usize> = (0..n).filter(|&i| p.labels[i] == 0 || &p.sources[i] == s).collect();
         let (sc, lb) = (sub(&p.score, &idx), sub(&p.labels, &idx));
-        let fold_aucs: Vec<f64> = fold_idx
+        let fold_aucs: Vec<f64> = folds
+            .idx
             .values()
             .filter_map(|fi| {
                 let j: Vec<usize> = fi
@@ -420,14 +514,17 @@ pub fn build(
         per_source.push(json!({
             "source": s,
             "n_fake": lb.iter().filter(|&&l| l == 1).count(),
-            "at_default": bin_json(&idx, 0.5),
+            "at_default": bin_json(p, &idx, 0.5, cfg.bins),
             "auc_ci": boot(cfg, 100 + si as u64, &sc, &lb, metrics::auc),
             "ap_ci": boot(cfg, 200 + si as u64, &sc, &lb, metrics::average_precision),
             "auc_across_folds": metrics::mean_std_ci(&fold_aucs, cfg.level),
         }));
     }
+    per_source
+}
 
-    // Members vs the ensemble.
+/// Each member model: its AUC with a bootstrap CI, and DeLong's test against the ensemble.
+fn members_json(cfg: &Report, p: &Columns) -> Vec<Value> {
     let mut members = Vec::new();
     for (name, scores) in &p.members {
         let d = stats::delong(scores, &p.score, &p.labels);
@@ -438,9 +535,13 @@ pub fn build(
             "delong_vs_ensemble": d,
         }));
     }
+    members
+}
 
-    // Cascade curve on the pooled scores.
-    let cascade: Vec<Value> = (0..=100)
+/// Cascade curve on the pooled scores.
+fn cascade_json(p: &Columns, n_fake: usize) -> Vec<Value> {
+    let n = p.items.len();
+    (0..=100)
         .map(|k| {
             let t = k as f64 / 100.0;
             let stopped = p.score.iter().filter(|&&s| s < t).count();
@@ -453,9 +554,11 @@ pub fn build(
                 "false_alarm": reals_passed as f64 / (n - n_fake) as f64,
             })
         })
-        .collect();
+        .collect()
+}
 
-    // Training histories: gap at the best epoch (by val AUC, else last).
+/// Training histories: gap at the best epoch (by val AUC, else last).
+fn training_json(histories: &[(String, Vec<HistRow>)]) -> Vec<Value> {
     let mut training = Vec::new();
     for (from, rows) in histories {
         let best = rows
@@ -475,80 +578,54 @@ pub fn build(
             }));
         }
     }
+    training
+}
 
-    let calibration = cal.map(|c| {
-        json!({
-            "folds": c.doc.folds.iter().map(|f| json!({
-                "fold": f.fold,
-                "temperature": f.temperature,
-                "test_before": f.test.before,
-                "test_after": f.test.after,
-            })).collect::<Vec<_>>(),
-            "test_before": c.doc.pooled_test.before,
-            "test_after": c.doc.pooled_test.after,
-        })
-    });
+fn calibration_json(c: &CalibrationIn) -> Value {
+    json!({
+        "folds": c.doc.folds.iter().map(|f| json!({
+            "fold": f.fold,
+            "temperature": f.temperature,
+            "test_before": f.test.before,
+            "test_after": f.test.after,
+        })).collect::<Vec<_>>(),
+        "test_before": c.doc.pooled_test.before,
+        "test_after": c.doc.pooled_test.after,
+    })
+}
 
-    // Source hold-out: reals + fakes of trained-on sources vs reals + fakes of held-out ones.
-    let holdout_json = if holdout.is_empty() {
-        Value::Null
-    } else {
-        let pick = |held: bool| -> Option<f64> {
-            let idx: Vec<usize> = (0..n)
-                .filter(|&i| p.labels[i] == 0 || holdout.contains(&p.sources[i]) == held)
-                .collect();
-            metrics::auc(&sub(&p.score, &idx), &sub(&p.labels, &idx))
-        };
-        let (ins, held) = (pick(false), pick(true));
-        let delta = ins.zip(held).map(|(a, b)| a - b);
-        json!({
-            "sources": holdout,
-            "in_source_auc": ins,
-            "held_out_auc": held,
-            "delta": delta,
-            "flagged": delta.is_some_and(|d| d > 0.05),
-        })
+/// Source hold-out: reals + fakes of trained-on sources vs reals + fakes of held-out ones.
+fn holdout_json(p: &Columns, holdout: &[String]) -> Value {
+    if holdout.is_empty() {
+        return Value::Null;
+    }
+    let n = p.items.len();
+    let pick = |held: bool| -> Option<f64> {
+        let idx: Vec<usize> = (0..n)
+            .filter(|&i| p.labels[i] == 0 || holdout.contains(&p.sources[i]) == held)
+            .collect();
+        metrics::auc(&sub(&p.score, &idx), &sub(&p.labels, &idx))
     };
-
-    let metrics_json = json!({
-        "n": n,
-        "n_real": n - n_fake,
-        "n_fake": n_fake,
-        "sources": sources,
-        "folds": fold_ids,
-        "threshold": {"default": 0.5, "chosen": chosen, "chosen_from": chosen_from},
-        "pooled": {
-            "at_default": pooled_default,
-            "at_chosen": pooled_chosen,
-            "eer": eer,
-            "auc_ci": boot(cfg, 1, &p.score, &p.labels, metrics::auc),
-            "ap_ci": boot(cfg, 2, &p.score, &p.labels, metrics::average_precision),
-        },
-        "per_fold": folds_json,
-        "across_folds": across,
-        "per_source": per_source,
-        "members": members,
-        "calibration": calibration,
-        "training": training,
-        "cascade": cascade,
-        "holdout": holdout_json,
-        "settings": {"bootstrap": cfg.bootstrap, "stratified_bootstrap": true, "level": cfg.level,
-                     "bins": bins, "seed": cfg.seed},
-    });
-
-    let plots = make_plots(p, &fold_idx, &sources, &metrics_json, cal, histories, bins)?;
-    let markdown = render_md(&metrics_json, &plots);
-    let html = render_html(&metrics_json, &plots);
-    Ok(Built {
-        metrics: metrics_json,
-        markdown,
-        html,
-        plots,
+    let (ins, held) = (pick(false), pick(true));
+    let delta = ins.zip(held).map(|(a, b)| a - b);
+    json!({
+        "sources": holdout,
+        "in_source_auc": ins,
+        "held_out_auc": held,
+        "delta": delta,
+        "flagged": delta.is_some_and(|d| d > 0.05),
     })
 }
 
 fn perr(e: impl std::fmt::Display) -> StageError {
     StageError::msg(format!("plot: {e}"))
+}
+
+/// One plot of the report: (file stem, title, plot).
+type Figure = (String, String, Plot);
+
+fn figure(stem: &str, title: &str, plot: Result<Plot, impl std::fmt::Display>) -> Result<Figure, StageError> {
+    Ok((stem.into(), title.into(), plot.map_err(perr)?))
 }
 
 fn make_plots(
@@ -559,9 +636,20 @@ fn make_plots(
     cal: Option<&CalibrationIn>,
     histories: &[(String, Vec<HistRow>)],
     bins: usize,
-) -> Result<Vec<(String, String, Plot)>, StageError> {
-    let n = p.items.len();
-    let mut out = Vec::new();
+) -> Result<Vec<Figure>, StageError> {
+    let mut out = vec![roc_plot(p, fold_idx, m)?, reliability_plot(p, cal, bins)?];
+    out.extend(score_histograms(p, sources)?);
+    out.push(confusion_plot(m)?);
+    out.push(per_source_auc_plot(m)?);
+    out.push(cascade_plot(m)?);
+    if !histories.is_empty() {
+        out.extend(training_plots(histories)?);
+    }
+    Ok(out)
+}
+
+/// ROC curves per fold and pooled.
+fn roc_plot(p: &Columns, fold_idx: &BTreeMap<u32, Vec<usize>>, m: &Value) -> Result<Figure, StageError> {
     let roc_series = |name: String, idx: &[usize]| -> Series {
         let (s, l) = (sub(&p.score, idx), sub(&p.labels, idx));
         Series {
@@ -580,17 +668,21 @@ fn make_plots(
             roc_series(format!("fold {f} (AUC {})", fnum(a, 3)), idx)
         })
         .collect();
-    let all: Vec<usize> = (0..n).collect();
+    let all: Vec<usize> = (0..p.items.len()).collect();
     curves.push(roc_series(
         format!("pooled (AUC {})", fnum(get(&m["pooled"]["at_default"], "auc"), 3)),
         &all,
     ));
-    out.push((
-        "roc".into(),
-        "ROC curves, out of fold".into(),
-        plots::roc(&curves, "ROC, out-of-fold").map_err(perr)?,
-    ));
+    figure(
+        "roc",
+        "ROC curves, out of fold",
+        plots::roc(&curves, "ROC, out-of-fold"),
+    )
+}
 
+/// Reliability before/after temperature scaling (from the Calibrate stage), else of the
+/// ensemble's scores.
+fn reliability_plot(p: &Columns, cal: Option<&CalibrationIn>, bins: usize) -> Result<Figure, StageError> {
     let bins_of = |c: &CalibrationIn, which: &str| -> Vec<metrics::Bin> {
         c.reliability
             .iter()
@@ -616,40 +708,49 @@ fn make_plots(
     } else {
         "Reliability of the ensemble's scores"
     };
-    out.push((
-        "reliability".into(),
-        rel_title.into(),
-        plots::reliability(&before, after.as_deref(), "Reliability").map_err(perr)?,
-    ));
+    figure(
+        "reliability",
+        rel_title,
+        plots::reliability(&before, after.as_deref(), "Reliability"),
+    )
+}
 
+/// Histograms of the ensemble's score by class and by source.
+fn score_histograms(p: &Columns, sources: &[String]) -> Result<[Figure; 2], StageError> {
+    let n = p.items.len();
     let by = |pred: &dyn Fn(usize) -> bool| -> Vec<f64> { (0..n).filter(|&i| pred(i)).map(|i| p.score[i]).collect() };
     let classes = vec![
         ("real".to_string(), by(&|i| p.labels[i] == 0)),
         ("fake".to_string(), by(&|i| p.labels[i] == 1)),
     ];
-    out.push((
-        "scores_by_class".into(),
-        "Ensemble score by class".into(),
-        plots::histogram(&classes, 20, "Scores by class", "P(fake)").map_err(perr)?,
-    ));
+    let by_class = figure(
+        "scores_by_class",
+        "Ensemble score by class",
+        plots::histogram(&classes, 20, "Scores by class", "P(fake)"),
+    )?;
     let mut groups = vec![("real".to_string(), by(&|i| p.labels[i] == 0))];
     for s in sources {
         groups.push((s.clone(), by(&|i| p.labels[i] == 1 && &p.sources[i] == s)));
     }
-    out.push((
-        "scores_by_source".into(),
-        "Ensemble score by source".into(),
-        plots::histogram(&groups, 20, "Scores by source", "P(fake)").map_err(perr)?,
-    ));
+    let by_source = figure(
+        "scores_by_source",
+        "Ensemble score by source",
+        plots::histogram(&groups, 20, "Scores by source", "P(fake)"),
+    )?;
+    Ok([by_class, by_source])
+}
 
+fn confusion_plot(m: &Value) -> Result<Figure, StageError> {
     let d = &m["pooled"]["at_default"]["confusion"];
     let c = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
-    out.push((
-        "confusion".into(),
-        "Confusion matrix at threshold 0.5".into(),
-        plots::confusion(c("tn"), c("fp"), c("fn"), c("tp"), "Confusion matrix (t = 0.5)").map_err(perr)?,
-    ));
+    figure(
+        "confusion",
+        "Confusion matrix at threshold 0.5",
+        plots::confusion(c("tn"), c("fp"), c("fn"), c("tp"), "Confusion matrix (t = 0.5)"),
+    )
+}
 
+fn per_source_auc_plot(m: &Value) -> Result<Figure, StageError> {
     let bars: Vec<(String, f64, Option<(f64, f64)>)> = m["per_source"]
         .as_array()
         .unwrap()
@@ -669,12 +770,14 @@ fn make_plots(
             )
         })
         .collect();
-    out.push((
-        "per_source_auc".into(),
-        "AUC per fake source (against all reals), bootstrap CI".into(),
-        plots::bars_with_ci(&bars, "AUC per source", "AUC", (0.0, 1.0)).map_err(perr)?,
-    ));
+    figure(
+        "per_source_auc",
+        "AUC per fake source (against all reals), bootstrap CI",
+        plots::bars_with_ci(&bars, "AUC per source", "AUC", (0.0, 1.0)),
+    )
+}
 
+fn cascade_plot(m: &Value) -> Result<Figure, StageError> {
     let casc = m["cascade"].as_array().unwrap();
     let line = |k: &str, name: &str| Series {
         name: name.into(),
@@ -683,9 +786,9 @@ fn make_plots(
             .map(|c| (c["threshold"].as_f64().unwrap(), c[k].as_f64().unwrap()))
             .collect(),
     };
-    out.push((
-        "cascade".into(),
-        "Cascade: a filter passing P(fake) ≥ t on to the next stage".into(),
+    figure(
+        "cascade",
+        "Cascade: a filter passing P(fake) ≥ t on to the next stage",
         plots::lines(
             &[
                 line("filtration", "filtration (items stopped)"),
@@ -695,47 +798,47 @@ fn make_plots(
             "Cascade thresholds",
             "threshold t",
             "share",
-        )
-        .map_err(perr)?,
-    ));
+        ),
+    )
+}
 
-    if !histories.is_empty() {
-        let auc: Vec<Series> = histories
-            .iter()
-            .map(|(from, rows)| Series {
-                name: from.clone(),
-                points: rows
-                    .iter()
-                    .filter_map(|r| r.val_auc.map(|a| (r.epoch as f64, a)))
-                    .collect(),
-            })
-            .collect();
-        out.push((
-            "training_val_auc".into(),
-            "Validation AUC per epoch".into(),
-            plots::lines(&auc, "Validation AUC", "epoch", "AUC").map_err(perr)?,
-        ));
-        let mut loss = Vec::new();
-        for (from, rows) in histories {
-            loss.push(Series {
-                name: format!("{from} train"),
-                points: rows.iter().map(|r| (r.epoch as f64, r.train_loss)).collect(),
-            });
-            loss.push(Series {
-                name: format!("{from} val"),
-                points: rows
-                    .iter()
-                    .filter_map(|r| r.val_loss.map(|v| (r.epoch as f64, v)))
-                    .collect(),
-            });
-        }
-        out.push((
-            "training_loss".into(),
-            "Training and validation loss per epoch".into(),
-            plots::lines(&loss, "Loss", "epoch", "loss").map_err(perr)?,
-        ));
+/// Validation AUC, and training and validation loss, per epoch of each history.
+fn training_plots(histories: &[(String, Vec<HistRow>)]) -> Result<[Figure; 2], StageError> {
+    let auc: Vec<Series> = histories
+        .iter()
+        .map(|(from, rows)| Series {
+            name: from.clone(),
+            points: rows
+                .iter()
+                .filter_map(|r| r.val_auc.map(|a| (r.epoch as f64, a)))
+                .collect(),
+        })
+        .collect();
+    let val_auc = figure(
+        "training_val_auc",
+        "Validation AUC per epoch",
+        plots::lines(&auc, "Validation AUC", "epoch", "AUC"),
+    )?;
+    let mut loss = Vec::new();
+    for (from, rows) in histories {
+        loss.push(Series {
+            name: format!("{from} train"),
+            points: rows.iter().map(|r| (r.epoch as f64, r.train_loss)).collect(),
+        });
+        loss.push(Series {
+            name: format!("{from} val"),
+            points: rows
+                .iter()
+                .filter_map(|r| r.val_loss.map(|v| (r.epoch as f64, v)))
+                .collect(),
+        });
     }
-    Ok(out)
+    let loss = figure(
+        "training_loss",
+        "Training and validation loss per epoch",
+        plots::lines(&loss, "Loss", "epoch", "loss"),
+    )?;
+    Ok([val_auc, loss])
 }
 
 fn metric_table_rows(d: &Value, c: Option<&Value>, across: &Value) -> Vec<[String; 4]> {
@@ -780,9 +883,181 @@ fn holdout_line(m: &Value) -> Option<String> {
     ))
 }
 
-fn render_md(m: &Value, plots: &[(String, String, Plot)]) -> String {
+/// The metric table: pooled at 0.5 and at the chosen threshold, and across folds.
+fn metric_table(m: &Value) -> ([String; 4], Vec<Vec<String>>) {
+    let chosen = m["threshold"]["chosen"].as_f64().unwrap_or(0.5);
+    let head = [
+        "metric".to_string(),
+        "pooled, t = 0.5".to_string(),
+        format!("pooled, t = {chosen:.3}"),
+        "across folds (t = 0.5): mean ± std [t-CI]".to_string(),
+    ];
+    let rows = metric_table_rows(
+        &m["pooled"]["at_default"],
+        Some(&m["pooled"]["at_chosen"]),
+        &m["across_folds"],
+    )
+    .into_iter()
+    .map(|r| r.to_vec())
+    .collect();
+    (head, rows)
+}
+
+const PER_SOURCE_HEAD: &[&str] = &[
+    "source",
+    "fakes",
+    "AUC",
+    "bootstrap CI",
+    "AUC across folds",
+    "AP",
+    "recall @0.5",
+];
+
+fn per_source_rows(m: &Value) -> Vec<Vec<String>> {
+    m["per_source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ps| {
+            let af = &ps["auc_across_folds"];
+            vec![
+                ps["source"].as_str().unwrap_or("").to_string(),
+                ps["n_fake"].to_string(),
+                fnum(get(&ps["at_default"], "auc"), 3),
+                ci_text(&ps["auc_ci"], 3),
+                format!("{} ± {}", fnum(get(af, "mean"), 3), fnum(get(af, "std"), 3)),
+                fnum(get(&ps["at_default"], "average_precision"), 3),
+                fnum(get(&ps["at_default"], "recall"), 3),
+            ]
+        })
+        .collect()
+}
+
+const MEMBER_HEAD: &[&str] = &["member", "AUC", "CI", "ΔAUC vs ensemble", "p"];
+
+/// The members' rows, when the ensemble has members.
+fn member_rows(m: &Value) -> Option<Vec<Vec<String>>> {
+    let ms = m["members"].as_array().filter(|a| !a.is_empty())?;
+    let rows = ms
+        .iter()
+        .map(|mm| {
+            let d = &mm["delong_vs_ensemble"];
+            vec![
+                mm["name"].as_str().unwrap_or("").to_string(),
+                fnum(get(mm, "auc"), 3),
+                ci_text(&mm["auc_ci"], 3),
+                fnum(get(d, "diff"), 4),
+                fnum(get(d, "p_value"), 4),
+            ]
+        })
+        .collect();
+    Some(rows)
+}
+
+const PER_FOLD_HEAD: &[&str] = &["fold", "items", "AUC", "accuracy", "ECE"];
+
+fn per_fold_rows(m: &Value) -> Vec<Vec<String>> {
+    m["per_fold"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let d = &f["at_default"];
+            vec![
+                f["fold"].to_string(),
+                f["n"].to_string(),
+                fnum(get(d, "auc"), 3),
+                fnum(get(d, "accuracy"), 3),
+                fnum(get(d, "ece"), 3),
+            ]
+        })
+        .collect()
+}
+
+const TRAINING_HEAD: &[&str] = &["instance", "epochs", "best", "train loss", "val loss", "gap", "val AUC"];
+
+/// The training histories' rows, when there are histories.
+fn training_rows(m: &Value) -> Option<Vec<Vec<String>>> {
+    let ts = m["training"].as_array().filter(|a| !a.is_empty())?;
+    let rows = ts
+        .iter()
+        .map(|t| {
+            vec![
+                t["from"].as_str().unwrap_or("").to_string(),
+                t["epochs"].to_string(),
+                t["best_epoch"].to_string(),
+                fnum(get(t, "train_loss"), 4),
+                fnum(get(t, "val_loss"), 4),
+                fnum(get(t, "loss_gap"), 4),
+                fnum(get(t, "val_auc"), 3),
+            ]
+        })
+        .collect();
+    Some(rows)
+}
+
+const CALIBRATION_HEAD: &[&str] = &["fold", "T", "ECE before", "ECE after", "NLL before", "NLL after"];
+
+/// The calibration's rows (one per fold), when the report has a Calibrate input.
+fn calibration_rows(m: &Value) -> Option<Vec<Vec<String>>> {
+    let c = m["calibration"].as_object()?;
+    let rows = c
+        .get("folds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            vec![
+                f["fold"].to_string(),
+                fnum(get(f, "temperature"), 3),
+                fnum(get(&f["test_before"], "ece"), 4),
+                fnum(get(&f["test_after"], "ece"), 4),
+                fnum(get(&f["test_before"], "nll"), 4),
+                fnum(get(&f["test_after"], "nll"), 4),
+            ]
+        })
+        .collect();
+    Some(rows)
+}
+
+/// A Markdown table; every cell is escaped with [`md`].
+fn md_table<H: AsRef<str>>(s: &mut String, head: &[H], rows: &[Vec<String>]) {
+    let line = |cells: &mut dyn Iterator<Item = &str>| cells.map(md).collect::<Vec<_>>().join(" | ");
+    let _ = writeln!(s, "| {} |", line(&mut head.iter().map(|h| h.as_ref())));
+    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
+    for r in rows {
+        let _ = writeln!(s, "| {} |", line(&mut r.iter().map(String::as_str)));
+    }
+}
+
+fn render_md(m: &Value, plots: &[Figure]) -> String {
     let mut s = String::new();
-    let t = &m["threshold"];
+    md_summary(&mut s, m);
+    let _ = writeln!(s, "## Per source (each fake source against all reals)\n");
+    md_table(&mut s, PER_SOURCE_HEAD, &per_source_rows(m));
+    let _ = writeln!(s, "\n## Per fold (t = 0.5)\n");
+    md_table(&mut s, PER_FOLD_HEAD, &per_fold_rows(m));
+    if let Some(rows) = member_rows(m) {
+        let _ = writeln!(s, "\n## Members vs the ensemble (DeLong)\n");
+        md_table(&mut s, MEMBER_HEAD, &rows);
+    }
+    if let Some(rows) = training_rows(m) {
+        let _ = writeln!(s, "\n## Training (best epoch by validation AUC)\n");
+        md_table(&mut s, TRAINING_HEAD, &rows);
+    }
+    if let Some(rows) = calibration_rows(m) {
+        let _ = writeln!(s, "\n## Calibration (temperature per fold, each fold's test items)\n");
+        md_table(&mut s, CALIBRATION_HEAD, &rows);
+    }
+    let _ = writeln!(s, "\n## Plots\n");
+    for (stem, title, _) in plots {
+        let _ = writeln!(s, "### {}\n\n![{}](plots/{stem}.png)\n", md(title), md(title));
+    }
+    s
+}
+
+/// The title, counts, pooled AUC, the metric table and the operating point.
+fn md_summary(s: &mut String, m: &Value) {
     let _ = writeln!(s, "# Report\n");
     let _ = writeln!(
         s,
@@ -801,120 +1076,16 @@ fn render_md(m: &Value, plots: &[(String, String, Plot)]) -> String {
         ci_text(&m["pooled"]["auc_ci"], 3),
         fnum(get(&m["pooled"], "eer"), 3)
     );
-    let chosen = t["chosen"].as_f64().unwrap_or(0.5);
-    let _ = writeln!(
-        s,
-        "| metric | pooled, t = 0.5 | pooled, t = {chosen:.3} | across folds (t = 0.5): mean ± std [t-CI] |\n|---|---|---|---|"
-    );
-    for r in metric_table_rows(
-        &m["pooled"]["at_default"],
-        Some(&m["pooled"]["at_chosen"]),
-        &m["across_folds"],
-    ) {
-        let _ = writeln!(s, "| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
-    }
+    let (head, rows) = metric_table(m);
+    md_table(s, &head, &rows);
     let _ = writeln!(
         s,
         "\nChosen threshold: {}.\n",
-        md(t["chosen_from"].as_str().unwrap_or(""))
+        md(m["threshold"]["chosen_from"].as_str().unwrap_or(""))
     );
     if let Some(h) = holdout_line(m) {
         let _ = writeln!(s, "{}\n", md(&h));
     }
-    let _ = writeln!(s, "## Per source (each fake source against all reals)\n");
-    let _ = writeln!(
-        s,
-        "| source | fakes | AUC | bootstrap CI | AUC across folds | AP | recall @0.5 |\n|---|---|---|---|---|---|---|"
-    );
-    for ps in m["per_source"].as_array().unwrap() {
-        let af = &ps["auc_across_folds"];
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} ± {} | {} | {} |",
-            md(ps["source"].as_str().unwrap_or("")),
-            ps["n_fake"],
-            fnum(get(&ps["at_default"], "auc"), 3),
-            ci_text(&ps["auc_ci"], 3),
-            fnum(get(af, "mean"), 3),
-            fnum(get(af, "std"), 3),
-            fnum(get(&ps["at_default"], "average_precision"), 3),
-            fnum(get(&ps["at_default"], "recall"), 3),
-        );
-    }
-    let _ = writeln!(s, "\n## Per fold (t = 0.5)\n");
-    let _ = writeln!(s, "| fold | items | AUC | accuracy | ECE |\n|---|---|---|---|---|");
-    for f in m["per_fold"].as_array().unwrap() {
-        let d = &f["at_default"];
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            f["fold"],
-            f["n"],
-            fnum(get(d, "auc"), 3),
-            fnum(get(d, "accuracy"), 3),
-            fnum(get(d, "ece"), 3)
-        );
-    }
-    if let Some(ms) = m["members"].as_array().filter(|a| !a.is_empty()) {
-        let _ = writeln!(s, "\n## Members vs the ensemble (DeLong)\n");
-        let _ = writeln!(s, "| member | AUC | CI | ΔAUC vs ensemble | p |\n|---|---|---|---|---|");
-        for mm in ms {
-            let d = &mm["delong_vs_ensemble"];
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} |",
-                md(mm["name"].as_str().unwrap_or("")),
-                fnum(get(mm, "auc"), 3),
-                ci_text(&mm["auc_ci"], 3),
-                fnum(get(d, "diff"), 4),
-                fnum(get(d, "p_value"), 4)
-            );
-        }
-    }
-    if let Some(ts) = m["training"].as_array().filter(|a| !a.is_empty()) {
-        let _ = writeln!(s, "\n## Training (best epoch by validation AUC)\n");
-        let _ = writeln!(
-            s,
-            "| instance | epochs | best | train loss | val loss | gap | val AUC |\n|---|---|---|---|---|---|---|"
-        );
-        for t in ts {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                md(t["from"].as_str().unwrap_or("")),
-                t["epochs"],
-                t["best_epoch"],
-                fnum(get(t, "train_loss"), 4),
-                fnum(get(t, "val_loss"), 4),
-                fnum(get(t, "loss_gap"), 4),
-                fnum(get(t, "val_auc"), 3)
-            );
-        }
-    }
-    if let Some(c) = m["calibration"].as_object() {
-        let _ = writeln!(s, "\n## Calibration (temperature per fold, each fold's test items)\n");
-        let _ = writeln!(
-            s,
-            "| fold | T | ECE before | ECE after | NLL before | NLL after |\n|---|---|---|---|---|---|"
-        );
-        for f in c.get("folds").and_then(Value::as_array).into_iter().flatten() {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} |",
-                f["fold"],
-                fnum(get(f, "temperature"), 3),
-                fnum(get(&f["test_before"], "ece"), 4),
-                fnum(get(&f["test_after"], "ece"), 4),
-                fnum(get(&f["test_before"], "nll"), 4),
-                fnum(get(&f["test_after"], "nll"), 4)
-            );
-        }
-    }
-    let _ = writeln!(s, "\n## Plots\n");
-    for (stem, title, _) in plots {
-        let _ = writeln!(s, "### {}\n\n![{}](plots/{stem}.png)\n", md(title), md(title));
-    }
-    s
 }
 
 const CSS: &str = "svg{max-width:100%;height:auto}body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}\
@@ -923,10 +1094,11 @@ td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.plots{displ
 figure{margin:0;border:1px solid #ddd;padding:.5rem}figcaption{font-size:.9rem;color:#555;max-width:640px}\
 .note{color:#555;font-size:.9rem}";
 
-fn html_table(head: &[&str], rows: &[Vec<String>]) -> String {
+/// An HTML table; every cell is escaped with [`esc`].
+fn html_table<H: AsRef<str>>(head: &[H], rows: &[Vec<String>]) -> String {
     let mut s = String::from("<table><tr>");
     for h in head {
-        let _ = write!(s, "<th>{}</th>", esc(h));
+        let _ = write!(s, "<th>{}</th>", esc(h.as_ref()));
     }
     s.push_str("</tr>");
     for r in rows {
@@ -940,12 +1112,38 @@ fn html_table(head: &[&str], rows: &[Vec<String>]) -> String {
     s
 }
 
-fn render_html(m: &Value, plots: &[(String, String, Plot)]) -> String {
+fn render_html(m: &Value, plots: &[Figure]) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>flow report</title><style>{CSS}</style></head><body>"
     );
+    html_summary(&mut s, m);
+    s.push_str("<h2>Per source</h2>");
+    s.push_str(&html_table(PER_SOURCE_HEAD, &per_source_rows(m)));
+    if let Some(rows) = member_rows(m) {
+        s.push_str("<h2>Members vs the ensemble (DeLong)</h2>");
+        s.push_str(&html_table(MEMBER_HEAD, &rows));
+    }
+    s.push_str("<h2>Plots</h2><div class=\"plots\">");
+    for (_, title, plot) in plots {
+        let _ = write!(
+            s,
+            "<figure>{}<figcaption>{}</figcaption></figure>",
+            plot.svg,
+            esc(title)
+        );
+    }
+    s.push_str("</div>");
+    let _ = write!(
+        s,
+        "<p class=\"note\">Machine-readable: metrics.json. Plots as PNG: plots/. Made by flow.</p></body></html>"
+    );
+    s
+}
+
+/// The title, counts, pooled AUC, the metric table and the operating point.
+fn html_summary(s: &mut String, m: &Value) {
     let _ = write!(s, "<h1>Report</h1>");
     let _ = write!(
         s,
@@ -964,25 +1162,8 @@ fn render_html(m: &Value, plots: &[(String, String, Plot)]) -> String {
         ci_text(&m["pooled"]["auc_ci"], 3),
         fnum(get(&m["pooled"], "eer"), 3)
     );
-    let chosen = m["threshold"]["chosen"].as_f64().unwrap_or(0.5);
-    let rows: Vec<Vec<String>> = metric_table_rows(
-        &m["pooled"]["at_default"],
-        Some(&m["pooled"]["at_chosen"]),
-        &m["across_folds"],
-    )
-    .into_iter()
-    .map(|r| r.to_vec())
-    .collect();
-    let c2 = format!("pooled, t = {chosen:.3}");
-    s.push_str(&html_table(
-        &[
-            "metric",
-            "pooled, t = 0.5",
-            &c2,
-            "across folds (t = 0.5): mean ± std [t-CI]",
-        ],
-        &rows,
-    ));
+    let (head, rows) = metric_table(m);
+    s.push_str(&html_table(&head, &rows));
     let _ = write!(
         s,
         "<p class=\"note\">Chosen threshold: {}.</p>",
@@ -991,68 +1172,6 @@ fn render_html(m: &Value, plots: &[(String, String, Plot)]) -> String {
     if let Some(h) = holdout_line(m) {
         let _ = write!(s, "<p><b>{}</b></p>", esc(&h));
     }
-    s.push_str("<h2>Per source</h2>");
-    let rows: Vec<Vec<String>> = m["per_source"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ps| {
-            let af = &ps["auc_across_folds"];
-            vec![
-                ps["source"].as_str().unwrap_or("").to_string(),
-                ps["n_fake"].to_string(),
-                fnum(get(&ps["at_default"], "auc"), 3),
-                ci_text(&ps["auc_ci"], 3),
-                format!("{} ± {}", fnum(get(af, "mean"), 3), fnum(get(af, "std"), 3)),
-                fnum(get(&ps["at_default"], "average_precision"), 3),
-                fnum(get(&ps["at_default"], "recall"), 3),
-            ]
-        })
-        .collect();
-    s.push_str(&html_table(
-        &[
-            "source",
-            "fakes",
-            "AUC",
-            "bootstrap CI",
-            "AUC across folds",
-            "AP",
-            "recall @0.5",
-        ],
-        &rows,
-    ));
-    if let Some(ms) = m["members"].as_array().filter(|a| !a.is_empty()) {
-        s.push_str("<h2>Members vs the ensemble (DeLong)</h2>");
-        let rows: Vec<Vec<String>> = ms
-            .iter()
-            .map(|mm| {
-                let d = &mm["delong_vs_ensemble"];
-                vec![
-                    mm["name"].as_str().unwrap_or("").to_string(),
-                    fnum(get(mm, "auc"), 3),
-                    ci_text(&mm["auc_ci"], 3),
-                    fnum(get(d, "diff"), 4),
-                    fnum(get(d, "p_value"), 4),
-                ]
-            })
-            .collect();
-        s.push_str(&html_table(&["member", "AUC", "CI", "ΔAUC vs ensemble", "p"], &rows));
-    }
-    s.push_str("<h2>Plots</h2><div class=\"plots\">");
-    for (_, title, plot) in plots {
-        let _ = write!(
-            s,
-            "<figure>{}<figcaption>{}</figcaption></figure>",
-            plot.svg,
-            esc(title)
-        );
-    }
-    s.push_str("</div>");
-    let _ = write!(
-        s,
-        "<p class=\"note\">Machine-readable: metrics.json. Plots as PNG: plots/. Made by flow.</p></body></html>"
-    );
-    s
 }
 
 #[cfg(test)]
@@ -1115,6 +1234,28 @@ mod tests {
             b.metrics["per_source"][0]["source"], evil,
             "metrics.json keeps the raw name"
         );
+        // Each format escapes for itself: report.md is Markdown, not HTML.
+        let b = build(&cfg(), &preds("o'neil|gan_*v2*"), None, &[], &[]).unwrap();
+        assert!(
+            b.markdown.contains("| o'neil\\|gan\\_\\*v2\\* |"),
+            "report.md: the name as one readable table cell\n{}",
+            b.markdown
+        );
+        assert!(b.markdown.contains("### Reliability of the ensemble's scores"));
+        for entity in ["&#39;", "&quot;", "&amp;"] {
+            assert!(!b.markdown.contains(entity), "report.md holds the HTML entity {entity}");
+        }
+        assert!(b.html.contains("o&#39;neil|gan_*v2*"), "index.html escapes for HTML");
+    }
+
+    #[test]
+    fn markdown_escapes_only_what_markdown_reads() {
+        assert_eq!(md("o'neil \"q\" & co"), "o'neil \"q\" & co");
+        assert_eq!(md("a|b\\c*d_e`f"), "a\\|b\\\\c\\*d\\_e\\`f");
+        assert_eq!(md("# x #1"), "\\# x #1");
+        assert_eq!(md("  > quote, a > b"), "  \\> quote, a > b");
+        assert_eq!(md("<script>1 < 2</script>"), "&lt;script>1 < 2&lt;/script>");
+        assert_eq!(md("<!-- c --> <?x <http://a>"), "&lt;!-- c --> &lt;?x &lt;http://a>");
     }
 
     #[test]
