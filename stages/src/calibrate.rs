@@ -55,6 +55,8 @@ pub struct Calibrate {
     pub thresholds: Vec<f64>,
 }
 
+inventory::submit! { crate::Kind(calibrate_kind) }
+
 pub fn calibrate_kind() -> StageKind {
     StageKind {
         name: "Calibrate",
@@ -277,6 +279,8 @@ pub struct MineHardNegatives {
     #[serde(default)]
     pub threshold: Option<f64>,
 }
+
+inventory::submit! { crate::Kind(mine_kind) }
 
 pub fn mine_kind() -> StageKind {
     StageKind {

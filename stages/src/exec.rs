@@ -72,6 +72,8 @@ pub enum ExecInput {
     Path(String),
 }
 
+inventory::submit! { crate::Kind(kind) }
+
 pub fn kind() -> StageKind {
     StageKind {
         name: "Exec",

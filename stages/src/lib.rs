@@ -20,20 +20,47 @@ pub mod stats;
 pub mod torch_info;
 pub mod worker;
 
-use flow_engine::Registry;
+use flow_engine::{Registry, StageKind};
+
+/// One stage kind's constructor, submitted beside it with
+/// `inventory::submit! { crate::Kind(kind) }`: [`registry`] collects them all, so adding a kind
+/// edits no central list (see `docs/architecture.md`).
+pub struct Kind(pub fn() -> StageKind);
+
+inventory::collect!(Kind);
 
 /// Every stage kind this build knows.
+///
+/// Panics if two kinds share a name (a pipeline could not say which it means).
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register(exec::kind());
-    r.register(data::ingest::kind());
-    r.register(data::split::kind());
-    r.register(data::preprocess::kind());
-    r.register(model::train_kind());
-    r.register(calibrate::calibrate_kind());
-    r.register(calibrate::mine_kind());
-    r.register(model::retrain_kind());
-    r.register(model::infer_kind());
-    r.register(report::stage::report_kind());
+    for k in inventory::iter::<Kind> {
+        let kind = (k.0)();
+        assert!(r.get(kind.name).is_none(), "two stage kinds are named `{}`", kind.name);
+        r.register(kind);
+    }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_kind_is_registered_once() {
+        let names: Vec<&str> = super::registry().names().collect();
+        assert_eq!(
+            names,
+            [
+                "Calibrate",
+                "EnsembleInfer",
+                "Exec",
+                "Ingest",
+                "MineHardNegatives",
+                "Preprocess",
+                "Report",
+                "Retrain",
+                "Split",
+                "Train"
+            ]
+        );
+    }
 }

@@ -247,6 +247,8 @@ pub struct Train {
     pub device: Device,
 }
 
+inventory::submit! { crate::Kind(train_kind) }
+
 pub fn train_kind() -> StageKind {
     StageKind {
         name: "Train",
@@ -456,6 +458,8 @@ pub struct Retrain {
     pub device: Device,
 }
 
+inventory::submit! { crate::Kind(retrain_kind) }
+
 pub fn retrain_kind() -> StageKind {
     StageKind {
         name: "Retrain",
@@ -564,6 +568,8 @@ pub struct EnsembleInfer {
     #[serde(default)]
     pub device: Device,
 }
+
+inventory::submit! { crate::Kind(infer_kind) }
 
 pub fn infer_kind() -> StageKind {
     StageKind {

@@ -104,6 +104,8 @@ pub enum OnBad {
     Skip,
 }
 
+inventory::submit! { crate::Kind(kind) }
+
 pub fn kind() -> StageKind {
     StageKind {
         name: "Ingest",

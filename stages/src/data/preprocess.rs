@@ -54,6 +54,8 @@ pub struct Preprocess {
     pub normalize: Normalize,
 }
 
+inventory::submit! { crate::Kind(kind) }
+
 pub fn kind() -> StageKind {
     StageKind {
         name: "Preprocess",

@@ -75,6 +75,8 @@ pub enum Mode {
     Predefined,
 }
 
+inventory::submit! { crate::Kind(kind) }
+
 pub fn kind() -> StageKind {
     StageKind {
         name: "Split",

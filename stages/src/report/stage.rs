@@ -93,6 +93,8 @@ pub struct Report {
     pub seed: Option<u64>,
 }
 
+inventory::submit! { crate::Kind(report_kind) }
+
 pub fn report_kind() -> StageKind {
     StageKind {
         name: "Report",
