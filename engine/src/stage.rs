@@ -277,6 +277,21 @@ pub struct StageKind {
     pub parse: ParseFn,
 }
 
+impl StageKind {
+    /// The kind whose params are the typed struct `T` (parsed with [`parse_as`]).
+    pub fn new<T>(name: &'static str, version: u32, summary: &'static str) -> StageKind
+    where
+        T: StageConfig + serde::de::DeserializeOwned,
+    {
+        StageKind {
+            name,
+            version,
+            summary,
+            parse: parse_as::<T>,
+        }
+    }
+}
+
 /// Helper for kinds: parse typed params `T` (derive `Deserialize` with `deny_unknown_fields`).
 pub fn parse_as<T>(de: &mut dyn erased_serde::Deserializer<'_>) -> Result<Box<dyn StageConfig>, erased_serde::Error>
 where

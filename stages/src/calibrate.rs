@@ -23,8 +23,7 @@
 use std::collections::BTreeMap;
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, Input, PortType, ResolvedInput, StageConfig, StageError,
-    StageKind,
+    key_params_of, Code, ConfigProblem, ExecCtx, Input, PortType, ResolvedInput, StageConfig, StageError, StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,14 +57,13 @@ pub struct Calibrate {
 inventory::submit! { crate::Kind(calibrate_kind) }
 
 pub fn calibrate_kind() -> StageKind {
-    StageKind {
-        name: "Calibrate",
-        // 2: NLLs computed from logits (exact; the pooled test NLL clipped probabilities at
-        // 1e-15), metrics shared with the report; `models` in the key.
-        version: 2,
-        summary: "temperature scaling per fold, ECE, reliability, cascade thresholds",
-        parse: parse_as::<Calibrate>,
-    }
+    // 2: NLLs computed from logits (exact; the pooled test NLL clipped probabilities at
+    // 1e-15), metrics shared with the report; `models` in the key.
+    StageKind::new::<Calibrate>(
+        "Calibrate",
+        2,
+        "temperature scaling per fold, ECE, reliability, cascade thresholds",
+    )
 }
 
 /// NLL (exact, from logits scaled by `1/t`), ECE and Brier of `sigmoid(logit / t)`.
@@ -283,12 +281,11 @@ pub struct MineHardNegatives {
 inventory::submit! { crate::Kind(mine_kind) }
 
 pub fn mine_kind() -> StageKind {
-    StageKind {
-        name: "MineHardNegatives",
-        version: 1,
-        summary: "real training items the calibrated model scores most fake",
-        parse: parse_as::<MineHardNegatives>,
-    }
+    StageKind::new::<MineHardNegatives>(
+        "MineHardNegatives",
+        1,
+        "real training items the calibrated model scores most fake",
+    )
 }
 
 impl StageConfig for MineHardNegatives {

@@ -26,8 +26,7 @@ use std::path::Path;
 use std::process::Command;
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, FanOut, Input, PortType, Resources, StageConfig, StageError,
-    StageKind,
+    key_params_of, Code, ConfigProblem, ExecCtx, FanOut, Input, PortType, Resources, StageConfig, StageError, StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -75,12 +74,7 @@ pub enum ExecInput {
 inventory::submit! { crate::Kind(kind) }
 
 pub fn kind() -> StageKind {
-    StageKind {
-        name: "Exec",
-        version: 1,
-        summary: "run an external command with declared inputs and outputs",
-        parse: parse_as::<Exec>,
-    }
+    StageKind::new::<Exec>("Exec", 1, "run an external command with declared inputs and outputs")
 }
 
 /// Whether a relative path stays inside its root (no absolute path, no `..` above the root,

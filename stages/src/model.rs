@@ -13,8 +13,8 @@
 //! `scores.csv` (`item,role,label,source,logit` for every item of the fold: train/val/test).
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, Defaults, ExecCtx, FanOut, Input, PortType, Resources, StageConfig,
-    StageError, StageKind,
+    key_params_of, Code, ConfigProblem, Defaults, ExecCtx, FanOut, Input, PortType, Resources, StageConfig, StageError,
+    StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -250,13 +250,8 @@ pub struct Train {
 inventory::submit! { crate::Kind(train_kind) }
 
 pub fn train_kind() -> StageKind {
-    StageKind {
-        name: "Train",
-        // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-        version: 2,
-        summary: "train a binary detector per fold (libtorch)",
-        parse: parse_as::<Train>,
-    }
+    // 2: no timings or thread counts in history.csv / meta.json / infer.json.
+    StageKind::new::<Train>("Train", 2, "train a binary detector per fold (libtorch)")
 }
 
 fn torch_env() -> Vec<(String, String)> {
@@ -461,13 +456,12 @@ pub struct Retrain {
 inventory::submit! { crate::Kind(retrain_kind) }
 
 pub fn retrain_kind() -> StageKind {
-    StageKind {
-        name: "Retrain",
-        // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-        version: 2,
-        summary: "fine-tune per fold with hard negatives up-weighted (libtorch)",
-        parse: parse_as::<Retrain>,
-    }
+    // 2: no timings or thread counts in history.csv / meta.json / infer.json.
+    StageKind::new::<Retrain>(
+        "Retrain",
+        2,
+        "fine-tune per fold with hard negatives up-weighted (libtorch)",
+    )
 }
 
 impl StageConfig for Retrain {
@@ -572,13 +566,12 @@ pub struct EnsembleInfer {
 inventory::submit! { crate::Kind(infer_kind) }
 
 pub fn infer_kind() -> StageKind {
-    StageKind {
-        name: "EnsembleInfer",
-        // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-        version: 2,
-        summary: "out-of-fold ensemble predictions with TTA (libtorch)",
-        parse: parse_as::<EnsembleInfer>,
-    }
+    // 2: no timings or thread counts in history.csv / meta.json / infer.json.
+    StageKind::new::<EnsembleInfer>(
+        "EnsembleInfer",
+        2,
+        "out-of-fold ensemble predictions with TTA (libtorch)",
+    )
 }
 
 impl StageConfig for EnsembleInfer {

@@ -37,6 +37,14 @@ impl Ws {
             .env("NO_COLOR", "1");
         c
     }
+    /// `flow <args>` started, not waited for (stdout and stderr piped).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start flow")
+    }
     pub fn flow(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run flow")
     }
@@ -278,4 +286,9 @@ pub fn wait_for(path: &Path, what: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Whether a JSON value is a string containing `needle` (for `assert!(has(&v["error"], "…"), "{v}")`).
+pub fn has(v: &serde_json::Value, needle: &str) -> bool {
+    v.as_str().is_some_and(|s| s.contains(needle))
 }

@@ -6,7 +6,7 @@
 //! unit tests, diagnostics in `tests/fixtures/invalid/`.
 
 use crate::common;
-use common::{dir_names, files_under, in_mount_namespace, set, stdout_json as json, unprivileged, Ws};
+use common::{dir_names, files_under, has, in_mount_namespace, set, stdout_json as json, unprivileged, Ws};
 
 use std::io::Write;
 use std::path::Path;
@@ -415,19 +415,10 @@ fn status_and_verify_work_on_a_cache_they_cannot_write() {
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let v = json(&out);
         assert!(
-            v["bad_objects"][0]["quarantine_error"]
-                .as_str()
-                .unwrap()
-                .contains("Permission denied"),
+            has(&v["bad_objects"][0]["quarantine_error"], "Permission denied"),
             "{v}"
         );
-        assert!(
-            v["broken_records"][0]["problem"]
-                .as_str()
-                .unwrap()
-                .contains("not quarantined"),
-            "{v}"
-        );
+        assert!(has(&v["broken_records"][0]["problem"], "not quarantined"), "{v}");
     }
     // A read-only mount.
     let script = r#"set -u

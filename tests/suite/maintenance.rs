@@ -3,10 +3,9 @@
 //! problem is fixed) executes exactly what did not finish.
 
 use crate::common;
-use common::{chown_tree, files_under, in_mount_namespace, stdout_json as json, unprivileged};
+use common::{chown_tree, files_under, has, in_mount_namespace, stdout_json as json, unprivileged};
 use common::{set, Ws};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHAIN: &str = r#"Pipeline(
     name: "chain",
@@ -104,13 +103,7 @@ fn verify_finds_tampered_and_missing_objects_and_the_next_run_redoes_them() {
     let (code, v) = verify(&ws);
     assert_eq!(code, 1, "{v}");
     assert_eq!(v["broken_records"][0]["instance"], "b", "{v}");
-    assert!(
-        v["broken_records"][0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("object missing"),
-        "{v}"
-    );
+    assert!(has(&v["broken_records"][0]["problem"], "object missing"), "{v}");
     let s = ws.run("p.ron", 0);
     assert_eq!(s.executed, set(&["b"]));
 
@@ -193,28 +186,14 @@ fn gc_waits_for_a_running_pipeline_and_removes_nothing_it_uses() {
         "\"touch $FLOW_WORKSPACE/started; while [ ! -f $FLOW_WORKSPACE/go ]; do sleep 0.05; done; tr a-z A-Z < a.txt > b.txt\"",
     );
     ws.write("p.ron", &slow);
-    let run = ws
-        .cmd(&["run", "--json", "p.ron"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !ws.path().join("started").exists() {
-        assert!(t.elapsed() < Duration::from_secs(30), "run did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let run = ws.spawn(&["run", "--json", "p.ron"]);
+    common::wait_for(&ws.path().join("started"), "the run to start");
     // a is published, b is running. gc (naming no pipeline that uses a) must wait.
     ws.write(
         "unrelated.ron",
         r#"Pipeline(name: "u", stages: { "x": Exec(cmd: "echo x > x", outputs: ["x"]) })"#,
     );
-    let mut gc = ws
-        .cmd(&["gc", "--json", "unrelated.ron"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut gc = ws.spawn(&["gc", "--json", "unrelated.ron"]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         gc.try_wait().unwrap().is_none(),

@@ -119,12 +119,7 @@ fn repeated_kills_converge_to_the_uninterrupted_result() {
         let v = i / 3;
         ws.write("p.ron", &variant(v));
         for _ in 0..3.min(iterations - i) {
-            let mut child = ws
-                .cmd(&["run", "--json", "p.ron"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut child = ws.spawn(&["run", "--json", "p.ron"]);
             let delay = next() % 700;
             std::thread::sleep(Duration::from_millis(delay));
             let _ = child.kill(); // SIGKILL
@@ -208,19 +203,9 @@ fn two_runs_on_one_cache_wait_and_reuse() {
         "p.ron",
         &CHAIN.replace("sleep 0.15; echo 1", "touch $FLOW_WORKSPACE/started; sleep 0.4; echo 1"),
     );
-    let a = ws
-        .cmd(&["run", "--json", "p.ron"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let a = ws.spawn(&["run", "--json", "p.ron"]);
     wait_for(&ws.path().join("started"), "the first run to start");
-    let b = ws
-        .cmd(&["run", "--json", "p.ron"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let b = ws.spawn(&["run", "--json", "p.ron"]);
     let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(oa.status.success() && ob.status.success());
     let sa = common::Summary::from(&serde_json::from_slice::<serde_json::Value>(&oa.stdout).unwrap());

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, Resources, StageConfig,
-    StageError, StageKind,
+    key_params_of, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, Resources, StageConfig, StageError,
+    StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -107,12 +107,11 @@ pub enum OnBad {
 inventory::submit! { crate::Kind(kind) }
 
 pub fn kind() -> StageKind {
-    StageKind {
-        name: "Ingest",
-        version: 1,
-        summary: "a dataset manifest from a folder of images or the embedded demo set",
-        parse: parse_as::<Ingest>,
-    }
+    StageKind::new::<Ingest>(
+        "Ingest",
+        1,
+        "a dataset manifest from a folder of images or the embedded demo set",
+    )
 }
 
 impl StageConfig for Ingest {

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, ExecCtx, Input, PortType, ResolvedInput, Resources, StageConfig,
-    StageError, StageKind,
+    key_params_of, Code, ConfigProblem, ExecCtx, Input, PortType, ResolvedInput, Resources, StageConfig, StageError,
+    StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,12 +57,7 @@ pub struct Preprocess {
 inventory::submit! { crate::Kind(kind) }
 
 pub fn kind() -> StageKind {
-    StageKind {
-        name: "Preprocess",
-        version: 1,
-        summary: "decode, square, resize into u8 shards",
-        parse: parse_as::<Preprocess>,
-    }
+    StageKind::new::<Preprocess>("Preprocess", 1, "decode, square, resize into u8 shards")
 }
 
 impl StageConfig for Preprocess {

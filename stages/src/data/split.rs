@@ -21,8 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, StageConfig, StageError,
-    StageKind,
+    key_params_of, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, StageConfig, StageError, StageKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,12 +77,7 @@ pub enum Mode {
 inventory::submit! { crate::Kind(kind) }
 
 pub fn kind() -> StageKind {
-    StageKind {
-        name: "Split",
-        version: 1,
-        summary: "stratified group k-fold with inner validation",
-        parse: parse_as::<Split>,
-    }
+    StageKind::new::<Split>("Split", 1, "stratified group k-fold with inner validation")
 }
 
 impl StageConfig for Split {

@@ -31,8 +31,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use flow_engine::{
-    key_params_of, parse_as, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, StageConfig, StageError,
-    StageKind,
+    key_params_of, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, StageConfig, StageError, StageKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -96,14 +95,13 @@ pub struct Report {
 inventory::submit! { crate::Kind(report_kind) }
 
 pub fn report_kind() -> StageKind {
-    StageKind {
-        name: "Report",
-        // 2: metrics.json's calibration carries the pooled test NLL/ECE/Brier (was null: the
-        // reader looked for keys calibration.json does not have).
-        version: 2,
-        summary: "metrics, statistics and plots: index.html, report.md, metrics.json",
-        parse: parse_as::<Report>,
-    }
+    // 2: metrics.json's calibration carries the pooled test NLL/ECE/Brier (was null: the
+    // reader looked for keys calibration.json does not have).
+    StageKind::new::<Report>(
+        "Report",
+        2,
+        "metrics, statistics and plots: index.html, report.md, metrics.json",
+    )
 }
 
 impl StageConfig for Report {

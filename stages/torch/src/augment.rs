@@ -298,18 +298,7 @@ mod tests {
     fn none() -> Augment {
         Augment {
             hflip: 0.0,
-            vflip: 0.0,
-            rotation: 0.0,
-            rotation_degrees: 10.0,
-            color_jitter: 0.0,
-            jitter_strength: 0.2,
-            grayscale: 0.0,
-            blur: 0.0,
-            noise: 0.0,
-            noise_std: 0.04,
-            jpeg: 0.0,
-            jpeg_quality: 75,
-            erase: 0.0,
+            ..Augment::default()
         }
     }
 
