@@ -96,10 +96,11 @@ inventory::submit! { crate::Kind(report_kind) }
 
 pub fn report_kind() -> StageKind {
     // 2: metrics.json's calibration carries the pooled test NLL/ECE/Brier (was null: the
-    // reader looked for keys calibration.json does not have).
+    // reader looked for keys calibration.json does not have). 3: report.md escapes for
+    // Markdown (it had HTML entities: `fold&#39;s`).
     StageKind::new::<Report>(
         "Report",
-        2,
+        3,
         "metrics, statistics and plots: index.html, report.md, metrics.json",
     )
 }
