@@ -33,6 +33,15 @@ impl Ctx {
             }
         };
         let cache_dir = cli.cache_dir.clone().unwrap_or_else(|| workspace.join(".flow"));
+        let out = resolved(&workspace.join("out"));
+        let cache = resolved(&cache_dir);
+        if cache.starts_with(&out) || out.starts_with(&cache) {
+            return Err(Fail::usage(format!(
+                "--cache-dir {} overlaps {} (where flow exposes outputs): put the cache elsewhere",
+                cache_dir.display(),
+                out.display()
+            )));
+        }
         Ok(Ctx {
             json: cli.json,
             workspace,
@@ -82,14 +91,7 @@ impl Ctx {
     /// Where user-facing commands may not write: the cache and `out/` (whose files are the
     /// cache's objects).
     pub fn check_user_output(&self, path: &Path) -> Result<(), Fail> {
-        let abs = std::path::absolute(path).map_err(|e| Fail::usage(format!("{}: {e}", path.display())))?;
-        let resolved = match std::fs::canonicalize(&abs) {
-            Ok(p) => p,
-            Err(_) => match (abs.parent(), abs.file_name()) {
-                (Some(dir), Some(name)) => std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf()).join(name),
-                _ => abs.clone(),
-            },
-        };
+        let resolved = resolved(path);
         let forbidden = [
             (self.cache_dir.clone(), "the cache"),
             (self.workspace.join("out"), "out/ (its files are the cache's objects)"),
@@ -125,6 +127,19 @@ impl Ctx {
             let _ = std::fs::remove_file(&tmp);
             io(e)
         })
+    }
+}
+
+/// `path` absolute, through every link that exists (a path not made yet: its parent resolved,
+/// and so on up), so two spellings of one place compare equal.
+pub fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Ok(p) = std::fs::canonicalize(&abs) {
+        return p;
+    }
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => resolved(dir).join(name),
+        _ => abs,
     }
 }
 

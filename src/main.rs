@@ -57,6 +57,9 @@ enum Cmd {
         /// Keep running independent stages after a failure.
         #[arg(long)]
         keep_going: bool,
+        /// Say what would run and why, run nothing (like `make -n`, Snakemake's `-n`).
+        #[arg(short = 'n', long)]
+        dry_run: bool,
     },
     /// Fresh / stale / never-run for each stage instance, and why.
     Status { pipeline: PathBuf },
@@ -65,7 +68,7 @@ enum Cmd {
         #[arg(required_unless_present = "list_kinds")]
         pipelines: Vec<PathBuf>,
         /// List the stage kinds this build knows (name, version, what it does) and exit.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["pipelines", "no_path_check"])]
         list_kinds: bool,
         /// Do not require the workspace paths the pipelines read to exist (a CI machine
         /// without the data).
@@ -175,6 +178,7 @@ fn dispatch(ctx: &Ctx, cmd: &Cmd) -> Result<Exit, Fail> {
             cpus,
             targets,
             keep_going,
+            dry_run,
         } => cmd::run::run(
             ctx,
             &cmd::run::Args {
@@ -183,6 +187,7 @@ fn dispatch(ctx: &Ctx, cmd: &Cmd) -> Result<Exit, Fail> {
                 cpus: *cpus,
                 targets: targets.clone(),
                 keep_going: *keep_going,
+                dry_run: *dry_run,
             },
         ),
         Cmd::Doctor => Ok(cmd::doctor::doctor(ctx)),

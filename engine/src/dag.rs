@@ -58,6 +58,26 @@ impl Dag {
     pub fn decl(&self, n: NodeIndex) -> &StageDecl {
         &self.pipeline.stages[self.graph[n].stage_index]
     }
+    /// The instances a run considers: all, or the targets (stage or instance names) and
+    /// every instance they need.
+    pub fn wanted(&self, targets: Option<&[String]>) -> Vec<bool> {
+        let Some(targets) = targets else {
+            return vec![true; self.graph.node_count()];
+        };
+        let mut w = vec![false; self.graph.node_count()];
+        let mut stack: Vec<NodeIndex> = self
+            .by_id
+            .iter()
+            .filter(|(iid, n)| targets.iter().any(|t| *iid == t || self.instance(**n).stage == *t))
+            .map(|(_, n)| *n)
+            .collect();
+        while let Some(n) = stack.pop() {
+            if !std::mem::replace(&mut w[n.index()], true) {
+                stack.extend(self.graph.neighbors_directed(n, petgraph::Direction::Incoming));
+            }
+        }
+        w
+    }
     /// Upstream instances of `n` with the port they feed.
     pub fn inputs_of(&self, n: NodeIndex) -> Vec<(String, NodeIndex)> {
         let mut v: Vec<(String, NodeIndex)> = self

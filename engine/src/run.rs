@@ -274,7 +274,7 @@ impl<'a> Scheduler<'a> {
             summary.workspace_files += st.files;
             summary.workspace_files_read += st.rehashed;
         }
-        let wanted = wanted(dag, opts.targets.as_deref());
+        let wanted = dag.wanted(opts.targets.as_deref());
         let total = wanted.iter().filter(|w| **w).count();
         on_event(RunEvent::Planned { total });
         let waiting: HashMap<NodeIndex, usize> = dag
@@ -510,26 +510,6 @@ impl<'a> Scheduler<'a> {
         }
         self.summary
     }
-}
-
-/// The instances to consider: all, or the targets (stages or instances) and what they need.
-fn wanted(dag: &Dag, targets: Option<&[String]>) -> Vec<bool> {
-    let Some(targets) = targets else {
-        return vec![true; dag.graph.node_count()];
-    };
-    let mut w = vec![false; dag.graph.node_count()];
-    let mut stack: Vec<NodeIndex> = dag
-        .by_id
-        .iter()
-        .filter(|(iid, n)| targets.iter().any(|t| *iid == t || dag.instance(**n).stage == *t))
-        .map(|(_, n)| *n)
-        .collect();
-    while let Some(n) = stack.pop() {
-        if !std::mem::replace(&mut w[n.index()], true) {
-            stack.extend(dag.graph.neighbors_directed(n, petgraph::Direction::Incoming));
-        }
-    }
-    w
 }
 
 fn release(

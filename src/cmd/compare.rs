@@ -20,8 +20,18 @@ pub struct Args<'a> {
 
 pub fn compare(ctx: &Ctx, a: &Args<'_>) -> Result<Exit, Fail> {
     if let Some(path) = a.latex {
-        // Before any work: a LaTeX file inside out/ or the cache would alter a cache object.
+        // Before any work: a LaTeX file inside out/ or the cache would alter a cache object,
+        // and one of the compared pipeline files is the user's experiment.
         ctx.check_user_output(path)?;
+        if a.files
+            .iter()
+            .any(|f| crate::ctx::resolved(f) == crate::ctx::resolved(path))
+        {
+            return Err(Fail::usage(format!(
+                "refusing to write {}: it is one of the pipelines compared",
+                path.display()
+            )));
+        }
     }
     let dags = a
         .files

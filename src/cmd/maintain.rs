@@ -25,12 +25,14 @@ pub fn verify(ctx: &Ctx) -> Result<Exit, Fail> {
             out.records_checked,
             store.root().display()
         );
+        let stuck = out.bad_objects.iter().filter(|b| b.quarantine_error.is_some()).count();
         if !out.bad_objects.is_empty() {
-            println!(
-                "{} damaged object(s), moved to {}:",
-                out.bad_objects.len(),
-                store.root().join("quarantine").display()
-            );
+            let moved = if stuck == 0 {
+                format!(", moved to {}", store.root().join("quarantine").display())
+            } else {
+                format!(", {stuck} of them NOT moved to quarantine")
+            };
+            println!("{} damaged object(s){moved}:", out.bad_objects.len());
             for b in &out.bad_objects {
                 let used = if b.used_by.is_empty() {
                     "unused".to_string()
@@ -43,8 +45,19 @@ pub fn verify(ctx: &Ctx) -> Result<Exit, Fail> {
                 }
             }
         }
+        if stuck > 0 {
+            println!(
+                "a damaged object left in place is still trusted by `flow run`: run `flow verify` as a user who can write {}",
+                store.root().display()
+            );
+        }
         if !out.broken_records.is_empty() {
-            println!("will re-run on the next `flow run` (outputs damaged or missing):");
+            let when = if stuck == 0 {
+                "will re-run on the next `flow run`"
+            } else {
+                "will re-run once their damaged objects are quarantined"
+            };
+            println!("{when} (outputs damaged or missing):");
             for r in &out.broken_records {
                 println!("  {}/{}  {}", r.record.pipeline, r.record.instance, r.problem);
             }

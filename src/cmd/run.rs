@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use flow_engine::run::{MAX_CPUS, MAX_JOBS};
-use flow_engine::{Dag, RunOptions, RunSummary};
+use flow_engine::{Dag, RunOptions, RunSummary, State};
 
 use crate::ctx::{print_json, Ctx};
 use crate::exit::{Exit, Fail};
@@ -17,6 +17,8 @@ pub struct Args {
     pub cpus: Option<usize>,
     pub targets: Vec<String>,
     pub keep_going: bool,
+    /// Plan only: what would run and why.
+    pub dry_run: bool,
 }
 
 impl Args {
@@ -28,6 +30,7 @@ impl Args {
             cpus: None,
             targets: Vec::new(),
             keep_going: false,
+            dry_run: false,
         }
     }
 }
@@ -35,6 +38,9 @@ impl Args {
 pub fn run(ctx: &Ctx, a: &Args) -> Result<Exit, Fail> {
     let dag = ctx.load_or_report(&a.pipeline)?;
     check_args(&dag, a)?;
+    if a.dry_run {
+        return dry_run(ctx, &dag, a);
+    }
     let (cx, _lock) = ctx.open_locked()?;
     match cx.store.clean_stale_tmp() {
         Ok(n) if n > 0 => tracing::info!("removed {n} unfinished work dirs of interrupted runs"),
@@ -60,6 +66,49 @@ pub fn run(ctx: &Ctx, a: &Args) -> Result<Exit, Fail> {
     } else {
         Exit::Ok
     })
+}
+
+/// `flow run --dry-run`: the plan of a run (the instances it would consider, each would-run
+/// or cached, with the planner's reasons) on stdout; reads the cache only, takes no lock.
+fn dry_run(ctx: &Ctx, dag: &Dag, a: &Args) -> Result<Exit, Fail> {
+    let cx = ctx.open_read_only()?;
+    let targets = (!a.targets.is_empty()).then_some(a.targets.as_slice());
+    let wanted = dag.wanted(targets);
+    let plan: Vec<_> = cx
+        .status(dag)
+        .into_iter()
+        .filter(|s| dag.by_id.get(&s.stage).is_some_and(|n| wanted[n.index()]))
+        .collect();
+    let (cached, stale): (Vec<_>, Vec<_>) = plan.iter().partition(|s| s.state == State::Fresh);
+    if ctx.json {
+        let would_run: Vec<_> = stale
+            .iter()
+            .map(|s| serde_json::json!({"stage": s.stage, "state": s.state, "reasons": s.reasons}))
+            .collect();
+        let cached: Vec<&str> = cached.iter().map(|s| s.stage.as_str()).collect();
+        print_json(&serde_json::json!({
+            "pipeline": dag.pipeline.name, "dry_run": true, "would_run": would_run, "cached": cached,
+        }));
+        return Ok(Exit::Ok);
+    }
+    for s in &stale {
+        let why = if s.reasons.is_empty() {
+            "never run".to_string()
+        } else {
+            s.reasons.join("; ")
+        };
+        println!("would run  {}  ({why})", s.stage);
+    }
+    for s in &cached {
+        println!("cached     {}", s.stage);
+    }
+    println!(
+        "{}: {} would run, {} cached (dry run: nothing ran)",
+        dag.pipeline.name,
+        stale.len(),
+        cached.len()
+    );
+    Ok(Exit::Ok)
 }
 
 /// Targets that exist and bounds that hold, before anything is spawned or locked.

@@ -153,3 +153,52 @@ fn list_kinds_names_every_stage_kind() {
         .iter()
         .all(|k| !k["summary"].as_str().unwrap().is_empty()));
 }
+
+#[test]
+fn list_kinds_takes_no_pipelines() {
+    let ws = Ws::new();
+    ws.write("bad.ron", "garbage(");
+    let out = ws.flow(&["check", "--list-kinds", "--json", "bad.ron"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a CI line `check --list-kinds *.ron` must not pass"
+    );
+    assert_eq!(common::stdout_json(&out)["code"], "usage");
+}
+
+/// Adversarial pass: a cache inside out/ (or out/ inside the cache) put views into the store.
+#[test]
+fn a_cache_overlapping_out_is_refused() {
+    let ws = Ws::new();
+    ws.write(
+        "p.ron",
+        r#"Pipeline(name: "objects", stages: { "a": Exec(cmd: "echo 1 > a", outputs: ["a"]) })"#,
+    );
+    for dir in ["out", "out/cache", "."] {
+        let out = ws.flow(&["--cache-dir", dir, "run", "--json", "p.ron"]);
+        assert_eq!(out.status.code(), Some(2), "--cache-dir {dir}");
+        assert!(
+            has(&common::stdout_json(&out)["error"], "overlaps"),
+            "--cache-dir {dir}"
+        );
+    }
+    assert!(!ws.path().join("out").exists(), "nothing was made");
+}
+
+#[test]
+fn latex_never_replaces_a_compared_pipeline() {
+    let ws = Ws::new();
+    let p = r#"Pipeline(name: "NAME", stages: { "a": Exec(cmd: "echo 1 > a", outputs: ["a"]) })"#;
+    ws.write("a.ron", &p.replace("NAME", "a"));
+    ws.write("b.ron", &p.replace("NAME", "b"));
+    let out = ws.flow(&[
+        "compare", "a.ron", "b.ron", "--stage", "a", "--latex", "./a.ron", "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(has(
+        &common::stdout_json(&out)["error"],
+        "one of the pipelines compared"
+    ));
+    assert_eq!(ws.read("a.ron"), p.replace("NAME", "a"));
+}

@@ -274,3 +274,38 @@ fn unchanged_workspace_files_are_not_read_again() {
     assert_eq!(s.raw["workspace_files_read"], 1);
     assert_eq!(s.executed, set(&["a"]));
 }
+
+#[test]
+fn dry_run_says_what_would_run_and_runs_nothing() {
+    let ws = setup();
+    ws.run("p.ron", 0);
+    ws.write("p.ron", &CHAIN.replace("echo v1", "echo v2"));
+    let records = || std::fs::read_dir(ws.path().join(".flow/runs")).unwrap().count();
+    let before = records();
+    let out = ws.flow(&["run", "--dry-run", "--json", "--target", "c", "p.ron"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = common::stdout_json(&out);
+    assert_eq!(v["dry_run"], true);
+    let would: Vec<&str> = v["would_run"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    // Only c and what it needs: a (its param changed), b and c (their upstream runs first).
+    assert_eq!(would, ["a", "b", "c"]);
+    assert!(has(&v["would_run"][0]["reasons"][0], "param cmd changed"), "{v}");
+    assert_eq!(v["cached"], serde_json::json!([]));
+    // Nothing ran: no record, a still stale, the old output still exposed.
+    assert_eq!(records(), before);
+    assert_eq!(ws.status("p.ron")[0]["state"], "stale");
+    assert!(ws.read("out/chain/a/a.txt").contains("v1"));
+    // The text form: one line per instance, then the count, on stdout.
+    let text = String::from_utf8(ws.flow(&["run", "-n", "p.ron"]).stdout).unwrap();
+    assert!(text.contains("would run  a  (param cmd changed"), "{text}");
+    assert!(text.contains("cached     side"), "{text}");
+    assert!(
+        text.ends_with("chain: 8 would run, 1 cached (dry run: nothing ran)\n"),
+        "{text}"
+    );
+}

@@ -419,6 +419,14 @@ fn status_and_verify_work_on_a_cache_they_cannot_write() {
             "{v}"
         );
         assert!(has(&v["broken_records"][0]["problem"], "not quarantined"), "{v}");
+        // The text says it was not moved, and that a run still trusts it.
+        let text = String::from_utf8_lossy(&unprivileged(&ws, &["verify"]).stdout).to_string();
+        assert!(
+            text.contains("1 damaged object(s), 1 of them NOT moved to quarantine"),
+            "{text}"
+        );
+        assert!(text.contains("still trusted by `flow run`"), "{text}");
+        assert!(!text.contains("will re-run on the next"), "{text}");
     }
     // A read-only mount.
     let script = r#"set -u

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::stage::{md, Columns};
+use super::stage::{md, md_code, Columns};
 use crate::metrics;
 use crate::stats;
 
@@ -197,15 +197,15 @@ pub fn markdown(c: &Value) -> String {
         if let Some(d) = e["vs_baseline"]["params_diff"].as_array() {
             let _ = writeln!(
                 s,
-                "\n`{}` vs `{}`:",
-                e["name"].as_str().unwrap_or(""),
-                c["baseline"].as_str().unwrap_or("")
+                "\n{} vs {}:",
+                md_code(e["name"].as_str().unwrap_or("")),
+                md_code(c["baseline"].as_str().unwrap_or(""))
             );
             if d.is_empty() {
                 let _ = writeln!(s, "- (no param differences)");
             }
             for x in d {
-                let _ = writeln!(s, "- `{}`", x.as_str().unwrap_or(""));
+                let _ = writeln!(s, "- {}", md_code(x.as_str().unwrap_or("")));
             }
         }
     }

@@ -324,35 +324,46 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-/// Markdown-escapes text from the data (`report.md`): a backslash before what Markdown reads
-/// as markup — `\\`, `|` (which ends a table cell), `*`, `_`, `` ` `` and a leading `#` or `>`
-/// — and `&lt;` for a `<` that could open an HTML tag or autolink (before a letter, `/`, `!` or
-/// `?`); everything else, quotes and apostrophes included, stays as it is.
+/// Text from the data (source names, pipeline names) for Markdown: every ASCII punctuation
+/// character CommonMark gives a meaning inline (emphasis, code, links, images, tables,
+/// strikethrough, entities, headings, quotes) is backslash-escaped; a `<` that could open a
+/// tag becomes `&lt;`; control characters (a newline would end a table row) become spaces.
+/// Everything else is written as is: `fold's` stays `fold's`.
 pub(crate) fn md(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
-    let mut leading = true;
     while let Some(c) = chars.next() {
         match c {
-            '\\' | '|' | '*' | '_' | '`' => {
-                o.push('\\');
-                o.push(c);
-            }
-            '#' | '>' if leading => {
-                o.push('\\');
-                o.push(c);
-            }
             '<' if chars
                 .peek()
                 .is_some_and(|n| n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?')) =>
             {
                 o.push_str("&lt;")
             }
+            '\\' | '|' | '*' | '_' | '`' | '[' | ']' | '!' | '~' | '&' | '#' | '>' | '<' => {
+                o.push('\\');
+                o.push(c);
+            }
+            c if c.is_control() => o.push(' '),
             c => o.push(c),
         }
-        leading &= c.is_whitespace();
     }
     o
+}
+
+/// `s` as one Markdown code span: fenced by one backtick more than the longest run inside
+/// it (so a backtick in the text cannot close the span and let HTML through), control
+/// characters as spaces.
+pub(crate) fn md_code(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let longest = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
 }
 
 const METRIC_ROWS: &[(&str, &str)] = &[
@@ -1251,12 +1262,28 @@ mod tests {
 
     #[test]
     fn markdown_escapes_only_what_markdown_reads() {
-        assert_eq!(md("o'neil \"q\" & co"), "o'neil \"q\" & co");
+        assert_eq!(md("o'neil \"q\" co"), "o'neil \"q\" co");
         assert_eq!(md("a|b\\c*d_e`f"), "a\\|b\\\\c\\*d\\_e\\`f");
-        assert_eq!(md("# x #1"), "\\# x #1");
-        assert_eq!(md("  > quote, a > b"), "  \\> quote, a > b");
-        assert_eq!(md("<script>1 < 2</script>"), "&lt;script>1 < 2&lt;/script>");
-        assert_eq!(md("<!-- c --> <?x <http://a>"), "&lt;!-- c --> &lt;?x &lt;http://a>");
+        assert_eq!(md("# x #1"), "\\# x \\#1");
+        assert_eq!(md("  > quote, a > b"), "  \\> quote, a \\> b");
+        assert_eq!(md("<script>1 < 2</script>"), "&lt;script\\>1 \\< 2&lt;/script\\>");
+        assert_eq!(
+            md("<!-- c --> <?x <http://a>"),
+            "&lt;\\!-- c --\\> &lt;?x &lt;http://a\\>"
+        );
+        // Images, links, strikethrough, entities and a row-breaking newline (adversarial pass).
+        assert_eq!(
+            md("![t](https://e/p.png) [x](javascript:1) ~~s~~ &lt; a\nb"),
+            "\\!\\[t\\](https://e/p.png) \\[x\\](javascript:1) \\~\\~s\\~\\~ \\&lt; a b"
+        );
+    }
+
+    #[test]
+    fn code_spans_cannot_be_closed_by_the_text() {
+        assert_eq!(md_code("p.cmd: 1 -> 2"), "`p.cmd: 1 -> 2`");
+        assert_eq!(md_code("a ` <img src=x> `"), "`` a ` <img src=x> ` ``");
+        assert_eq!(md_code("`x`"), "`` `x` ``");
+        assert_eq!(md_code("a\nb"), "`a b`");
     }
 
     #[test]
