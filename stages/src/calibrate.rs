@@ -54,17 +54,9 @@ pub struct Calibrate {
     pub thresholds: Vec<f64>,
 }
 
-inventory::submit! { crate::Kind(calibrate_kind) }
-
-pub fn calibrate_kind() -> StageKind {
-    // 2: NLLs computed from logits (exact; the pooled test NLL clipped probabilities at
-    // 1e-15), metrics shared with the report; `models` in the key.
-    StageKind::new::<Calibrate>(
-        "Calibrate",
-        2,
-        "temperature scaling per fold, ECE, reliability, cascade thresholds",
-    )
-}
+// 2: NLLs computed from logits (exact; the pooled test NLL clipped probabilities at
+// 1e-15), metrics shared with the report; `models` in the key.
+inventory::submit! { crate::Kind(|| StageKind::new::<Calibrate>("Calibrate", 2, "temperature scaling per fold, ECE, reliability, cascade thresholds")) }
 
 /// NLL (exact, from logits scaled by `1/t`), ECE and Brier of `sigmoid(logit / t)`.
 /// Quantities of an empty set (a fold without validation items) are 0.
@@ -278,15 +270,7 @@ pub struct MineHardNegatives {
     pub threshold: Option<f64>,
 }
 
-inventory::submit! { crate::Kind(mine_kind) }
-
-pub fn mine_kind() -> StageKind {
-    StageKind::new::<MineHardNegatives>(
-        "MineHardNegatives",
-        1,
-        "real training items the calibrated model scores most fake",
-    )
-}
+inventory::submit! { crate::Kind(|| StageKind::new::<MineHardNegatives>("MineHardNegatives", 1, "real training items the calibrated model scores most fake")) }
 
 impl StageConfig for MineHardNegatives {
     fn inputs(&self) -> Vec<Input> {

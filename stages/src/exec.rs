@@ -71,11 +71,7 @@ pub enum ExecInput {
     Path(String),
 }
 
-inventory::submit! { crate::Kind(kind) }
-
-pub fn kind() -> StageKind {
-    StageKind::new::<Exec>("Exec", 1, "run an external command with declared inputs and outputs")
-}
+inventory::submit! { crate::Kind(|| StageKind::new::<Exec>("Exec", 1, "run an external command with declared inputs and outputs")) }
 
 /// Whether a relative path stays inside its root (no absolute path, no `..` above the root,
 /// not empty): [`flow_cache::normalize_rel`] accepts it.

@@ -22,9 +22,10 @@ pub mod worker;
 
 use flow_engine::{Registry, StageKind};
 
-/// One stage kind's constructor, submitted beside it with
-/// `inventory::submit! { crate::Kind(kind) }`: [`registry`] collects them all, so adding a kind
-/// edits no central list (see `docs/architecture.md`).
+/// One stage kind's constructor, submitted in the kind's own module with
+/// `inventory::submit! { crate::Kind(|| StageKind::new::<T>(name, version, summary)) }`:
+/// [`registry`] collects them all, so adding a kind edits no central list (see
+/// `docs/architecture.md`).
 pub struct Kind(pub fn() -> StageKind);
 
 inventory::collect!(Kind);

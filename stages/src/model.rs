@@ -247,12 +247,8 @@ pub struct Train {
     pub device: Device,
 }
 
-inventory::submit! { crate::Kind(train_kind) }
-
-pub fn train_kind() -> StageKind {
-    // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-    StageKind::new::<Train>("Train", 2, "train a binary detector per fold (libtorch)")
-}
+// 2: no timings or thread counts in history.csv / meta.json / infer.json.
+inventory::submit! { crate::Kind(|| StageKind::new::<Train>("Train", 2, "train a binary detector per fold (libtorch)")) }
 
 fn torch_env() -> Vec<(String, String)> {
     let info = crate::worker::worker_info();
@@ -453,16 +449,8 @@ pub struct Retrain {
     pub device: Device,
 }
 
-inventory::submit! { crate::Kind(retrain_kind) }
-
-pub fn retrain_kind() -> StageKind {
-    // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-    StageKind::new::<Retrain>(
-        "Retrain",
-        2,
-        "fine-tune per fold with hard negatives up-weighted (libtorch)",
-    )
-}
+// 2: no timings or thread counts in history.csv / meta.json / infer.json.
+inventory::submit! { crate::Kind(|| StageKind::new::<Retrain>("Retrain", 2, "fine-tune per fold with hard negatives up-weighted (libtorch)")) }
 
 impl StageConfig for Retrain {
     fn inputs(&self) -> Vec<Input> {
@@ -563,16 +551,8 @@ pub struct EnsembleInfer {
     pub device: Device,
 }
 
-inventory::submit! { crate::Kind(infer_kind) }
-
-pub fn infer_kind() -> StageKind {
-    // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-    StageKind::new::<EnsembleInfer>(
-        "EnsembleInfer",
-        2,
-        "out-of-fold ensemble predictions with TTA (libtorch)",
-    )
-}
+// 2: no timings or thread counts in history.csv / meta.json / infer.json.
+inventory::submit! { crate::Kind(|| StageKind::new::<EnsembleInfer>("EnsembleInfer", 2, "out-of-fold ensemble predictions with TTA (libtorch)")) }
 
 impl StageConfig for EnsembleInfer {
     fn inputs(&self) -> Vec<Input> {

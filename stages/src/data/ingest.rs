@@ -104,15 +104,7 @@ pub enum OnBad {
     Skip,
 }
 
-inventory::submit! { crate::Kind(kind) }
-
-pub fn kind() -> StageKind {
-    StageKind::new::<Ingest>(
-        "Ingest",
-        1,
-        "a dataset manifest from a folder of images or the embedded demo set",
-    )
-}
+inventory::submit! { crate::Kind(|| StageKind::new::<Ingest>("Ingest", 1, "a dataset manifest from a folder of images or the embedded demo set")) }
 
 impl StageConfig for Ingest {
     fn inputs(&self) -> Vec<Input> {

@@ -54,11 +54,7 @@ pub struct Preprocess {
     pub normalize: Normalize,
 }
 
-inventory::submit! { crate::Kind(kind) }
-
-pub fn kind() -> StageKind {
-    StageKind::new::<Preprocess>("Preprocess", 1, "decode, square, resize into u8 shards")
-}
+inventory::submit! { crate::Kind(|| StageKind::new::<Preprocess>("Preprocess", 1, "decode, square, resize into u8 shards")) }
 
 impl StageConfig for Preprocess {
     fn inputs(&self) -> Vec<Input> {

@@ -74,11 +74,7 @@ pub enum Mode {
     Predefined,
 }
 
-inventory::submit! { crate::Kind(kind) }
-
-pub fn kind() -> StageKind {
-    StageKind::new::<Split>("Split", 1, "stratified group k-fold with inner validation")
-}
+inventory::submit! { crate::Kind(|| StageKind::new::<Split>("Split", 1, "stratified group k-fold with inner validation")) }
 
 impl StageConfig for Split {
     fn inputs(&self) -> Vec<Input> {

@@ -92,18 +92,10 @@ pub struct Report {
     pub seed: Option<u64>,
 }
 
-inventory::submit! { crate::Kind(report_kind) }
-
-pub fn report_kind() -> StageKind {
-    // 2: metrics.json's calibration carries the pooled test NLL/ECE/Brier (was null: the
-    // reader looked for keys calibration.json does not have). 3: report.md escapes for
-    // Markdown (it had HTML entities: `fold&#39;s`).
-    StageKind::new::<Report>(
-        "Report",
-        3,
-        "metrics, statistics and plots: index.html, report.md, metrics.json",
-    )
-}
+// 2: metrics.json's calibration carries the pooled test NLL/ECE/Brier (was null: the
+// reader looked for keys calibration.json does not have). 3: report.md escapes for
+// Markdown (it had HTML entities: `fold&#39;s`).
+inventory::submit! { crate::Kind(|| StageKind::new::<Report>("Report", 3, "metrics, statistics and plots: index.html, report.md, metrics.json")) }
 
 impl StageConfig for Report {
     fn inputs(&self) -> Vec<Input> {
