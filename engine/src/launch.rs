@@ -45,7 +45,8 @@ pub struct InputRef {
     pub meta: serde_json::Value,
 }
 
-/// What every launch may use.
+/// What every launch may use (references only: copied to each worker thread).
+#[derive(Clone, Copy)]
 pub struct LaunchCtx<'a> {
     pub dag: &'a Dag,
     pub store: &'a Store,

@@ -158,12 +158,9 @@ enum Step {
 /// free CPU and GPU budget; what each finished instance published. The worker threads only
 /// launch; every decision is made here, on the calling thread.
 struct Scheduler<'a> {
-    dag: &'a Dag,
-    store: &'a Store,
-    paths: &'a PathDigests,
+    /// The DAG, store, path digests, cancel flag and event sink, as launches see them.
+    cx: LaunchCtx<'a>,
     opts: &'a RunOptions,
-    cancel: &'a AtomicBool,
-    on_event: &'a (dyn Fn(RunEvent) + Sync),
     views: Option<Views<'a>>,
     summary: RunSummary,
     wanted: Vec<bool>,
@@ -190,9 +187,6 @@ pub fn run(
     on_event: &(dyn Fn(RunEvent) + Sync),
 ) -> Result<RunSummary, EngineError> {
     let t0 = Instant::now();
-    let mut s = Scheduler::new(dag, store, paths, opts, cancel, on_event)?;
-    let local = Local;
-    let launcher: &dyn Launcher = opts.launcher.as_deref().unwrap_or(&local);
     let lctx = LaunchCtx {
         dag,
         store,
@@ -201,15 +195,18 @@ pub fn run(
         cancel,
         on_event,
     };
+    let mut s = Scheduler::new(lctx, opts)?;
+    let local = Local;
+    let launcher: &dyn Launcher = opts.launcher.as_deref().unwrap_or(&local);
     let (job_tx, job_rx) = channel::unbounded::<InstanceJob>();
     let (done_tx, done_rx) = channel::unbounded::<Done>();
     let result: Result<(), EngineError> = crossbeam::scope(|scope| {
         for _ in 0..s.workers {
-            let (job_rx, done_tx, lctx) = (job_rx.clone(), done_tx.clone(), &lctx);
+            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
             scope.spawn(move |_| {
                 for job in job_rx.iter() {
                     let t = Instant::now();
-                    let result = launcher.launch(&job, lctx);
+                    let result = launcher.launch(&job, &lctx);
                     let _ = done_tx.send(Done {
                         node: job.node,
                         threads: job.threads,
@@ -245,14 +242,14 @@ pub fn run(
 }
 
 impl<'a> Scheduler<'a> {
-    fn new(
-        dag: &'a Dag,
-        store: &'a Store,
-        paths: &'a PathDigests,
-        opts: &'a RunOptions,
-        cancel: &'a AtomicBool,
-        on_event: &'a (dyn Fn(RunEvent) + Sync),
-    ) -> Result<Scheduler<'a>, EngineError> {
+    fn new(cx: LaunchCtx<'a>, opts: &'a RunOptions) -> Result<Scheduler<'a>, EngineError> {
+        let LaunchCtx {
+            dag,
+            store,
+            paths,
+            on_event,
+            ..
+        } = cx;
         if opts.jobs == 0 || opts.jobs > MAX_JOBS {
             return Err(EngineError::Other(format!(
                 "--jobs {} is out of range: at least 1 and at most {MAX_JOBS} instances at once",
@@ -290,12 +287,8 @@ impl<'a> Scheduler<'a> {
             .filter(|n| waiting.get(n) == Some(&0))
             .collect();
         let mut s = Scheduler {
-            dag,
-            store,
-            paths,
+            cx,
             opts,
-            cancel,
-            on_event,
             views: opts
                 .out_root
                 .as_deref()
@@ -321,7 +314,7 @@ impl<'a> Scheduler<'a> {
     }
 
     fn warn(&mut self, message: String) {
-        (self.on_event)(RunEvent::Warning {
+        (self.cx.on_event)(RunEvent::Warning {
             message: message.clone(),
         });
         self.summary.warnings.push(message);
@@ -351,15 +344,15 @@ impl<'a> Scheduler<'a> {
 
     /// The decision for the ready instance `n`.
     fn step(&mut self, n: NodeIndex) -> Step {
-        let dag = self.dag;
+        let dag = self.cx.dag;
         let id = dag.instance(n).id.clone();
-        if self.cancel.load(Ordering::Relaxed) || (self.failed_any && !self.opts.keep_going) {
+        if self.cx.cancel.load(Ordering::Relaxed) || (self.failed_any && !self.opts.keep_going) {
             self.finished[n.index()] = true;
             self.summary.skipped.push(id.clone());
-            (self.on_event)(RunEvent::Skipped { id });
+            (self.cx.on_event)(RunEvent::Skipped { id });
             return Step::Resolved;
         }
-        let doc = match key_doc(dag, n, &self.outputs, self.paths) {
+        let doc = match key_doc(dag, n, &self.outputs, self.cx.paths) {
             Ok(d) => d,
             Err(reasons) => {
                 // Only a workspace path that cannot be read gets here (inputs are all done).
@@ -369,9 +362,9 @@ impl<'a> Scheduler<'a> {
             }
         };
         let key = doc.key();
-        if let Ok(rec) = lookup(self.store, &key) {
+        if let Ok(rec) = lookup(self.cx.store, &key) {
             self.summary.cached.push(id.clone());
-            (self.on_event)(RunEvent::Cached { id });
+            (self.cx.on_event)(RunEvent::Cached { id });
             self.done(n, rec);
             return Step::Resolved;
         }
@@ -410,7 +403,7 @@ impl<'a> Scheduler<'a> {
                 }
             })
             .collect();
-        (self.on_event)(RunEvent::Started {
+        (self.cx.on_event)(RunEvent::Started {
             id: id.clone(),
             key: key.clone(),
             threads,
@@ -433,22 +426,22 @@ impl<'a> Scheduler<'a> {
         self.free_cpus += done.threads;
         self.free_gpus.extend(done.gpu);
         let n = done.node;
-        let id = self.dag.instance(n).id.clone();
+        let id = self.cx.dag.instance(n).id.clone();
         match done.result {
             Ok(rec) => {
                 self.summary.executed.push(id.clone());
-                (self.on_event)(RunEvent::Finished { id, secs: done.secs });
+                (self.cx.on_event)(RunEvent::Finished { id, secs: done.secs });
                 self.done(n, rec);
             }
             Err(StageError::Cancelled) => {
                 self.finished[n.index()] = true;
                 self.summary.cancelled = true;
                 self.summary.interrupted.push(id.clone());
-                (self.on_event)(RunEvent::Interrupted { id });
+                (self.cx.on_event)(RunEvent::Interrupted { id });
             }
             Err(e) => {
-                let key = key_doc(self.dag, n, &self.outputs, self.paths).map(|d| d.key());
-                let log = key.ok().map(|k| self.store.log_path(&k)).filter(|l| l.is_file());
+                let key = key_doc(self.cx.dag, n, &self.outputs, self.cx.paths).map(|d| d.key());
+                let log = key.ok().map(|k| self.cx.store.log_path(&k)).filter(|l| l.is_file());
                 self.fail(n, e.to_string(), log);
             }
         }
@@ -457,21 +450,21 @@ impl<'a> Scheduler<'a> {
     /// `n` finished (ran or was cached) with `rec`: record, show, release its consumers.
     fn done(&mut self, n: NodeIndex, rec: RunRecord) {
         self.finished[n.index()] = true;
-        note_last(self.store, self.dag, n, &rec.key);
-        let inst = self.dag.instance(n);
+        note_last(self.cx.store, self.cx.dag, n, &rec.key);
+        let inst = self.cx.dag.instance(n);
         if let Some(Err(w)) = self.views.as_ref().map(|v| v.expose(&inst.stage, inst.fold, &rec.tree)) {
             self.warn(w);
         }
         self.outputs.insert(n, rec.output);
         self.trees.insert(n, (rec.tree, rec.meta));
-        release(self.dag, n, &mut self.waiting, &mut self.ready, &self.finished);
+        release(self.cx.dag, n, &mut self.waiting, &mut self.ready, &self.finished);
     }
 
     fn fail(&mut self, n: NodeIndex, error: String, log: Option<PathBuf>) {
         self.finished[n.index()] = true;
         self.failed_any = true;
-        let id = self.dag.instance(n).id.clone();
-        (self.on_event)(RunEvent::Failed {
+        let id = self.cx.dag.instance(n).id.clone();
+        (self.cx.on_event)(RunEvent::Failed {
             id: id.clone(),
             error: error.clone(),
             log: log.clone(),
@@ -481,25 +474,26 @@ impl<'a> Scheduler<'a> {
 
     /// The summary: instances never reached are skipped; stale views are swept.
     fn finish(mut self) -> RunSummary {
-        for &n in &self.dag.order {
+        for &n in &self.cx.dag.order {
             if self.wanted[n.index()] && !self.finished[n.index()] {
-                let id = self.dag.instance(n).id.clone();
+                let id = self.cx.dag.instance(n).id.clone();
                 self.summary.skipped.push(id.clone());
-                (self.on_event)(RunEvent::Skipped { id });
+                (self.cx.on_event)(RunEvent::Skipped { id });
             }
         }
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.cx.cancel.load(Ordering::Relaxed) {
             self.summary.cancelled = true;
         }
         if let Some(v) = &self.views {
             let mut stages: std::collections::BTreeMap<String, Option<u32>> = self
+                .cx
                 .dag
                 .pipeline
                 .stages
                 .iter()
                 .map(|d| (d.name.clone(), None))
                 .collect();
-            for i in self.dag.graph.node_weights().filter(|i| i.fold.is_some()) {
+            for i in self.cx.dag.graph.node_weights().filter(|i| i.fold.is_some()) {
                 if let Some(folds) = stages.get_mut(&i.stage) {
                     *folds.get_or_insert(0) += 1;
                 }
