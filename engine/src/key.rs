@@ -10,7 +10,9 @@
 //!   "inputs":  [ { "port": "data", "fold": k|null, "hash": <output tree hash of producer> } ... ]
 //!              sorted by (port, fold),
 //!   "paths":   [ { "port": "inputs[0]", "path": "ds", "hash": <content digest> } ... ] sorted,
-//!   "env":     { "libtorch": "2.13.0", ... }  — StageConfig::env_facts() }
+//!   "env":     { "libtorch": "2.13.0", ... }  — StageConfig::env_facts(),
+//!   "experiment": crate::Experiment — only for a stage that describes its experiment
+//!              (StageConfig::describes_experiment: a report); absent for every other stage }
 //! ```
 //! `canonical_json`: objects with keys sorted by bytes, no whitespace, strings JSON-escaped,
 //! integers in decimal, floats in shortest round-trip form (so `1e-4` and `0.0001` are one
@@ -23,7 +25,9 @@
 //!
 //! What must never go in: absolute paths, mtimes, host names, user names, thread counts,
 //! `--jobs`, log levels, GPU/device indices, stage names, the pipeline's name or file, the
-//! order stages are declared in. Workspace paths enter as written (relative) plus their
+//! order stages are declared in — except for a stage that *shows* them
+//! ([`crate::Experiment`]: a report's provenance names the pipeline and its stages, so they are
+//! part of its output and enter its key; no other stage's key changes with them). Workspace paths enter as written (relative) plus their
 //! content digest. Changing this encoding changes every key: bump `KEY_FORMAT` and the
 //! golden tests in `tests/suite/golden_keys.rs` together.
 //!
@@ -65,6 +69,9 @@ pub struct KeyDoc {
     pub inputs: Vec<KeyInputRec>,
     pub paths: Vec<KeyPathRec>,
     pub env: std::collections::BTreeMap<String, String>,
+    /// For a stage that describes its experiment (a report): see [`crate::Experiment`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<crate::Experiment>,
 }
 
 /// Serialized form of [`KeyInput`] (with the producer's instance name for humans; the name
@@ -108,7 +115,7 @@ impl KeyDoc {
             })
             .collect();
         paths.sort();
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "kind": self.kind,
             "version": self.version,
             "fold": self.fold,
@@ -116,7 +123,11 @@ impl KeyDoc {
             "inputs": inputs,
             "paths": paths,
             "env": self.env,
-        })
+        });
+        if let Some(e) = &self.experiment {
+            v["experiment"] = serde_json::to_value(e).expect("an experiment is JSON");
+        }
+        v
     }
 
     /// The key: 64 hex chars.
@@ -219,6 +230,7 @@ mod tests {
             ],
             paths: vec![],
             env: [("libtorch".to_string(), "2.13.0".to_string())].into_iter().collect(),
+            experiment: None,
         }
     }
 
@@ -245,5 +257,11 @@ mod tests {
         let mut v = doc();
         v.version = 4;
         assert_ne!(v.key(), doc().key());
+        let mut x = doc();
+        x.experiment = Some(crate::Experiment {
+            pipeline: "p".into(),
+            stages: vec![],
+        });
+        assert_ne!(x.key(), doc().key(), "a described experiment enters the key");
     }
 }

@@ -56,6 +56,8 @@ pub struct LaunchCtx<'a> {
     pub workspace: &'a Path,
     pub cancel: &'a AtomicBool,
     pub on_event: &'a (dyn Fn(RunEvent) + Sync),
+    /// The run's git commit and pipeline file, for every record it writes.
+    pub facts: &'a crate::provenance::RunFacts,
 }
 
 /// Runs instances somewhere. Every method may be called from several scheduler threads.
@@ -120,6 +122,7 @@ impl Launcher for Local {
             log_path: &log_path,
             cancel: ctx.cancel,
             progress: &progress,
+            experiment: job.doc.experiment.as_ref(),
             meta: &meta,
         };
         let _span = tracing::info_span!("stage", id = %job.id).entered();
@@ -207,6 +210,7 @@ fn publish(
         flow_version: env!("CARGO_PKG_VERSION").to_string(),
         mtimes,
         meta,
+        facts: ctx.facts.clone(),
     };
     store.write_record(&job.key, &rec)?;
     Ok(rec)

@@ -41,6 +41,9 @@ pub struct RunRecord {
     /// a dataset lives in the workspace). Downstream stages see it; keys never do.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub meta: serde_json::Value,
+    /// The run's git commit and pipeline file ([`crate::provenance`]); never in a key.
+    #[serde(default)]
+    pub facts: crate::provenance::RunFacts,
 }
 
 /// Pointer to the last run of an instance of a pipeline (for "why is this stale").
@@ -125,6 +128,10 @@ pub enum DirtyReason {
     OutputsBad {
         detail: String,
     },
+    /// The experiment a describing stage shows changed (its pipeline's name, a stage's params).
+    ExperimentChanged {
+        detail: String,
+    },
     NotCached,
 }
 
@@ -149,6 +156,7 @@ impl fmt::Display for DirtyReason {
             DirtyReason::VersionChanged { old, new } => write!(f, "stage version changed: {old} -> {new}"),
             DirtyReason::EnvChanged { name, old, new } => write!(f, "{name} changed: {old} -> {new}"),
             DirtyReason::OutputsBad { detail } => write!(f, "cached outputs unusable: {detail}"),
+            DirtyReason::ExperimentChanged { detail } => write!(f, "the experiment it describes changed: {detail}"),
             DirtyReason::NotCached => write!(f, "no cached result for these inputs"),
         }
     }
@@ -330,6 +338,10 @@ pub fn key_doc(
         inputs,
         paths: prec,
         env: decl.config.env_facts().into_iter().collect(),
+        experiment: decl
+            .config
+            .describes_experiment()
+            .then(|| crate::Experiment::of(dag, n, outputs)),
     })
 }
 
@@ -449,6 +461,17 @@ pub fn diff_docs(
             match old.paths.iter().find(|q| q.path == p.path) {
                 Some(q) if q.hash == p.hash => {}
                 _ => r.push(DirtyReason::PathChanged { path: p.path.clone() }),
+            }
+        }
+        // Only when nothing above explains it: an input change changes the experiment too.
+        if r.is_empty() {
+            let change = match (&old.experiment, &new.experiment) {
+                (Some(o), Some(n)) => n.change_from(o),
+                (None, Some(_)) => Some("not described before".into()),
+                _ => None,
+            };
+            if let Some(detail) = change {
+                r.push(DirtyReason::ExperimentChanged { detail });
             }
         }
     }

@@ -187,6 +187,7 @@ pub fn run(
     on_event: &(dyn Fn(RunEvent) + Sync),
 ) -> Result<RunSummary, EngineError> {
     let t0 = Instant::now();
+    let facts = crate::provenance::RunFacts::gather(&opts.workspace, &dag.pipeline.file);
     let lctx = LaunchCtx {
         dag,
         store,
@@ -194,6 +195,7 @@ pub fn run(
         workspace: &opts.workspace,
         cancel,
         on_event,
+        facts: &facts,
     };
     let mut s = Scheduler::new(lctx, opts)?;
     let local = Local;
@@ -498,7 +500,10 @@ impl<'a> Scheduler<'a> {
                     *folds.get_or_insert(0) += 1;
                 }
             }
-            for w in v.sweep(&stages) {
+            let mut warnings = v.sweep(&stages);
+            let doc = crate::provenance::run_facts_doc(self.cx.dag, self.cx.store);
+            warnings.extend(v.write_run_facts(&doc).err());
+            for w in warnings {
                 self.warn(w);
             }
         }

@@ -33,6 +33,9 @@ pub struct StageDecl {
     pub src: Arc<SourceFile>,
     /// Byte span of the stage's name in `src`.
     pub span: (usize, usize),
+    /// The params its declaration writes out (the rest are defaults), in file order: what
+    /// provenance marks as set by the experiment.
+    pub written: Vec<String>,
 }
 
 impl fmt::Debug for StageDecl {
@@ -457,12 +460,18 @@ fn load_inner(
 
     for (name, kind, cfg) in raw.stages.0 {
         let span = find_stage_decl(&src.text, &name).unwrap_or((0, 0));
+        let written = if span == (0, 0) {
+            Vec::new()
+        } else {
+            written_params(&src.text[span.0 + span.1..])
+        };
         let decl = StageDecl {
             name: name.clone(),
             kind,
             config: Arc::from(cfg),
             src: src.clone(),
             span,
+            written,
         };
         if let Some(existing) = stages.iter_mut().find(|s| s.name == name) {
             *existing = decl;
@@ -593,6 +602,70 @@ pub fn find_stage_decl(text: &str, name: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// The field names written at the top level of the first `Kind( … )` in `text` (a stage's
+/// declaration after its name), skipping strings, char literals and comments. Values nest
+/// in `()`, `[]` and `{}`; a field is an identifier at depth 1 followed by `:`.
+pub fn written_params(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let (mut i, mut depth, mut out) = (0usize, 0usize, Vec::new());
+    let mut ident_start: Option<usize> = None;
+    let mut last_ident: Option<&str> = None;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            ident_start.get_or_insert(i);
+            i += 1;
+            continue;
+        }
+        if let Some(s) = ident_start.take() {
+            last_ident = Some(&text[s..i]);
+        }
+        match c {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                i = text[i..].find('\n').map_or(b.len(), |n| i + n);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
+                continue;
+            }
+            b'"' => {
+                // A raw string `r#"…"#` is treated as a plain string: RON pipelines use none.
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' => {
+                i += 1;
+                while i < b.len() && b[i] != b'\'' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            b':' if depth == 1 => {
+                if let Some(id) = last_ident.take() {
+                    if !out.iter().any(|o| o == id) {
+                        out.push(id.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !c.is_ascii_whitespace() {
+            last_ident = None;
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Byte span of the string literal `"s"` at or after `from`.
 pub fn find_string_lit(text: &str, s: &str, from: usize) -> Option<(usize, usize)> {
     let needle = format!("\"{s}\"");
@@ -629,6 +702,17 @@ mod tests {
         let mut d = load_text(text).expect_err("invalid");
         assert_eq!(d.len(), 1, "{d:?}");
         d.remove(0)
+    }
+
+    #[test]
+    fn written_params_are_the_top_level_fields_of_the_declaration() {
+        let t = r#": Train(data: "pre", // note: not a field
+            model: SimpleCnn(width: 24, pool: Max), /* lr: 1 */ epochs: 16,
+            tta: [Identity, HFlip], extra: { "a:b": 1 }, s: "x: y", c: ':',
+        ),
+        "next": Split(folds: 5)"#;
+        assert_eq!(written_params(t), ["data", "model", "epochs", "tta", "extra", "s", "c"]);
+        assert!(written_params(": Report()").is_empty());
     }
 
     fn assert_span_ok(d: &Diagnostic) {

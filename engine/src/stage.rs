@@ -189,6 +189,9 @@ pub struct ExecCtx<'a> {
     pub log_path: &'a Path,
     pub cancel: &'a AtomicBool,
     pub progress: ProgressFn<'a>,
+    /// For a stage that [describes its experiment](StageConfig::describes_experiment): the
+    /// pipeline and its upstream stages (part of the key). `None` for every other stage.
+    pub experiment: Option<&'a crate::Experiment>,
     /// Facts about the outputs that are not part of their content (e.g. a dataset's root in
     /// the workspace). Stored in the run record and passed to consumers; never in a key.
     pub meta: &'a std::sync::Mutex<serde_json::Value>,
@@ -231,6 +234,13 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
     /// Facts of the environment the output depends on (e.g. `("libtorch", "2.13.0")`).
     fn env_facts(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+    /// Whether the output shows the experiment it belongs to (a report's provenance: the
+    /// pipeline's name, the upstream stages and their params). When true the engine passes
+    /// [`ExecCtx::experiment`] and keys the instance on it too. Default: false — a stage's
+    /// key never sees names.
+    fn describes_experiment(&self) -> bool {
+        false
     }
     /// Problems of the params alone (ranges, combinations), each positioned at the text it
     /// names; reported by `flow check` and before any run. Default: none.

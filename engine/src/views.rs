@@ -67,6 +67,17 @@ pub struct Views<'a> {
     pipeline: String,
 }
 
+/// The run-facts files of `out/<pipeline>/` ([`crate::provenance`]): not stage views (a
+/// stage name has no `.`), written by [`Views::write_run_facts`], skipped by the sweep.
+pub const RUN_FACTS: [&str; 2] = ["run.json", "run.js"];
+
+/// What flow wrote at the run-facts files (`meta/views/<pipeline>/_run-facts.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RunFactsRecord {
+    /// File name → blake3 of the bytes flow wrote.
+    files: BTreeMap<String, String>,
+}
+
 /// Why a directory is not a view flow made: the first file that says so.
 type NotOurs = String;
 
@@ -362,6 +373,72 @@ impl<'a> Views<'a> {
         Ok(ViewRecord { files })
     }
 
+    /// Write `out/<pipeline>/run.json` and `run.js` (the same document as a script setting
+    /// `window.FLOW_RUN`, for a report page opened from `out/`). A file is replaced only when
+    /// it is absent or holds what flow wrote there last; identical content is not rewritten
+    /// (a no-op run writes nothing); a symlink, a directory or a file someone edited is left
+    /// alone, and the error says so.
+    pub fn write_run_facts(&self, doc: &serde_json::Value) -> Result<(), String> {
+        if !plain_component(&self.pipeline) {
+            return Ok(());
+        }
+        let pdir = self.out_root.join(&self.pipeline);
+        if !fs::symlink_metadata(&pdir).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        let json = serde_json::to_string_pretty(doc).expect("JSON") + "\n";
+        // `</` cannot end the script early; U+2028/9 are line ends to old JS parsers.
+        let js_doc = serde_json::to_string(doc)
+            .expect("JSON")
+            .replace("</", "<\\/")
+            .replace('\u{2028}', "\\u2028")
+            .replace('\u{2029}', "\\u2029");
+        let js = format!("// Written by flow run: see run.json.\nwindow.FLOW_RUN = {js_doc};\n");
+        let meta = format!("views/{}/_run-facts", self.pipeline);
+        let mut rec: RunFactsRecord = self.store.read_meta(&meta).ok().flatten().unwrap_or_default();
+        let mut problems = Vec::new();
+        for (name, bytes) in [(RUN_FACTS[0], json.as_bytes()), (RUN_FACTS[1], js.as_bytes())] {
+            let path = pdir.join(name);
+            let new_hash = blake3::hash(bytes).to_hex().to_string();
+            match fs::symlink_metadata(&path) {
+                Err(_) => {}
+                Ok(m) if !m.is_file() => {
+                    problems.push(format!("{} is not a file flow made; left alone", self.shown(name)));
+                    continue;
+                }
+                Ok(_) => {
+                    let now = fs::read(&path).map(|b| blake3::hash(&b).to_hex().to_string());
+                    match now {
+                        Ok(h) if h == new_hash => continue,
+                        Ok(h) if rec.files.get(name) == Some(&h) => {}
+                        _ => {
+                            problems.push(format!(
+                                "{} was changed since flow wrote it; left alone (remove it to get it back)",
+                                self.shown(name)
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            }
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let tmp = pdir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
+            let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &path));
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                problems.push(format!("cannot write {}: {e}", self.shown(name)));
+                continue;
+            }
+            rec.files.insert(name.to_string(), new_hash);
+        }
+        let _ = self.store.write_meta(&meta, &rec);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// Remove the views of `out/<pipeline>/` that no instance shows any more: stages not in
     /// `stages` (stage name → fold count, `None` for a single instance), folds at or beyond
     /// the fold count, and a killed run's half-made views. Directories that are not views
@@ -380,6 +457,9 @@ impl<'a> Views<'a> {
             let path = pdir.join(&name);
             if name.starts_with('.') {
                 self.remove_if_leftover(&path, &name, &mut warnings);
+                continue;
+            }
+            if RUN_FACTS.contains(&name.as_str()) {
                 continue;
             }
             match stages.get(&name) {

@@ -63,7 +63,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use statrs::distribution::{Continuous, ContinuousCDF, StudentsT};
+use statrs::distribution::{Continuous, ContinuousCDF, Normal, StudentsT};
 
 /// `(P, Q)` = (fakes, reals); `None` unless lengths agree, labels are 0/1 and scores are finite.
 fn class_counts(scores: &[f64], labels: &[u8]) -> Option<(usize, usize)> {
@@ -586,6 +586,33 @@ pub fn bootstrap_ci_stratified(
     bootstrap(&[class(0), class(1)], level, resamples, seed, statistic)
 }
 
+/// Wilson score interval of the proportion `k / n` at confidence `level` (stays in [0, 1],
+/// sound near 0 and 1 where the normal approximation is not). `None` for `n = 0`.
+pub fn wilson(k: u64, n: u64, level: f64) -> Option<(f64, f64)> {
+    if n == 0 || k > n || !(level > 0.0 && level < 1.0) {
+        return None;
+    }
+    let z = Normal::new(0.0, 1.0).ok()?.inverse_cdf((1.0 + level) / 2.0);
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let d = 1.0 + z * z / n;
+    let c = (p + z * z / (2.0 * n)) / d;
+    let h = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / d;
+    Some(((c - h).max(0.0), (c + h).min(1.0)))
+}
+
+/// Percentile bootstrap CI of the mean of per-fold `values` (folds resampled with
+/// replacement): always inside [min, max] of the values, so a rate's interval stays in
+/// [0, 1]. With few folds it is narrow and coarse — a description of the spread, not a
+/// guarantee. `None` for fewer than 2 values.
+pub fn fold_mean_ci(values: &[f64], level: f64, resamples: usize, seed: u64) -> Option<(f64, f64)> {
+    if values.len() < 2 {
+        return None;
+    }
+    bootstrap_ci(values.len(), level, resamples, seed, |idx| {
+        Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64)
+    })
+}
+
 /// Stratified percentile bootstrap CI of [`auc`].
 pub fn auc_ci(scores: &[f64], labels: &[u8], level: f64, resamples: usize, seed: u64) -> Option<(f64, f64)> {
     both_classes(scores, labels)?;
@@ -1009,6 +1036,18 @@ pub(crate) mod tests {
                 at: [(0.5, LONG_AT_50_CM, LONG_AT_50), (0.4, LONG_AT_40_CM, LONG_AT_40)],
             },
         ]
+    }
+
+    #[test]
+    fn wilson_matches_statsmodels_and_stays_in_range() {
+        // statsmodels.stats.proportion.proportion_confint(45, 50, 0.05, "wilson")
+        let (lo, hi) = wilson(45, 50, 0.95).unwrap();
+        assert!((lo - 0.7864).abs() < 1e-4 && (hi - 0.9565).abs() < 1e-4, "{lo} {hi}");
+        let (lo, hi) = wilson(50, 50, 0.95).unwrap();
+        assert!(hi <= 1.0 && lo > 0.9, "{lo} {hi}");
+        assert_eq!(wilson(0, 0, 0.95), None);
+        let (lo, hi) = fold_mean_ci(&[0.9, 1.0, 1.0, 0.95, 1.0], 0.95, 500, 1).unwrap();
+        assert!(lo >= 0.9 && hi <= 1.0, "{lo} {hi}");
     }
 
     #[test]

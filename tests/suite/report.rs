@@ -14,7 +14,7 @@ const CHAIN: &str = r#"Pipeline(
         "train": Train(data: "pre", split: "split", model: SimpleCnn(width: 4, depth: 2), epochs: 2, batch_size: 8),
         "calibrate": Calibrate(models: "train", bins: 5),
         "infer": EnsembleInfer(models: ["train"], data: "pre", split: "split", calibration: "calibrate", tta: [Identity, HFlip], aggregate: CalibratedMean),
-        "report": Report(predictions: "infer", calibration: "calibrate", histories: ["train"], bootstrap: 50, bins: 5),
+        "report": Report(predictions: "infer", calibration: "calibrate", histories: ["train"], bootstrap: 50, bins: 5, dataset: "ingest"),
     },
 )"#;
 
@@ -63,11 +63,45 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
     assert_eq!(m["training"].as_array().unwrap().len(), 2);
     assert_eq!(m["members"][0]["name"], "train");
 
+    // Provenance: the experiment (in the cached page) and the run facts (out/rep/run.json).
+    let pv = &m["provenance"];
+    assert_eq!(pv["pipeline"]["name"], "rep");
+    let train = pv["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "train")
+        .unwrap();
+    assert_eq!(train["set"]["epochs"], 2, "{train}");
+    assert!(train["defaults"]["lr"].is_number(), "lr is a default: {train}");
+    assert_eq!(train["outputs"].as_object().unwrap().len(), 2, "one hash per fold");
+    assert_eq!(pv["dataset"]["items"], 48);
+    assert!(pv["split"]["output"].is_string(), "{pv}");
+    let run = json(&ws, "out/rep/run.json");
+    let rec = run["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "train@fold1")
+        .unwrap();
+    assert!(
+        rec["seconds"].is_number() && rec["started"].as_str().unwrap().ends_with('Z'),
+        "{rec}"
+    );
+    assert!(ws.read("out/rep/run.js").starts_with("// Written by flow run"));
+
     let html = ws.read("out/rep/report/index.html");
     assert!(html.matches("<svg").count() >= 8, "every plot inline");
-    for external in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
+    for external in ["src=\"http", "href=\"http", "@import", "url("] {
         assert!(!html.contains(external), "self-contained: found {external}");
     }
+    assert_eq!(
+        html.matches("<script src=").count(),
+        1,
+        "the one script file is the run facts next to out/rep/report"
+    );
+    assert!(html.contains("<script src=\"../run.js\"></script>"));
+    assert!(html.contains("id=\"provenance\"") && html.contains("Report — rep"));
     let md = ws.read("out/rep/report/report.md");
     assert!(md.contains("| AUC |") && md.contains("![ROC curves"), "{md}");
     for plot in [
@@ -107,10 +141,36 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
         );
     }
 
+    // A no-op run rewrites no run facts.
+    let before = std::fs::metadata(ws.path().join("out/rep/run.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let s = ws.run("p.ron", 0);
+    assert!(s.executed.is_empty(), "{s:?}");
+    let after = std::fs::metadata(ws.path().join("out/rep/run.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after, "a no-op run rewrote run.json");
+
     // A report-only change reruns only the report.
     ws.write("p.ron", &CHAIN.replace("bootstrap: 50", "bootstrap: 60"));
     let s = ws.run("p.ron", 0);
     assert_eq!(s.executed, vec!["report".to_string()], "{s:?}");
+    // So does a change only the provenance shows (the pipeline's name): nothing upstream.
+    ws.write(
+        "p.ron",
+        &CHAIN
+            .replace("bootstrap: 50", "bootstrap: 60")
+            .replace("\"rep\"", "\"rep2\""),
+    );
+    let s = ws.run("p.ron", 0);
+    assert_eq!(s.executed, vec!["report".to_string()], "{s:?}");
+    assert_eq!(
+        json(&ws, "out/rep2/report/metrics.json")["provenance"]["pipeline"]["name"],
+        "rep2"
+    );
 }
 
 #[test]

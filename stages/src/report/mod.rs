@@ -5,5 +5,6 @@
 //! P(fake).
 
 pub mod compare;
+pub mod page;
 pub mod plots;
 pub mod stage;

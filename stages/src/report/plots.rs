@@ -12,6 +12,8 @@
 //! - [`lines`]: generic line chart (training curves, threshold curves); a series breaks at skipped
 //!   points.
 //! - [`bars_with_ci`]: one bar per category with an optional confidence-interval whisker.
+//! - [`small_multiples`]: panels side by side on shared axes (training curves: one panel per
+//!   model generation, one colour per fold), legend in a strip outside the data; [`WIDE`].
 //!
 //! Colours: the Okabe–Ito colour-blind-safe palette, in the same order in every plot.
 //! Non-finite values (and |v| > 1e15) are skipped; empty or flat inputs give empty or padded axes.
@@ -125,10 +127,14 @@ trait Chart {
 }
 
 fn render(chart: &impl Chart) -> Result<Plot, PlotError> {
+    render_sized(chart, SIZE)
+}
+
+fn render_sized(chart: &impl Chart, size: (u32, u32)) -> Result<Plot, PlotError> {
     ensure_font()?;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         let err = |e: DrawingAreaErrorKind<_>| PlotError::Draw {
             backend: "SVG",
             msg: e.to_string(),
@@ -136,10 +142,10 @@ fn render(chart: &impl Chart) -> Result<Plot, PlotError> {
         chart.draw(&root).map_err(err)?;
         root.present().map_err(err)?;
     }
-    let (w, h) = SIZE;
+    let (w, h) = size;
     let mut rgb = vec![0u8; (w * h * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
         let err = |e: DrawingAreaErrorKind<_>| PlotError::Draw {
             backend: "bitmap",
             msg: e.to_string(),
@@ -1011,4 +1017,110 @@ mod tests {
             std::fs::write(dir.join(format!("{name}.png")), &p.png).unwrap();
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// small multiples
+
+/// One panel of [`small_multiples`]: a title and its lines. A line is `(colour index,
+/// dashed, series)`: the same colour index means the same thing (a fold) in every panel.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    pub title: String,
+    pub lines: Vec<(usize, bool, Series)>,
+}
+
+/// Width and height of a [`small_multiples`] figure, in pixels.
+pub const WIDE: (u32, u32) = (960, 380);
+/// Width of its legend strip, right of the panels.
+const LEGEND_W: u32 = 150;
+
+struct Multiples<'a> {
+    panels: &'a [Panel],
+    /// Legend entries: (colour index, label); plus a note on line styles, if any.
+    legend: &'a [(usize, String)],
+    styles: Option<(&'a str, &'a str)>,
+    x_label: &'a str,
+    y_label: &'a str,
+}
+
+impl Chart for Multiples<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let (w, _) = root.dim_in_pixel();
+        let (plots, legend) = root.split_horizontally(w.saturating_sub(LEGEND_W) as i32);
+        let finite = || {
+            self.panels
+                .iter()
+                .flat_map(|p| p.lines.iter().flat_map(|l| l.2.points.iter()))
+                .filter(|(x, y)| ok(*x) && ok(*y))
+        };
+        // One x and one y range for every panel, so panels compare at a glance.
+        let x = extent(finite().map(|p| p.0), 0.0);
+        let y = extent(finite().map(|p| p.1), 0.05);
+        let areas = plots.split_evenly((1, self.panels.len().max(1)));
+        for (p, area) in self.panels.iter().zip(&areas) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(clean(&p.title, 40), font(15))
+                .margin(8)
+                .x_label_area_size(36)
+                .y_label_area_size(52)
+                .build_cartesian_2d(x.clone(), y.clone())?;
+            unit_mesh(&mut chart, self.x_label, self.y_label)?;
+            for (c, dashed, s) in &p.lines {
+                let colour = PALETTE[c % PALETTE.len()];
+                for seg in segments(&s.points, &x, &y) {
+                    if *dashed {
+                        chart.draw_series(DashedLineSeries::new(seg, 5, 4, colour.stroke_width(2)))?;
+                    } else {
+                        chart.draw_series(LineSeries::new(seg, colour.stroke_width(2)))?;
+                    }
+                }
+            }
+        }
+        let row = 20;
+        let mut y0 = 40;
+        for (c, label) in self.legend {
+            let colour = PALETTE[c % PALETTE.len()];
+            legend.draw(&PathElement::new(vec![(8, y0), (30, y0)], colour.stroke_width(3)))?;
+            legend.draw(&Text::new(clean(label, 18), (36, y0 - 7), font(12)))?;
+            y0 += row;
+        }
+        if let Some((solid, dashed)) = self.styles {
+            y0 += row / 2;
+            legend.draw(&PathElement::new(vec![(8, y0), (30, y0)], BLACK.stroke_width(2)))?;
+            legend.draw(&Text::new(clean(solid, 18), (36, y0 - 7), font(12)))?;
+            y0 += row;
+            legend.draw(&plotters::element::DashedPathElement::new(
+                vec![(8, y0), (30, y0)],
+                5,
+                4,
+                BLACK.stroke_width(2),
+            ))?;
+            legend.draw(&Text::new(clean(dashed, 18), (36, y0 - 7), font(12)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Panels side by side on shared axes (one per model generation, say), each line coloured by
+/// its colour index (a fold) from one palette, dashed or solid; the legend sits in a strip
+/// right of the panels, never over the data. `styles`: what solid and dashed lines mean.
+pub fn small_multiples(
+    panels: &[Panel],
+    legend: &[(usize, String)],
+    styles: Option<(&str, &str)>,
+    x_label: &str,
+    y_label: &str,
+) -> Result<Plot, PlotError> {
+    render_sized(
+        &Multiples {
+            panels,
+            legend,
+            styles,
+            x_label,
+            y_label,
+        },
+        WIDE,
+    )
 }

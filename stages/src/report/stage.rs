@@ -31,19 +31,22 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use flow_engine::{
-    key_params_of, Code, ConfigProblem, Defaults, ExecCtx, Input, PortType, StageConfig, StageError, StageKind,
+    key_params_of, Code, ConfigProblem, Defaults, ExecCtx, Experiment, ExperimentStage, Input, PortType, StageConfig,
+    StageError, StageKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::page::{Block, Doc, Figure, Section};
 use super::plots::{self, Plot, Series};
 use crate::metrics::{self, Binary};
 use crate::ports::calibration::{read_reliability, CalibrationDoc, ReliabilityRow};
+use crate::ports::dataset::{read_manifest, Item};
 use crate::ports::models::{self, HistRow};
 use crate::ports::predictions::Predictions;
 use crate::ports::report as files;
 use crate::ports::split::SplitSummary;
-use crate::ports::{CALIBRATION, MODELS, PREDICTIONS, SPLIT};
+use crate::ports::{CALIBRATION, DATASET, MODELS, PREDICTIONS, SPLIT};
 use crate::stats;
 
 pub use crate::ports::REPORT;
@@ -75,6 +78,10 @@ pub struct Report {
     /// The Split stage: its held-out sources get the in-source vs held-out comparison.
     #[serde(default)]
     pub split: Option<String>,
+    /// The Ingest stage: counts per label and source and image sizes for the provenance, and
+    /// the upscaled-images warning.
+    #[serde(default)]
+    pub dataset: Option<String>,
     /// The operating point besides 0.5 (P(fake) ≥ threshold ⇒ fake). Unset: the pooled EER
     /// threshold.
     #[serde(default)]
@@ -94,8 +101,9 @@ pub struct Report {
 
 // 2: metrics.json's calibration carries the pooled test NLL/ECE/Brier (was null: the
 // reader looked for keys calibration.json does not have). 3: report.md escapes for
-// Markdown (it had HTML entities: `fold&#39;s`).
-inventory::submit! { crate::Kind(|| StageKind::new::<Report>("Report", 3, "metrics, statistics and plots: index.html, report.md, metrics.json")) }
+// Markdown (it had HTML entities: `fold&#39;s`). 4: provenance, warnings, every table in
+// the page, Wilson / bootstrap intervals, training curves as small multiples.
+inventory::submit! { crate::Kind(|| StageKind::new::<Report>("Report", 4, "metrics, statistics and plots: index.html, report.md, metrics.json")) }
 
 impl StageConfig for Report {
     fn inputs(&self) -> Vec<Input> {
@@ -109,7 +117,13 @@ impl StageConfig for Report {
         if let Some(sp) = &self.split {
             v.push(Input::stage("split", sp.clone(), &[SPLIT]));
         }
+        if let Some(d) = &self.dataset {
+            v.push(Input::stage("dataset", d.clone(), &[DATASET]));
+        }
         v
+    }
+    fn describes_experiment(&self) -> bool {
+        true
     }
     fn output(&self) -> PortType {
         REPORT
@@ -121,7 +135,7 @@ impl StageConfig for Report {
     }
     fn key_params(&self) -> Value {
         // `histories` stays: stage names label the training-curve series (output content).
-        key_params_of(self, &["predictions", "calibration", "split"])
+        key_params_of(self, &["predictions", "calibration", "split", "dataset"])
     }
     fn validate(&self) -> Vec<ConfigProblem> {
         let p = |m: &str| ConfigProblem {
@@ -171,7 +185,16 @@ impl StageConfig for Report {
                 .holdout
                 .unwrap_or_default();
         }
-        let built = build(self, &preds, calibration.as_ref(), &histories, &holdout)?;
+        let dataset = match ctx.inputs_of("dataset").next() {
+            Some(d) => Some(read_manifest(&d.dir).map_err(StageError::msg)?),
+            None => None,
+        };
+        let extra = Extra {
+            experiment: ctx.experiment,
+            dataset: dataset.as_deref(),
+            spectrum: None,
+        };
+        let built = build_with(self, &preds, calibration.as_ref(), &histories, &holdout, &extra)?;
         write_outputs(ctx.out_dir, &built)
     }
 }
@@ -244,8 +267,7 @@ pub struct Built {
     pub metrics: Value,
     pub markdown: String,
     pub html: String,
-    /// (file stem, title, plot)
-    pub plots: Vec<(String, String, Plot)>,
+    pub plots: Vec<Figure>,
 }
 
 fn write_outputs(out: &Path, b: &Built) -> Result<(), StageError> {
@@ -260,9 +282,9 @@ fn write_outputs(out: &Path, b: &Built) -> Result<(), StageError> {
     )?;
     w(files::MARKDOWN, b.markdown.as_bytes())?;
     w(files::HTML, b.html.as_bytes())?;
-    for (stem, _, plot) in &b.plots {
-        w(&format!("{}/{stem}.svg", files::PLOTS), plot.svg.as_bytes())?;
-        w(&format!("{}/{stem}.png", files::PLOTS), &plot.png)?;
+    for f in &b.plots {
+        w(&format!("{}/{}.svg", files::PLOTS, f.stem), f.plot.svg.as_bytes())?;
+        w(&format!("{}/{}.png", files::PLOTS, f.stem), &f.plot.png)?;
     }
     Ok(())
 }
@@ -272,7 +294,7 @@ fn sub<T: Clone>(v: &[T], idx: &[usize]) -> Vec<T> {
 }
 
 /// Bootstrap CI of a statistic of (scores, labels), stratified by class.
-fn boot(cfg: &Report, salt: u64, scores: &[f64], labels: &[u8], f: fn(&[f64], &[u8]) -> Option<f64>) -> Value {
+fn boot(cfg: &Report, salt: u64, scores: &[f64], labels: &[u8], f: impl Fn(&[f64], &[u8]) -> Option<f64>) -> Value {
     if cfg.bootstrap == 0 {
         return Value::Null;
     }
@@ -377,12 +399,25 @@ fn get(v: &Value, k: &str) -> Option<f64> {
     v.get(k).and_then(Value::as_f64)
 }
 
+/// [`build_with`] without provenance or dataset.
 pub fn build(
     cfg: &Report,
     p: &Columns,
     cal: Option<&CalibrationIn>,
     histories: &[(String, Vec<HistRow>)],
     holdout: &[String],
+) -> Result<Built, StageError> {
+    build_with(cfg, p, cal, histories, holdout, &Extra::default())
+}
+
+/// Everything the report computes and writes, from its inputs.
+pub fn build_with(
+    cfg: &Report,
+    p: &Columns,
+    cal: Option<&CalibrationIn>,
+    histories: &[(String, Vec<HistRow>)],
+    holdout: &[String],
+    extra: &Extra<'_>,
 ) -> Result<Built, StageError> {
     let n = p.items.len();
     let all: Vec<usize> = (0..n).collect();
@@ -405,7 +440,8 @@ pub fn build(
     let (folds_json, across) = per_fold_json(cfg, p, &folds);
     let sources = fake_sources(p);
 
-    let metrics_json = json!({
+    let mut metrics_json = json!({
+        "provenance": provenance_json(extra),
         "n": n,
         "n_real": n - n_fake,
         "n_fake": n_fake,
@@ -416,6 +452,7 @@ pub fn build(
             "at_default": pooled_default,
             "at_chosen": pooled_chosen,
             "eer": eer,
+            "ci_at_default": pooled_cis(cfg, p, &pooled_default),
             "auc_ci": boot(cfg, 1, &p.score, &p.labels, metrics::auc),
             "ap_ci": boot(cfg, 2, &p.score, &p.labels, metrics::average_precision),
         },
@@ -431,20 +468,56 @@ pub fn build(
                      "bins": bins, "seed": cfg.seed},
     });
 
+    metrics_json["warnings"] = json!(warnings(&metrics_json, cal, p));
     let plots = make_plots(p, &folds.idx, &sources, &metrics_json, cal, histories, bins)?;
-    let markdown = render_md(&metrics_json, &plots);
-    let html = render_html(&metrics_json, &plots);
+    let doc = document(&metrics_json, plots);
+    let markdown = super::page::render_md(&doc);
+    let html = super::page::render_html(&doc, "");
     Ok(Built {
         metrics: metrics_json,
         markdown,
         html,
-        plots,
+        plots: doc.figures,
     })
 }
 
 /// [`Binary`] metrics of the items `idx` at threshold `t`, as JSON.
 fn bin_json(p: &Columns, idx: &[usize], t: f64, bins: usize) -> Value {
     serde_json::to_value(Binary::compute(&sub(&p.score, idx), &sub(&p.labels, idx), t, bins)).unwrap()
+}
+
+/// Intervals of the pooled metrics at 0.5: Wilson for the four proportions (their counts are
+/// in the confusion matrix), a stratified bootstrap for the rest.
+fn pooled_cis(cfg: &Report, p: &Columns, at: &Value) -> Value {
+    let c = &at["confusion"];
+    let n = |k: &str| c.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (tp, fp, tn, fn_) = (n("tp"), n("fp"), n("tn"), n("fn"));
+    let wilson = |k: u64, of: u64| {
+        metrics::wilson(k, of, cfg.level)
+            .map_or(Value::Null, |(lo, hi)| json!({"lo": lo, "hi": hi, "method": "Wilson"}))
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("accuracy".into(), wilson(tp + tn, tp + tn + fp + fn_));
+    out.insert("precision".into(), wilson(tp, tp + fp));
+    out.insert("recall".into(), wilson(tp, tp + fn_));
+    out.insert("false_alarm_rate".into(), wilson(fp, fp + tn));
+    let bins = cfg.bins;
+    for (i, (k, _)) in METRIC_ROWS.iter().enumerate() {
+        if out.contains_key(*k) {
+            continue;
+        }
+        let key = k.to_string();
+        let v = boot(cfg, 700 + i as u64, &p.score, &p.labels, |s, l| {
+            let b = serde_json::to_value(Binary::compute(s, l, 0.5, bins)).ok()?;
+            get(&b, &key)
+        });
+        let v = match (v.get(0).and_then(Value::as_f64), v.get(1).and_then(Value::as_f64)) {
+            (Some(lo), Some(hi)) => json!({"lo": lo, "hi": hi, "method": "bootstrap"}),
+            _ => Value::Null,
+        };
+        out.insert(k.to_string(), v);
+    }
+    Value::Object(out)
 }
 
 /// The folds of the predictions, ascending, and the items of each.
@@ -475,11 +548,16 @@ fn per_fold_json(cfg: &Report, p: &Columns, folds: &Folds) -> (Vec<Value>, serde
         .map(|(f, idx)| json!({"fold": f, "n": idx.len(), "at_default": bin_json(p, idx, 0.5, cfg.bins)}))
         .collect();
     let mut across = serde_json::Map::new();
-    for (k, _) in METRIC_ROWS {
+    for (i, (k, _)) in METRIC_ROWS.iter().enumerate() {
         let vals: Vec<f64> = folds_json.iter().filter_map(|f| get(&f["at_default"], k)).collect();
+        let s = metrics::mean_std_ci(&vals, cfg.level);
+        let seed = cfg.seed.unwrap_or(0) ^ (500 + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let ci = metrics::fold_mean_ci(&vals, cfg.level, cfg.bootstrap.max(1000), seed);
         across.insert(
             (*k).into(),
-            serde_json::to_value(metrics::mean_std_ci(&vals, cfg.level)).unwrap(),
+            json!({"n": s.n, "level": s.level, "mean": s.mean, "std": s.std,
+                   "ci_lo": ci.map(|c| c.0), "ci_hi": ci.map(|c| c.1),
+                   "interval": "percentile bootstrap of the mean over folds"}),
         );
     }
     (folds_json, across)
@@ -625,11 +703,19 @@ fn perr(e: impl std::fmt::Display) -> StageError {
     StageError::msg(format!("plot: {e}"))
 }
 
-/// One plot of the report: (file stem, title, plot).
-type Figure = (String, String, Plot);
-
-fn figure(stem: &str, title: &str, plot: Result<Plot, impl std::fmt::Display>) -> Result<Figure, StageError> {
-    Ok((stem.into(), title.into(), plot.map_err(perr)?))
+fn figure(
+    stem: &str,
+    title: &str,
+    read: &str,
+    plot: Result<Plot, impl std::fmt::Display>,
+) -> Result<Figure, StageError> {
+    Ok(Figure {
+        stem: stem.into(),
+        title: title.into(),
+        read: read.into(),
+        plot: plot.map_err(perr)?,
+        wide: false,
+    })
 }
 
 fn make_plots(
@@ -680,6 +766,7 @@ fn roc_plot(p: &Columns, fold_idx: &BTreeMap<u32, Vec<usize>>, m: &Value) -> Res
     figure(
         "roc",
         "ROC curves, out of fold",
+        "Each fold's curve and the pooled one; curves that hug the top-left corner separate fakes from reals at every threshold. Folds far apart mean the estimate rests on which items a fold got.",
         plots::roc(&curves, "ROC, out-of-fold"),
     )
 }
@@ -715,6 +802,7 @@ fn reliability_plot(p: &Columns, cal: Option<&CalibrationIn>, bins: usize) -> Re
     figure(
         "reliability",
         rel_title,
+        "Points on the diagonal are calibrated: of the items scored 0.8, 80 % are fakes. Below the diagonal the model is over-confident; temperature scaling should pull the points onto it.",
         plots::reliability(&before, after.as_deref(), "Reliability"),
     )
 }
@@ -730,6 +818,7 @@ fn score_histograms(p: &Columns, sources: &[String]) -> Result<[Figure; 2], Stag
     let by_class = figure(
         "scores_by_class",
         "Ensemble score by class",
+        "Two well separated humps mean an easy threshold; overlap in the middle is where the errors are.",
         plots::histogram(&classes, 20, "Scores by class", "P(fake)"),
     )?;
     let mut groups = vec![("real".to_string(), by(&|i| p.labels[i] == 0))];
@@ -739,6 +828,7 @@ fn score_histograms(p: &Columns, sources: &[String]) -> Result<[Figure; 2], Stag
     let by_source = figure(
         "scores_by_source",
         "Ensemble score by source",
+        "A fake source whose scores sit near the reals' is the one the detector misses.",
         plots::histogram(&groups, 20, "Scores by source", "P(fake)"),
     )?;
     Ok([by_class, by_source])
@@ -750,6 +840,7 @@ fn confusion_plot(m: &Value) -> Result<Figure, StageError> {
     figure(
         "confusion",
         "Confusion matrix at threshold 0.5",
+        "Rows are the truth, columns the decision; each cell's share is of its row (recall of fakes, false alarms on reals).",
         plots::confusion(c("tn"), c("fp"), c("fn"), c("tp"), "Confusion matrix (t = 0.5)"),
     )
 }
@@ -777,6 +868,7 @@ fn per_source_auc_plot(m: &Value) -> Result<Figure, StageError> {
     figure(
         "per_source_auc",
         "AUC per fake source (against all reals), bootstrap CI",
+        "Whiskers are stratified bootstrap intervals; a source whose interval does not reach the others' is detected differently, and a wide whisker means too few items to say.",
         plots::bars_with_ci(&bars, "AUC per source", "AUC", (0.0, 1.0)),
     )
 }
@@ -793,6 +885,7 @@ fn cascade_plot(m: &Value) -> Result<Figure, StageError> {
     figure(
         "cascade",
         "Cascade: a filter passing P(fake) ≥ t on to the next stage",
+        "Filtration is the work a fast filter saves; leakage the fakes it lets go as real. Read off the largest t whose leakage you can accept.",
         plots::lines(
             &[
                 line("filtration", "filtration (items stopped)"),
@@ -806,46 +899,103 @@ fn cascade_plot(m: &Value) -> Result<Figure, StageError> {
     )
 }
 
-/// Validation AUC, and training and validation loss, per epoch of each history.
+/// Training curves as small multiples: one panel per model generation (the history's stage:
+/// `train`, `retrain`), one line per fold in one palette (colour = fold), the legend beside
+/// the panels. Validation AUC; and training (solid) and validation (dashed) loss.
 fn training_plots(histories: &[(String, Vec<HistRow>)]) -> Result<[Figure; 2], StageError> {
-    let auc: Vec<Series> = histories
+    let split = |from: &str| -> (String, String) {
+        match from.split_once('@') {
+            Some((s, f)) => (s.to_string(), f.to_string()),
+            None => (from.to_string(), String::new()),
+        }
+    };
+    let mut generations: Vec<String> = Vec::new();
+    let mut folds: Vec<String> = Vec::new();
+    for (from, _) in histories {
+        let (g, f) = split(from);
+        if !generations.contains(&g) {
+            generations.push(g);
+        }
+        if !folds.contains(&f) {
+            folds.push(f);
+        }
+    }
+    folds.sort_by_key(|f| {
+        (
+            f.trim_start_matches("fold").parse::<u32>().unwrap_or(u32::MAX),
+            f.clone(),
+        )
+    });
+    let colour = |f: &str| folds.iter().position(|x| x == f).unwrap_or(0);
+    let legend: Vec<(usize, String)> = folds
         .iter()
-        .map(|(from, rows)| Series {
-            name: from.clone(),
-            points: rows
-                .iter()
-                .filter_map(|r| r.val_auc.map(|a| (r.epoch as f64, a)))
-                .collect(),
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                i,
+                if f.is_empty() {
+                    "model".into()
+                } else {
+                    f.replace("fold", "fold ")
+                },
+            )
         })
         .collect();
-    let val_auc = figure(
-        "training_val_auc",
-        "Validation AUC per epoch",
-        plots::lines(&auc, "Validation AUC", "epoch", "AUC"),
-    )?;
-    let mut loss = Vec::new();
-    for (from, rows) in histories {
-        loss.push(Series {
-            name: format!("{from} train"),
-            points: rows.iter().map(|r| (r.epoch as f64, r.train_loss)).collect(),
-        });
-        loss.push(Series {
-            name: format!("{from} val"),
-            points: rows
-                .iter()
-                .filter_map(|r| r.val_loss.map(|v| (r.epoch as f64, v)))
+    let panels = |lines: &dyn Fn(&[HistRow]) -> Vec<(bool, Vec<(f64, f64)>)>| -> Vec<plots::Panel> {
+        generations
+            .iter()
+            .map(|g| plots::Panel {
+                title: g.clone(),
+                lines: histories
+                    .iter()
+                    .filter(|(from, _)| &split(from).0 == g)
+                    .flat_map(|(from, rows)| {
+                        let c = colour(&split(from).1);
+                        lines(rows)
+                            .into_iter()
+                            .map(move |(dashed, pts)| (c, dashed, Series::new(from.clone(), pts)))
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let auc = panels(&|rows| {
+        vec![(
+            false,
+            rows.iter()
+                .filter_map(|r| r.val_auc.map(|a| (r.epoch as f64, a)))
                 .collect(),
-        });
-    }
-    let loss = figure(
-        "training_loss",
-        "Training and validation loss per epoch",
-        plots::lines(&loss, "Loss", "epoch", "loss"),
+        )]
+    });
+    let mut val_auc = figure(
+        "training_val_auc",
+        "Validation AUC per epoch, one panel per model generation",
+        "Each line is a fold's model on its own validation items. Curves still rising at the last epoch want more epochs; a fine-tuning panel below its first generation means the retraining hurt.",
+        plots::small_multiples(&auc, &legend, None, "epoch", "validation AUC"),
     )?;
+    val_auc.wide = true;
+    let loss = panels(&|rows| {
+        vec![
+            (false, rows.iter().map(|r| (r.epoch as f64, r.train_loss)).collect()),
+            (
+                true,
+                rows.iter()
+                    .filter_map(|r| r.val_loss.map(|v| (r.epoch as f64, v)))
+                    .collect(),
+            ),
+        ]
+    });
+    let mut loss = figure(
+        "training_loss",
+        "Training (solid) and validation (dashed) loss per epoch",
+        "A validation loss that turns up while the training loss keeps falling is over-fitting: the best epoch (the table) is where the dashed line bottoms out.",
+        plots::small_multiples(&loss, &legend, Some(("train loss", "val loss")), "epoch", "loss"),
+    )?;
+    loss.wide = true;
     Ok([val_auc, loss])
 }
 
-fn metric_table_rows(d: &Value, c: Option<&Value>, across: &Value) -> Vec<[String; 4]> {
+fn metric_table_rows(d: &Value, cis: &Value, c: Option<&Value>, across: &Value) -> Vec<Vec<String>> {
     METRIC_ROWS
         .iter()
         .map(|(k, label)| {
@@ -859,9 +1009,15 @@ fn metric_table_rows(d: &Value, c: Option<&Value>, across: &Value) -> Vec<[Strin
                 (Some(mu), None) => format!("{mu:.3}"),
                 _ => "–".into(),
             };
-            [
+            let ci = &cis[*k];
+            let ci_text = match (get(ci, "lo"), get(ci, "hi")) {
+                (Some(lo), Some(hi)) => format!("[{lo:.3}, {hi:.3}] {}", ci["method"].as_str().unwrap_or("")),
+                _ => "–".into(),
+            };
+            vec![
                 label.to_string(),
                 fnum(get(d, k), 3),
+                ci_text,
                 c.map_or("–".into(), |c| fnum(get(c, k), 3)),
                 fold,
             ]
@@ -888,22 +1044,21 @@ fn holdout_line(m: &Value) -> Option<String> {
 }
 
 /// The metric table: pooled at 0.5 and at the chosen threshold, and across folds.
-fn metric_table(m: &Value) -> ([String; 4], Vec<Vec<String>>) {
+fn metric_table(m: &Value) -> ([String; 5], Vec<Vec<String>>) {
     let chosen = m["threshold"]["chosen"].as_f64().unwrap_or(0.5);
     let head = [
         "metric".to_string(),
         "pooled, t = 0.5".to_string(),
+        format!("{} CI (method)", m["settings"]["level"]),
         format!("pooled, t = {chosen:.3}"),
-        "across folds (t = 0.5): mean ± std [t-CI]".to_string(),
+        "across folds (t = 0.5): mean ± std [fold bootstrap CI]".to_string(),
     ];
     let rows = metric_table_rows(
         &m["pooled"]["at_default"],
+        &m["pooled"]["ci_at_default"],
         Some(&m["pooled"]["at_chosen"]),
         &m["across_folds"],
-    )
-    .into_iter()
-    .map(|r| r.to_vec())
-    .collect();
+    );
     (head, rows)
 }
 
@@ -1024,157 +1179,436 @@ fn calibration_rows(m: &Value) -> Option<Vec<Vec<String>>> {
     Some(rows)
 }
 
-/// A Markdown table; every cell is escaped with [`md`].
-fn md_table<H: AsRef<str>>(s: &mut String, head: &[H], rows: &[Vec<String>]) {
-    let line = |cells: &mut dyn Iterator<Item = &str>| cells.map(md).collect::<Vec<_>>().join(" | ");
-    let _ = writeln!(s, "| {} |", line(&mut head.iter().map(|h| h.as_ref())));
-    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
-    for r in rows {
-        let _ = writeln!(s, "| {} |", line(&mut r.iter().map(String::as_str)));
+/// What the report knows beyond the predictions: the experiment (provenance) and the dataset.
+#[derive(Default)]
+pub struct Extra<'a> {
+    pub experiment: Option<&'a Experiment>,
+    pub dataset: Option<&'a [Item]>,
+    pub spectrum: Option<&'a Path>,
+}
+
+fn short(h: &str) -> String {
+    h.chars().take(12).collect()
+}
+
+/// A param value for a table cell: strings bare, everything else as compact JSON.
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
     }
 }
 
-fn render_md(m: &Value, plots: &[Figure]) -> String {
-    let mut s = String::new();
-    md_summary(&mut s, m);
-    let _ = writeln!(s, "## Per source (each fake source against all reals)\n");
-    md_table(&mut s, PER_SOURCE_HEAD, &per_source_rows(m));
-    let _ = writeln!(s, "\n## Per fold (t = 0.5)\n");
-    md_table(&mut s, PER_FOLD_HEAD, &per_fold_rows(m));
-    if let Some(rows) = member_rows(m) {
-        let _ = writeln!(s, "\n## Members vs the ensemble (DeLong)\n");
-        md_table(&mut s, MEMBER_HEAD, &rows);
-    }
-    if let Some(rows) = training_rows(m) {
-        let _ = writeln!(s, "\n## Training (best epoch by validation AUC)\n");
-        md_table(&mut s, TRAINING_HEAD, &rows);
-    }
-    if let Some(rows) = calibration_rows(m) {
-        let _ = writeln!(s, "\n## Calibration (temperature per fold, each fold's test items)\n");
-        md_table(&mut s, CALIBRATION_HEAD, &rows);
-    }
-    let _ = writeln!(s, "\n## Plots\n");
-    for (stem, title, _) in plots {
-        let _ = writeln!(s, "### {}\n\n![{}](plots/{stem}.png)\n", md(title), md(title));
-    }
-    s
-}
-
-/// The title, counts, pooled AUC, the metric table and the operating point.
-fn md_summary(s: &mut String, m: &Value) {
-    let _ = writeln!(s, "# Report\n");
-    let _ = writeln!(
-        s,
-        "{} items ({} real, {} fake), {} folds, sources: {}. Out-of-fold predictions: each item scored by models that never trained on it.\n",
-        m["n"],
-        m["n_real"],
-        m["n_fake"],
-        m["folds"].as_array().map_or(0, |a| a.len()),
-        m["sources"].as_array().unwrap().iter().map(|v| md(v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", ")
-    );
-    let _ = writeln!(
-        s,
-        "Pooled AUC **{}** (bootstrap {} CI {}), EER {}.\n",
-        fnum(get(&m["pooled"]["at_default"], "auc"), 3),
-        m["settings"]["level"],
-        ci_text(&m["pooled"]["auc_ci"], 3),
-        fnum(get(&m["pooled"], "eer"), 3)
-    );
-    let (head, rows) = metric_table(m);
-    md_table(s, &head, &rows);
-    let _ = writeln!(
-        s,
-        "\nChosen threshold: {}.\n",
-        md(m["threshold"]["chosen_from"].as_str().unwrap_or(""))
-    );
-    if let Some(h) = holdout_line(m) {
-        let _ = writeln!(s, "{}\n", md(&h));
-    }
-}
-
-const CSS: &str = "svg{max-width:100%;height:auto}body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}\
-table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}\
-td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.plots{display:flex;flex-wrap:wrap;gap:1rem}\
-figure{margin:0;border:1px solid #ddd;padding:.5rem}figcaption{font-size:.9rem;color:#555;max-width:640px}\
-.note{color:#555;font-size:.9rem}";
-
-/// An HTML table; every cell is escaped with [`esc`].
-fn html_table<H: AsRef<str>>(head: &[H], rows: &[Vec<String>]) -> String {
-    let mut s = String::from("<table><tr>");
-    for h in head {
-        let _ = write!(s, "<th>{}</th>", esc(h.as_ref()));
-    }
-    s.push_str("</tr>");
-    for r in rows {
-        s.push_str("<tr>");
-        for c in r {
-            let _ = write!(s, "<td>{}</td>", esc(c));
+/// The output identity of a stage: its one hash, or `N instances` and a digest of their hashes.
+fn outputs_text(o: &BTreeMap<String, String>) -> String {
+    match o.len() {
+        0 => "–".into(),
+        1 => short(o.values().next().unwrap()),
+        n => {
+            let all: String = o.values().cloned().collect::<Vec<_>>().join(",");
+            format!("{n} instances, {}", short(&blake3::hash(all.as_bytes()).to_hex()))
         }
-        s.push_str("</tr>");
     }
-    s.push_str("</table>");
-    s
 }
 
-fn render_html(m: &Value, plots: &[Figure]) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>flow report</title><style>{CSS}</style></head><body>"
-    );
-    html_summary(&mut s, m);
-    s.push_str("<h2>Per source</h2>");
-    s.push_str(&html_table(PER_SOURCE_HEAD, &per_source_rows(m)));
-    if let Some(rows) = member_rows(m) {
-        s.push_str("<h2>Members vs the ensemble (DeLong)</h2>");
-        s.push_str(&html_table(MEMBER_HEAD, &rows));
+/// `provenance` of metrics.json: the experiment, the dataset's identity, versions.
+fn provenance_json(x: &Extra<'_>) -> Value {
+    let Some(e) = x.experiment else {
+        return json!({"pipeline": Value::Null, "run_facts": "../run.json"});
+    };
+    let stages: Vec<Value> = e
+        .stages
+        .iter()
+        .map(|s| {
+            let (mut set, mut dflt) = (serde_json::Map::new(), serde_json::Map::new());
+            if let Value::Object(p) = &s.params {
+                for (k, v) in p {
+                    if s.written.contains(k) {
+                        set.insert(k.clone(), v.clone());
+                    } else {
+                        dflt.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            json!({"name": s.name, "kind": s.kind, "version": s.version, "set": set, "defaults": dflt,
+                   "env": s.env, "outputs": s.outputs})
+        })
+        .collect();
+    let of_kind = |k: &str| e.stages.iter().find(|s| s.kind == k);
+    let libtorch = e.stages.iter().find_map(|s| s.env.get("libtorch").cloned());
+    json!({
+        "pipeline": {"name": e.pipeline},
+        "stages": stages,
+        "dataset": dataset_json(x, of_kind("Ingest")),
+        "split": of_kind("Split").map(|s| json!({"stage": s.name, "output": s.outputs.values().next()})),
+        "versions": {"flow": env!("CARGO_PKG_VERSION"), "libtorch": libtorch},
+        "run_facts": "../run.json",
+    })
+}
+
+/// Counts per label and source and image sizes of the dataset input; how many images are
+/// smaller than the Preprocess size (upscaled).
+fn dataset_json(x: &Extra<'_>, ingest: Option<&ExperimentStage>) -> Value {
+    let Some(items) = x.dataset else {
+        return ingest.map_or(
+            Value::Null,
+            |i| json!({"stage": i.name, "output": i.outputs.values().next()}),
+        );
+    };
+    let mut by_label: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_source: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut sizes: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+    for it in items {
+        *by_label.entry(if it.label == 1 { "fake" } else { "real" }).or_default() += 1;
+        *by_source.entry(it.source.as_str()).or_default() += 1;
+        *sizes.entry((it.width, it.height)).or_default() += 1;
     }
-    s.push_str("<h2>Plots</h2><div class=\"plots\">");
-    for (_, title, plot) in plots {
-        let _ = write!(
-            s,
-            "<figure>{}<figcaption>{}</figcaption></figure>",
-            plot.svg,
-            esc(title)
+    let size = x.experiment.and_then(|e| {
+        e.stages
+            .iter()
+            .find(|s| s.kind == "Preprocess")
+            .and_then(|s| s.params.get("size").and_then(Value::as_u64))
+    });
+    let upscaled = size.map(|sz| items.iter().filter(|i| u64::from(i.width.min(i.height)) < sz).count());
+    let mut common: Vec<((u32, u32), usize)> = sizes.into_iter().collect();
+    common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    json!({
+        "stage": ingest.map(|i| i.name.clone()),
+        "output": ingest.and_then(|i| i.outputs.values().next().cloned()),
+        "items": items.len(),
+        "by_label": by_label,
+        "by_source": by_source,
+        "sizes": common.iter().take(5).map(|((w, h), n)| json!({"width": w, "height": h, "items": n})).collect::<Vec<_>>(),
+        "distinct_sizes": common.len(),
+        "preprocess_size": size,
+        "upscaled": upscaled,
+    })
+}
+
+/// What makes the analysis weak or suspicious, in words (see the module doc).
+fn warnings(m: &Value, cal: Option<&CalibrationIn>, p: &Columns) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(c) = cal {
+        for f in &c.doc.folds {
+            let t = f.temperature;
+            if !(1.001e-3..=0.999e3).contains(&t) {
+                w.push(format!(
+                    "Fold {}: the temperature {t:.4} sits at the bound of its search [0.001, 1000]: the scores carry (almost) no ranking the calibration could use, or the validation set is degenerate.",
+                    f.fold
+                ));
+            }
+        }
+        let on_train: Vec<String> = c
+            .doc
+            .folds
+            .iter()
+            .filter(|f| f.fit_on != "val")
+            .map(|f| f.fold.to_string())
+            .collect();
+        if !on_train.is_empty() {
+            w.push(format!(
+                "Calibration of fold(s) {} was fitted on training items (no validation items: Split's `val_ratio` is 0): the temperatures are optimistic and the before/after numbers on them mean little.",
+                on_train.join(", ")
+            ));
+        }
+    }
+    let d = &m["provenance"]["dataset"];
+    if let (Some(up), Some(sz)) = (d["upscaled"].as_u64(), d["preprocess_size"].as_u64()) {
+        if up > 0 {
+            w.push(format!(
+                "{up} of {} images are smaller than the preprocessing size {sz} px and were upscaled: up-sampling leaves a spectral fingerprint a detector can learn instead of the manipulation.",
+                d["items"]
+            ));
+        }
+    }
+    for s in m["per_source"].as_array().into_iter().flatten() {
+        let n = s["n_fake"].as_u64().unwrap_or(0);
+        if n < 30 {
+            w.push(format!(
+                "Source `{}` has {n} fakes: its AUC and interval rest on too few items to compare with the others.",
+                s["source"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let k = m["folds"].as_array().map_or(0, Vec::len);
+    if (2..=5).contains(&k) {
+        let min_p = 2.0 / f64::powi(2.0, k as i32);
+        w.push(format!(
+            "Fold-paired tests over {k} folds (a Wilcoxon signed-rank test in `flow compare`) cannot reach p < 0.05: the smallest attainable two-sided p is {min_p:.4}. Use DeLong on the pooled out-of-fold items, more folds or repeated seeds."
+        ));
+    }
+    let aucs: Vec<(u64, f64)> = m["per_fold"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| Some((f["fold"].as_u64()?, f["at_default"]["auc"].as_f64()?)))
+        .collect();
+    if aucs.len() >= 3 {
+        for &(f, a) in &aucs {
+            let mut rest: Vec<f64> = aucs.iter().filter(|x| x.0 != f).map(|x| x.1).collect();
+            rest.sort_by(f64::total_cmp);
+            let med = rest[rest.len() / 2];
+            let mut dev: Vec<f64> = rest.iter().map(|x| (x - med).abs()).collect();
+            dev.sort_by(f64::total_cmp);
+            let mad = dev[dev.len() / 2];
+            if (a - med).abs() > (3.0 * 1.4826 * mad).max(0.05) {
+                w.push(format!(
+                    "Fold {f}'s AUC {a:.3} is far from the other folds' (median {med:.3}): look at what that fold's test items have in common."
+                ));
+            }
+        }
+    }
+    for (i, (a, sa)) in p.members.iter().enumerate() {
+        for (b, sb) in p.members.iter().skip(i + 1) {
+            if let Some(d) = stats::delong(sa, sb, &p.labels) {
+                if d.p_value.is_some_and(|pv| pv < 0.05) {
+                    let (worse, better, diff) = if d.diff < 0.0 { (a, b, -d.diff) } else { (b, a, d.diff) };
+                    w.push(format!(
+                        "Ensemble member `{worse}` is significantly worse than `{better}` (DeLong on the same items: ΔAUC {diff:.3}, p = {:.4}); the ensemble still averages it in — consider dropping it.",
+                        d.p_value.unwrap_or(f64::NAN)
+                    ));
+                }
+            }
+        }
+    }
+    w
+}
+
+/// The provenance section: the experiment, the dataset, the run facts (from `../run.js`).
+fn provenance_section(m: &Value) -> Section {
+    let pv = &m["provenance"];
+    let mut blocks = Vec::new();
+    let mut kv: Vec<Vec<String>> = Vec::new();
+    let push = |kv: &mut Vec<Vec<String>>, k: &str, v: String| kv.push(vec![k.to_string(), v]);
+    push(
+        &mut kv,
+        "pipeline",
+        pv["pipeline"]["name"].as_str().unwrap_or("–").to_string(),
+    );
+    let d = &pv["dataset"];
+    if !d.is_null() {
+        let mut t = match d["output"].as_str() {
+            Some(h) => format!("`{}` output {}", d["stage"].as_str().unwrap_or("?"), short(h)),
+            None => "–".into(),
+        };
+        if let Some(n) = d["items"].as_u64() {
+            let counts = |o: &Value| {
+                o.as_object()
+                    .map(|o| o.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            };
+            let _ = write!(
+                t,
+                "; {n} items ({}); sources: {}",
+                counts(&d["by_label"]),
+                counts(&d["by_source"])
+            );
+            let sizes: Vec<String> = d["sizes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| format!("{}×{} ({})", s["width"], s["height"], s["items"]))
+                .collect();
+            let _ = write!(t, "; image sizes: {}", sizes.join(", "));
+            if d["distinct_sizes"].as_u64().unwrap_or(0) > 5 {
+                let _ = write!(t, " and {} more", d["distinct_sizes"].as_u64().unwrap_or(0) - 5);
+            }
+        }
+        push(&mut kv, "dataset", t);
+    }
+    if let Some(h) = pv["split"]["output"].as_str() {
+        push(
+            &mut kv,
+            "split",
+            format!(
+                "`{}` output {} (reports with this hash share their folds)",
+                pv["split"]["stage"].as_str().unwrap_or("?"),
+                short(h)
+            ),
         );
     }
-    s.push_str("</div>");
-    let _ = write!(
-        s,
-        "<p class=\"note\">Machine-readable: metrics.json. Plots as PNG: plots/. Made by flow.</p></body></html>"
+    push(
+        &mut kv,
+        "versions",
+        format!(
+            "flow {}{}",
+            pv["versions"]["flow"].as_str().unwrap_or("?"),
+            pv["versions"]["libtorch"]
+                .as_str()
+                .map(|v| format!(", libtorch {v}"))
+                .unwrap_or_default()
+        ),
     );
-    s
+    blocks.push(Block::Table {
+        head: vec!["what".into(), "identity".into()],
+        rows: kv,
+    });
+    let rows: Vec<Vec<String>> = pv["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let pairs = |o: &Value| {
+                o.as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| format!("{k}: {}", value_text(v)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            let outputs: BTreeMap<String, String> = serde_json::from_value(s["outputs"].clone()).unwrap_or_default();
+            vec![
+                s["name"].as_str().unwrap_or("").to_string(),
+                format!("{} v{}", s["kind"].as_str().unwrap_or(""), s["version"]),
+                pairs(&s["set"]),
+                pairs(&s["defaults"]),
+                outputs_text(&outputs),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        blocks.push(Block::Note(
+            "Every stage this report depends on: the params the pipeline file sets, the defaults it left, and the content hash of what each stage made (equal hashes: equal results)."
+                .into(),
+        ));
+        blocks.push(Block::Table {
+            head: ["stage", "kind", "set in the pipeline", "defaults", "output"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        });
+    }
+    blocks.push(Block::Html {
+        html: RUN_FACTS_HTML.into(),
+        md_alt: "Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash): ../run.json, written by each flow run next to this report's directory.".into(),
+    });
+    Section {
+        id: "provenance",
+        title: "Provenance".into(),
+        blocks,
+    }
 }
 
-/// The title, counts, pooled AUC, the metric table and the operating point.
-fn html_summary(s: &mut String, m: &Value) {
-    let _ = write!(s, "<h1>Report</h1>");
-    let _ = write!(
-        s,
-        "<p>{} items ({} real, {} fake), {} folds, sources: {}. Out-of-fold predictions: each item is scored by models that never trained on it.</p>",
-        m["n"],
-        m["n_real"],
-        m["n_fake"],
-        m["folds"].as_array().map_or(0, |a| a.len()),
-        esc(&m["sources"].as_array().unwrap().iter().map(|v| v.as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(", "))
-    );
-    let _ = write!(
-        s,
-        "<p>Pooled AUC <b>{}</b> (bootstrap {} CI {}), EER {}.</p>",
-        fnum(get(&m["pooled"]["at_default"], "auc"), 3),
-        m["settings"]["level"],
-        ci_text(&m["pooled"]["auc_ci"], 3),
-        fnum(get(&m["pooled"], "eer"), 3)
-    );
+/// Filled from `../run.js` (written by `flow run`; not part of this cached page, which holds no
+/// dates or durations). Without it the paragraph says where the facts are.
+const RUN_FACTS_HTML: &str = "<div id=\"run-facts\"><p class=\"note\">Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash) are in <code>../run.json</code>, written by each <code>flow run</code> next to this report's directory.</p></div>\
+<script src=\"../run.js\"></script><script>(function(){var r=window.FLOW_RUN;if(!r)return;\
+function e(t,x){var n=document.createElement(t);if(x!==undefined)n.textContent=x;return n}\
+var d=document.getElementById('run-facts');d.textContent='';d.appendChild(e('h3','Run facts'));\
+var me=(r.instances||[]).filter(function(i){return i.ran&&i.stage!==undefined});var last=me[me.length-1]||{};\
+var kv=e('table');kv.className='kv';function row(k,v){var tr=e('tr');tr.appendChild(e('td',k));tr.appendChild(e('td',v));kv.appendChild(tr)}\
+if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+last.pipeline_file.blake3.slice(0,12)+')');\
+row('git commit',last.git?last.git.commit.slice(0,12)+(last.git.dirty?' (uncommitted changes)':''):'not a git work tree');\
+if(last.started)row('report computed',last.started.replace('T',' '));if(last.host)row('host',last.host);\
+if(last.flow_version)row('flow',last.flow_version);d.appendChild(kv);\
+var t=e('table'),h=e('tr');['stage','instances','wall time (s)','device','first computed'].forEach(function(x){h.appendChild(e('th',x))});t.appendChild(h);\
+(r.stages||[]).forEach(function(s){var is=me.filter(function(i){return i.stage===s.stage});var dev=is.map(function(i){return i.device}).filter(function(x){return x}).filter(function(x,k,a){return a.indexOf(x)===k}).join(', ');\
+var first=is.map(function(i){return i.started}).sort()[0]||'';var tr=e('tr');[s.stage,String(s.instances),s.seconds.toFixed(1),dev||'–',first.replace('T',' ')].forEach(function(x){tr.appendChild(e('td',x))});t.appendChild(tr)});\
+var w=e('div');w.className='scroll';w.appendChild(t);d.appendChild(w)})();</script>";
+
+/// The whole report as one document.
+fn document(m: &Value, figures: Vec<Figure>) -> Doc {
+    let name = m["provenance"]["pipeline"]["name"].as_str();
+    let title = match name {
+        Some(n) => format!("Report — {n}"),
+        None => "Report".into(),
+    };
+    let mut summary = vec![
+        Block::Para(format!(
+            "{} items ({} real, {} fake), {} folds, sources: {}. Out-of-fold predictions: each item is scored by models that never trained on it.",
+            m["n"],
+            m["n_real"],
+            m["n_fake"],
+            m["folds"].as_array().map_or(0, |a| a.len()),
+            m["sources"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+        )),
+        Block::Para(format!(
+            "Pooled AUC {} (stratified bootstrap {} CI {}), EER {}.",
+            fnum(get(&m["pooled"]["at_default"], "auc"), 3),
+            m["settings"]["level"],
+            ci_text(&m["pooled"]["auc_ci"], 3),
+            fnum(get(&m["pooled"], "eer"), 3)
+        )),
+    ];
+    let w: Vec<String> = m["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect();
+    if !w.is_empty() {
+        summary.push(Block::Warnings(w));
+    }
     let (head, rows) = metric_table(m);
-    s.push_str(&html_table(&head, &rows));
-    let _ = write!(
-        s,
-        "<p class=\"note\">Chosen threshold: {}.</p>",
-        esc(m["threshold"]["chosen_from"].as_str().unwrap_or(""))
-    );
+    summary.push(Block::Table {
+        head: head.to_vec(),
+        rows,
+    });
+    summary.push(Block::Note(format!(
+        "Intervals: pooled rates (accuracy, precision, recall, false alarm rate) Wilson score; the other pooled metrics a stratified percentile bootstrap ({} resamples); across folds a percentile bootstrap of the mean over folds (inside the folds' range, so a rate's interval stays in [0, 1]). Chosen threshold: {}.",
+        m["settings"]["bootstrap"],
+        m["threshold"]["chosen_from"].as_str().unwrap_or("")
+    )));
     if let Some(h) = holdout_line(m) {
-        let _ = write!(s, "<p><b>{}</b></p>", esc(&h));
+        summary.push(Block::Para(h));
+    }
+    let mut sections = vec![Section {
+        id: "summary",
+        title: "Summary".into(),
+        blocks: summary,
+    }];
+    let table = |head: &[&str], rows: Vec<Vec<String>>| Block::Table {
+        head: head.iter().map(|h| h.to_string()).collect(),
+        rows,
+    };
+    let mut results = vec![
+        Block::Para("Each fake source against all reals.".into()),
+        table(PER_SOURCE_HEAD, per_source_rows(m)),
+        Block::Para("Per fold (t = 0.5).".into()),
+        table(PER_FOLD_HEAD, per_fold_rows(m)),
+    ];
+    if let Some(rows) = member_rows(m) {
+        results.push(Block::Para(
+            "Members vs the ensemble (DeLong on the same items).".into(),
+        ));
+        results.push(table(MEMBER_HEAD, rows));
+    }
+    sections.push(Section {
+        id: "tables",
+        title: "Per source, per fold, per member".into(),
+        blocks: results,
+    });
+    let mut model = Vec::new();
+    if let Some(rows) = training_rows(m) {
+        model.push(Block::Para("Training (best epoch by validation AUC).".into()));
+        model.push(table(TRAINING_HEAD, rows));
+    }
+    if let Some(rows) = calibration_rows(m) {
+        model.push(Block::Para(
+            "Calibration (temperature per fold, each fold's test items).".into(),
+        ));
+        model.push(table(CALIBRATION_HEAD, rows));
+    }
+    if !model.is_empty() {
+        sections.push(Section {
+            id: "training",
+            title: "Training and calibration".into(),
+            blocks: model,
+        });
+    }
+    sections.push(Section {
+        id: "plots",
+        title: "Plots".into(),
+        blocks: vec![Block::Figures(figures.iter().map(|f| f.stem.clone()).collect())],
+    });
+    sections.push(provenance_section(m));
+    Doc {
+        title,
+        sections,
+        figures,
     }
 }
 
@@ -1188,6 +1622,7 @@ mod tests {
             calibration: None,
             histories: vec![],
             split: None,
+            dataset: None,
             threshold: Some(0.6),
             bootstrap: 50,
             level: 0.95,
@@ -1227,12 +1662,17 @@ mod tests {
     fn names_from_the_data_are_escaped_everywhere() {
         let evil = "<script>alert(1)</script>";
         let b = build(&cfg(), &preds(evil), None, &[], &[]).unwrap();
-        assert!(!b.html.contains("<script"), "index.html executes a name");
+        assert!(!b.html.contains("<script>alert"), "index.html executes a name");
+        assert_eq!(
+            b.html.matches("<script").count(),
+            2,
+            "only the run-facts loader and its renderer"
+        );
         assert!(b.html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(!b.html.contains("<b>m</b>"));
         assert!(!b.markdown.contains("<script"), "report.md renders HTML on GitHub");
-        for (_, _, p) in &b.plots {
-            assert!(!p.svg.contains("<script"));
+        for f in &b.plots {
+            assert!(!f.plot.svg.contains("<script"));
         }
         assert_eq!(
             b.metrics["per_source"][0]["source"], evil,
@@ -1299,6 +1739,37 @@ mod tests {
             m["pooled"]["at_default"]["auc"].as_f64(),
             metrics::auc(&p.score, &p.labels)
         );
+    }
+
+    #[test]
+    fn every_markdown_table_is_in_the_page_and_intervals_stay_in_range() {
+        let b = build(&cfg(), &preds("gan"), None, &[], &[]).unwrap();
+        let heads: Vec<&str> = b.markdown.lines().filter(|l| l.starts_with("| ")).collect();
+        let tables = b.markdown.matches("\n|---").count();
+        assert!(tables >= 4, "{}", b.markdown);
+        assert_eq!(b.html.matches("<table").count(), tables, "{heads:?}");
+        for (k, v) in b.metrics["across_folds"].as_object().unwrap() {
+            if k == "log_loss" {
+                continue;
+            }
+            for end in ["ci_lo", "ci_hi"] {
+                if let Some(x) = v[end].as_f64() {
+                    assert!((0.0..=1.0).contains(&x), "{k}.{end} = {x}");
+                }
+            }
+        }
+        let ci = &b.metrics["pooled"]["ci_at_default"];
+        assert_eq!(ci["recall"]["method"], "Wilson");
+        assert_eq!(ci["auc"]["method"], "bootstrap");
+        let w = b.metrics["warnings"].as_array().unwrap();
+        assert!(
+            w.iter().any(|x| x
+                .as_str()
+                .unwrap()
+                .contains("smallest attainable two-sided p is 0.5000")),
+            "2 folds: {w:?}"
+        );
+        assert!(b.html.contains("id=\"warnings\"") && b.markdown.contains("> **Warnings**"));
     }
 
     #[test]
