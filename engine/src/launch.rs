@@ -60,6 +60,27 @@ pub struct LaunchCtx<'a> {
     pub facts: &'a crate::provenance::RunFacts,
 }
 
+/// A stage that can resume a killed run may write `resume/<key>/progress.json` (atomically)
+/// as `{"done": 7, "of": 16, "unit": "epoch"}`: `flow status` and `flow run -n` then say the
+/// instance is resumable and from where. The engine reads nothing else of a resume directory.
+pub const RESUME_PROGRESS: &str = "progress.json";
+
+/// What a [`RESUME_PROGRESS`] file says.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResumeProgress {
+    pub done: u64,
+    pub of: u64,
+    pub unit: String,
+}
+
+impl ResumeProgress {
+    /// The progress a killed run of `key` left, if any.
+    pub fn of_key(store: &Store, key: &str) -> Option<ResumeProgress> {
+        let p = store.root().join("resume").join(key).join(RESUME_PROGRESS);
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+}
+
 /// Runs instances somewhere. Every method may be called from several scheduler threads.
 pub trait Launcher: Send + Sync + std::fmt::Debug {
     /// Run `job` to its end and publish it. On `Ok`, every output is an object of the store

@@ -132,6 +132,12 @@ pub enum DirtyReason {
     ExperimentChanged {
         detail: String,
     },
+    /// Not a reason to run but how it will: a killed run left a checkpoint to resume from.
+    Resumable {
+        done: u64,
+        of: u64,
+        unit: String,
+    },
     NotCached,
 }
 
@@ -156,6 +162,11 @@ impl fmt::Display for DirtyReason {
             DirtyReason::VersionChanged { old, new } => write!(f, "stage version changed: {old} -> {new}"),
             DirtyReason::EnvChanged { name, old, new } => write!(f, "{name} changed: {old} -> {new}"),
             DirtyReason::OutputsBad { detail } => write!(f, "cached outputs unusable: {detail}"),
+            DirtyReason::Resumable { done, of, unit } => write!(
+                f,
+                "resumable: a killed run finished {unit} {done} of {of}; the next run continues from {unit} {}",
+                done + 1
+            ),
             DirtyReason::ExperimentChanged { detail } => write!(f, "the experiment it describes changed: {detail}"),
             DirtyReason::NotCached => write!(f, "no cached result for these inputs"),
         }
@@ -595,7 +606,14 @@ pub fn status(dag: &Dag, store: &Store, paths: &PathDigests) -> Vec<InstanceStat
                         });
                     }
                     Err(miss) => {
-                        let (state, reasons) = explain(store, dag, n, Ok(&doc), Some(miss));
+                        let (state, mut reasons) = explain(store, dag, n, Ok(&doc), Some(miss));
+                        if let Some(r) = crate::launch::ResumeProgress::of_key(store, &key) {
+                            reasons.push(DirtyReason::Resumable {
+                                done: r.done,
+                                of: r.of,
+                                unit: r.unit,
+                            });
+                        }
                         res.push(InstanceStatus {
                             stage: id,
                             state,

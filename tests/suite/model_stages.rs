@@ -139,3 +139,53 @@ fn a_training_error_names_the_instance_and_the_cause() {
     assert!(f["stage"].as_str().unwrap().starts_with("train@fold"), "{v}");
     assert!(f["error"].as_str().unwrap().contains("w.safetensors"), "{v}");
 }
+
+#[test]
+fn a_killed_training_shows_as_resumable_from_its_epoch_and_resumes() {
+    let ws = Ws::new();
+    let slow = CHAIN
+        .replace(
+            "Demo(count: 24, size: 16, seed: 3)",
+            "Demo(count: 64, size: 16, seed: 3)",
+        )
+        .replace("epochs: 2, batch_size: 8", "epochs: 400, batch_size: 8");
+    ws.write("p.ron", &slow);
+    let mut child = ws.spawn(&["run", "--json", "p.ron", "--target", "train"]);
+    // Wait for a first checkpoint's progress note, then SIGKILL flow (its worker follows).
+    let resume = ws.path().join(".flow/resume");
+    let t = std::time::Instant::now();
+    let noted = || {
+        std::fs::read_dir(&resume)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("progress.json").is_file())
+    };
+    while !noted() {
+        assert!(t.elapsed().as_secs() < 120, "no training checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st = ws.status("p.ron");
+    let resumable: Vec<&serde_json::Value> = st
+        .iter()
+        .filter(|s| {
+            s["reasons"].as_array().unwrap().iter().any(|r| {
+                r.as_str()
+                    .unwrap()
+                    .starts_with("resumable: a killed run finished epoch")
+            })
+        })
+        .collect();
+    assert!(!resumable.is_empty(), "{st:?}");
+    assert!(resumable
+        .iter()
+        .all(|s| s["stage"].as_str().unwrap().starts_with("train@")));
+    let text = String::from_utf8_lossy(&ws.flow(&["status", "p.ron"]).stdout).to_string();
+    assert!(text.contains("the next run continues from epoch"), "{text}");
+}

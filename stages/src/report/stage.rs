@@ -469,7 +469,7 @@ pub fn build_with(
     });
 
     metrics_json["warnings"] = json!(warnings(&metrics_json, cal, p));
-    let plots = make_plots(p, &folds.idx, &sources, &metrics_json, cal, histories, bins)?;
+    let plots = make_plots(cfg, p, &folds.idx, &sources, &metrics_json, cal, histories)?;
     let doc = document(&metrics_json, plots);
     let markdown = super::page::render_md(&doc);
     let html = super::page::render_html(&doc, "");
@@ -719,21 +719,22 @@ fn figure(
 }
 
 fn make_plots(
+    cfg: &Report,
     p: &Columns,
     fold_idx: &BTreeMap<u32, Vec<usize>>,
     sources: &[String],
     m: &Value,
     cal: Option<&CalibrationIn>,
     histories: &[(String, Vec<HistRow>)],
-    bins: usize,
 ) -> Result<Vec<Figure>, StageError> {
+    let (bins, order) = (cfg.bins, &cfg.histories);
     let mut out = vec![roc_plot(p, fold_idx, m)?, reliability_plot(p, cal, bins)?];
     out.extend(score_histograms(p, sources)?);
     out.push(confusion_plot(m)?);
     out.push(per_source_auc_plot(m)?);
     out.push(cascade_plot(m)?);
     if !histories.is_empty() {
-        out.extend(training_plots(histories)?);
+        out.extend(training_plots(histories, order)?);
     }
     Ok(out)
 }
@@ -902,7 +903,7 @@ fn cascade_plot(m: &Value) -> Result<Figure, StageError> {
 /// Training curves as small multiples: one panel per model generation (the history's stage:
 /// `train`, `retrain`), one line per fold in one palette (colour = fold), the legend beside
 /// the panels. Validation AUC; and training (solid) and validation (dashed) loss.
-fn training_plots(histories: &[(String, Vec<HistRow>)]) -> Result<[Figure; 2], StageError> {
+fn training_plots(histories: &[(String, Vec<HistRow>)], order: &[String]) -> Result<[Figure; 2], StageError> {
     let split = |from: &str| -> (String, String) {
         match from.split_once('@') {
             Some((s, f)) => (s.to_string(), f.to_string()),
@@ -920,6 +921,8 @@ fn training_plots(histories: &[(String, Vec<HistRow>)]) -> Result<[Figure; 2], S
             folds.push(f);
         }
     }
+    // Generations in the order the report lists them (train before retrain).
+    generations.sort_by_key(|g| order.iter().position(|o| o == g).unwrap_or(usize::MAX));
     folds.sort_by_key(|f| {
         (
             f.trim_start_matches("fold").parse::<u32>().unwrap_or(u32::MAX),
@@ -1388,7 +1391,7 @@ fn provenance_section(m: &Value) -> Section {
     let d = &pv["dataset"];
     if !d.is_null() {
         let mut t = match d["output"].as_str() {
-            Some(h) => format!("`{}` output {}", d["stage"].as_str().unwrap_or("?"), short(h)),
+            Some(h) => format!("stage {}, output {}", d["stage"].as_str().unwrap_or("?"), short(h)),
             None => "–".into(),
         };
         if let Some(n) = d["items"].as_u64() {

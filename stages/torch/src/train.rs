@@ -856,6 +856,12 @@ fn run_epoch(f: &Fold, tr: &mut Training, epoch: u32) -> Res<()> {
         &tr.best,
         &mut tr.best_on_disk,
     )?;
+    // What `flow status` shows of a killed run ("resumable … from epoch N").
+    let note = serde_json::json!({"done": e1, "of": epochs, "unit": "epoch"});
+    util::write_atomic(
+        &f.job.spec.resume_dir.join(flow_engine::launch::RESUME_PROGRESS),
+        &serde_json::to_vec(&note).expect("json"),
+    )?;
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
     let msg = format!(
         "epoch {e1}/{epochs} loss {train_loss:.4} val loss {} val AUC {} lr {:.3e} {secs:.1} s ({:.0} img/s){}",
