@@ -6,7 +6,8 @@
 //! * [`ports`] — every file passed between stages, defined once (a leaf module);
 //! * [`metrics`], [`stats`] — the one set of scikit-learn/scipy-checked metrics and tests;
 //! * the kinds: [`exec`], [`data`] (Ingest, Split, Preprocess), [`model`] (Train, Retrain,
-//!   EnsembleInfer), [`calibrate`] (Calibrate, MineHardNegatives), [`report`].
+//!   EnsembleInfer), [`calibrate`] (Calibrate, MineHardNegatives), [`report`], [`spectrum`]
+//!   (Spectrum).
 
 pub mod calibrate;
 pub mod data;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod ports;
 pub mod process;
 pub mod report;
+pub mod spectrum;
 pub mod stats;
 pub mod torch_info;
 pub mod worker;
@@ -59,6 +61,7 @@ mod tests {
                 "Preprocess",
                 "Report",
                 "Retrain",
+                "Spectrum",
                 "Split",
                 "Train"
             ]

@@ -13,6 +13,7 @@
 //! | `hard-negatives` | [`hard_negatives`]   | `hard_negatives.csv`, `mine.json`                  |
 //! | `predictions`    | [`predictions`]      | `predictions.csv`, `infer.json`                    |
 //! | `report`         | [`report`]           | `metrics.json`, `report.md`, `index.html`, `plots/` |
+//! | `spectrum`       | [`spectrum`]         | `spectrum.json`, `mean-*.png`, `diff-*.png`, `azimuthal.svg\|png` |
 //!
 //! This module is a leaf: it imports no stage kind, so stage modules may all import it. The
 //! writers keep each file's exact bytes (number formats, column order, pretty JSON without a
@@ -31,6 +32,7 @@ pub mod hard_negatives;
 pub mod models;
 pub mod predictions;
 pub mod report;
+pub mod spectrum;
 pub mod split;
 pub mod tensors;
 
@@ -61,6 +63,8 @@ port_types! {
     PREDICTIONS = "predictions",
     /// A report.
     REPORT = "report",
+    /// Mean log-magnitude Fourier spectra per class and source.
+    SPECTRUM = "spectrum",
 }
 
 /// The rows of the CSV file at `path` (header names select the columns). Errors name the file
