@@ -35,13 +35,8 @@ pub enum Block {
     Warnings(Vec<String>),
     /// The report's figures with these stems, as a grid.
     Figures(Vec<String>),
-    /// An image embedded in the page (`data:` URI in HTML, a relative link in Markdown).
-    Image {
-        src_md: String,
-        data_uri: String,
-        caption: String,
-    },
-    /// HTML only (Markdown gets `md_alt`).
+    /// HTML only; Markdown gets `md_alt`, which is Markdown already (its maker escapes data
+    /// with [`md`]).
     Html {
         html: String,
         md_alt: String,
@@ -104,11 +99,8 @@ pub fn render_md(d: &Doc) -> String {
                         );
                     }
                 }
-                Block::Image { src_md, caption, .. } => {
-                    let _ = writeln!(s, "![{}]({src_md})\n\n{}\n", md(caption), md(caption));
-                }
                 Block::Html { md_alt, .. } => {
-                    let _ = writeln!(s, "{}\n", md(md_alt));
+                    let _ = writeln!(s, "{md_alt}\n");
                 }
             }
         }
@@ -126,7 +118,7 @@ table.kv td{text-align:left}table.params td{text-align:left;font-family:ui-monos
 #provenance td{text-align:left;max-width:34rem;overflow-wrap:anywhere}#provenance td:nth-child(3),#provenance td:nth-child(4){font-family:ui-monospace,monospace;font-size:.8rem}\
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr));gap:1rem}\
 figure{margin:0;border:1px solid #ddd;padding:.5rem;break-inside:avoid;page-break-inside:avoid}figure.wide{grid-column:1/-1}\
-figure svg,figure img{width:100%;height:auto;display:block}\
+figure svg,figure img{width:100%;height:auto;display:block}.spectra{grid-template-columns:repeat(auto-fill,minmax(min(100%,220px),1fr))}\
 figcaption{font-size:.88rem;color:#444}figcaption b{color:#222}\
 .note{color:#555;font-size:.88rem}\
 .warn{border:2px solid #d55e00;background:#fff4ec;padding:.4rem .9rem;border-radius:4px;margin:.8rem 0}.warn h3{margin:.2rem 0;color:#a33f00;font-size:1rem}\
@@ -193,15 +185,6 @@ pub fn render_html(d: &Doc, tail: &str) -> String {
                         );
                     }
                     s.push_str("</div>");
-                }
-                Block::Image { data_uri, caption, .. } => {
-                    let _ = write!(
-                        s,
-                        "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
-                        esc(data_uri),
-                        esc(caption),
-                        esc(caption)
-                    );
                 }
                 Block::Html { html, .. } => s.push_str(html),
             }

@@ -45,8 +45,9 @@ use crate::ports::dataset::{read_manifest, Item};
 use crate::ports::models::{self, HistRow};
 use crate::ports::predictions::Predictions;
 use crate::ports::report as files;
+use crate::ports::spectrum::SpectrumDoc;
 use crate::ports::split::SplitSummary;
-use crate::ports::{CALIBRATION, DATASET, MODELS, PREDICTIONS, SPLIT};
+use crate::ports::{CALIBRATION, DATASET, MODELS, PREDICTIONS, SPECTRUM, SPLIT};
 use crate::stats;
 
 pub use crate::ports::REPORT;
@@ -82,6 +83,9 @@ pub struct Report {
     /// the upscaled-images warning.
     #[serde(default)]
     pub dataset: Option<String>,
+    /// A Spectrum stage: its mean spectra, difference maps and azimuthal plot get a section.
+    #[serde(default)]
+    pub spectrum: Option<String>,
     /// The operating point besides 0.5 (P(fake) ≥ threshold ⇒ fake). Unset: the pooled EER
     /// threshold.
     #[serde(default)]
@@ -120,6 +124,9 @@ impl StageConfig for Report {
         if let Some(d) = &self.dataset {
             v.push(Input::stage("dataset", d.clone(), &[DATASET]));
         }
+        if let Some(sp) = &self.spectrum {
+            v.push(Input::stage("spectrum", sp.clone(), &[SPECTRUM]));
+        }
         v
     }
     fn describes_experiment(&self) -> bool {
@@ -135,7 +142,7 @@ impl StageConfig for Report {
     }
     fn key_params(&self) -> Value {
         // `histories` stays: stage names label the training-curve series (output content).
-        key_params_of(self, &["predictions", "calibration", "split", "dataset"])
+        key_params_of(self, &["predictions", "calibration", "split", "dataset", "spectrum"])
     }
     fn validate(&self) -> Vec<ConfigProblem> {
         let p = |m: &str| ConfigProblem {
@@ -189,10 +196,11 @@ impl StageConfig for Report {
             Some(d) => Some(read_manifest(&d.dir).map_err(StageError::msg)?),
             None => None,
         };
+        let spectrum = ctx.inputs_of("spectrum").next().map(|i| i.dir.clone());
         let extra = Extra {
             experiment: ctx.experiment,
             dataset: dataset.as_deref(),
-            spectrum: None,
+            spectrum: spectrum.as_deref(),
         };
         let built = build_with(self, &preds, calibration.as_ref(), &histories, &holdout, &extra)?;
         write_outputs(ctx.out_dir, &built)
@@ -268,6 +276,8 @@ pub struct Built {
     pub markdown: String,
     pub html: String,
     pub plots: Vec<Figure>,
+    /// Files copied from inputs into `plots/` (name, bytes): the spectrum images.
+    pub copies: Vec<(String, Vec<u8>)>,
 }
 
 fn write_outputs(out: &Path, b: &Built) -> Result<(), StageError> {
@@ -285,6 +295,9 @@ fn write_outputs(out: &Path, b: &Built) -> Result<(), StageError> {
     for f in &b.plots {
         w(&format!("{}/{}.svg", files::PLOTS, f.stem), f.plot.svg.as_bytes())?;
         w(&format!("{}/{}.png", files::PLOTS, f.stem), &f.plot.png)?;
+    }
+    for (name, bytes) in &b.copies {
+        w(&format!("{}/{name}", files::PLOTS), bytes)?;
     }
     Ok(())
 }
@@ -470,7 +483,19 @@ pub fn build_with(
 
     metrics_json["warnings"] = json!(warnings(&metrics_json, cal, p));
     let plots = make_plots(cfg, p, &folds.idx, &sources, &metrics_json, cal, histories)?;
-    let doc = document(&metrics_json, plots);
+    let mut doc = document(&metrics_json, plots);
+    let mut copies = Vec::new();
+    if let Some(dir) = extra.spectrum {
+        let (section, files) = spectrum_section(dir)?;
+        metrics_json["spectrum"] = json!(files.iter().map(|(n, _)| n).collect::<Vec<_>>());
+        let at = doc
+            .sections
+            .iter()
+            .position(|s| s.id == "plots")
+            .map_or(doc.sections.len(), |i| i + 1);
+        doc.sections.insert(at, section);
+        copies = files;
+    }
     let markdown = super::page::render_md(&doc);
     let html = super::page::render_html(&doc, "");
     Ok(Built {
@@ -478,6 +503,7 @@ pub fn build_with(
         markdown,
         html,
         plots: doc.figures,
+        copies,
     })
 }
 
@@ -1485,7 +1511,7 @@ fn provenance_section(m: &Value) -> Section {
     }
     blocks.push(Block::Html {
         html: RUN_FACTS_HTML.into(),
-        md_alt: "Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash): ../run.json, written by each flow run next to this report's directory.".into(),
+        md_alt: md("Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash): ../run.json, written by each flow run next to this report's directory."),
     });
     Section {
         id: "provenance",
@@ -1510,6 +1536,66 @@ var t=e('table'),h=e('tr');['stage','instances','wall time (s)','device','first 
 (r.stages||[]).forEach(function(s){var is=me.filter(function(i){return i.stage===s.stage});var dev=is.map(function(i){return i.device}).filter(function(x){return x}).filter(function(x,k,a){return a.indexOf(x)===k}).join(', ');\
 var first=is.map(function(i){return i.started}).sort()[0]||'';var tr=e('tr');[s.stage,String(s.instances),s.seconds.toFixed(1),dev||'–',first.replace('T',' ')].forEach(function(x){tr.appendChild(e('td',x))});t.appendChild(tr)});\
 var w=e('div');w.className='scroll';w.appendChild(t);d.appendChild(w)})();</script>";
+
+/// The spectrum section from a Spectrum artifact in `dir`, and its images (copied into
+/// `plots/` as `spectrum-<name>`, embedded in the page as `data:` URIs).
+fn spectrum_section(dir: &Path) -> Result<(Section, Vec<(String, Vec<u8>)>), StageError> {
+    use base64::Engine as _;
+    let doc = SpectrumDoc::read(dir).map_err(StageError::msg)?;
+    let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| err(&dir.join(name), e));
+    let mut files = Vec::new();
+    let mut blocks = vec![Block::Para(format!(
+        "The classic check for generator fingerprints, before any model: the mean log-magnitude Fourier spectrum of the preprocessed {} px images per class and source (zero frequency in the centre), how each fake group differs from the reals (red: more energy than reals, blue: less), and the azimuthal average (energy per spatial frequency). Up-sampling leaves periodic peaks and a missing high-frequency band; a detector can learn those instead of the manipulation.",
+        doc.size
+    ))];
+    blocks.push(Block::Note(doc.method.clone()));
+    let svg = String::from_utf8(read(&doc.azimuthal_svg)?)
+        .map_err(|e| StageError::msg(format!("{}: {e}", doc.azimuthal_svg)))?;
+    let az_name = format!("spectrum-{}", doc.azimuthal_png);
+    files.push((az_name.clone(), read(&doc.azimuthal_png)?));
+    blocks.push(Block::Html {
+        html: format!(
+            "<div class=\"grid\"><figure id=\"fig-spectrum-azimuthal\">{svg}<figcaption><b>Azimuthal average.</b> Mean log magnitude per spatial frequency (1 = Nyquist), one line per group; a fake group that leaves the reals' curve at high frequencies carries a resampling fingerprint.</figcaption></figure></div>"
+        ),
+        md_alt: format!("![Azimuthal average](plots/{az_name})"),
+    });
+    let mut cells = String::from("<div class=\"grid spectra\">");
+    let mut md_alt = String::new();
+    for g in &doc.groups {
+        for (png, what) in [
+            (Some(&g.png), "mean spectrum"),
+            (g.diff_png.as_ref(), "difference to real"),
+        ] {
+            let Some(png) = png else { continue };
+            let bytes = read(png)?;
+            let uri = format!(
+                "data:image/png;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            );
+            let name = format!("spectrum-{png}");
+            let caption = format!("{} ({} images): {what}", g.name, g.n);
+            let _ = write!(
+                cells,
+                "<figure><img src=\"{}\" alt=\"{}\" style=\"image-rendering:pixelated\"><figcaption>{}</figcaption></figure>",
+                esc(&uri),
+                esc(&caption),
+                esc(&caption)
+            );
+            let _ = write!(md_alt, "![{}](plots/{name}) ", md(&caption));
+            files.push((name, bytes));
+        }
+    }
+    cells.push_str("</div>");
+    blocks.push(Block::Html { html: cells, md_alt });
+    Ok((
+        Section {
+            id: "spectrum",
+            title: "Spectrum: generator fingerprints in the data".into(),
+            blocks,
+        },
+        files,
+    ))
+}
 
 /// The whole report as one document.
 fn document(m: &Value, figures: Vec<Figure>) -> Doc {
