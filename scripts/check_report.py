@@ -302,7 +302,7 @@ def inline_link(s, i):
 
 def md_tables(text):
     """(header cells, body row count) of each pipe table of a Markdown text, outside fences."""
-    lines, out, i, fence = text.splitlines(), [], 0, None
+    lines, out, i, fence = text.split('\n'), [], 0, None
     while i < len(lines):
         line = lines[i]
         f = re.match(r"^\s{0,3}(`{3,}|~{3,})", line)

@@ -115,7 +115,9 @@ impl Ui {
                 if let Some(pb) = self.bars.lock().unwrap().remove(&id) {
                     pb.finish_and_clear();
                 }
-                self.println(format!("  interrupted {id} (nothing of it was kept)"));
+                self.println(format!(
+                    "  interrupted {id} (nothing of it was published; a resumable stage keeps its checkpoint)"
+                ));
             }
             RunEvent::Warning { message } => {
                 // Shown even with --json (on stderr); also in the summary's `warnings`.

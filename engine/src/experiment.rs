@@ -22,6 +22,10 @@ use crate::dag::Dag;
 pub struct Experiment {
     /// The pipeline's name (`out/<name>/`).
     pub pipeline: String,
+    /// The pipeline's `defaults:` (shared values such as `seed`), which stages take for params
+    /// their declarations leave out.
+    #[serde(default)]
+    pub defaults: BTreeMap<String, Value>,
     /// The stages the instance depends on, in topological order, its own stage last.
     pub stages: Vec<ExperimentStage>,
 }
@@ -85,6 +89,7 @@ impl Experiment {
         }
         Experiment {
             pipeline: dag.pipeline.name.clone(),
+            defaults: dag.pipeline.defaults.0.clone(),
             stages,
         }
     }
@@ -93,6 +98,9 @@ impl Experiment {
     pub fn change_from(&self, old: &Experiment) -> Option<String> {
         if self.pipeline != old.pipeline {
             return Some(format!("pipeline name {} -> {}", old.pipeline, self.pipeline));
+        }
+        if self.defaults != old.defaults {
+            return Some("the pipeline's defaults".into());
         }
         for s in &self.stages {
             match old.stages.iter().find(|o| o.name == s.name) {

@@ -260,6 +260,7 @@ mod tests {
         let mut x = doc();
         x.experiment = Some(crate::Experiment {
             pipeline: "p".into(),
+            defaults: Default::default(),
             stages: vec![],
         });
         assert_ne!(x.key(), doc().key(), "a described experiment enters the key");

@@ -162,6 +162,10 @@ impl fmt::Display for DirtyReason {
             DirtyReason::VersionChanged { old, new } => write!(f, "stage version changed: {old} -> {new}"),
             DirtyReason::EnvChanged { name, old, new } => write!(f, "{name} changed: {old} -> {new}"),
             DirtyReason::OutputsBad { detail } => write!(f, "cached outputs unusable: {detail}"),
+            DirtyReason::Resumable { done, of, unit } if done >= of => write!(
+                f,
+                "resumable: a killed run finished all {of} {unit}s; the next run only finishes it off"
+            ),
             DirtyReason::Resumable { done, of, unit } => write!(
                 f,
                 "resumable: a killed run finished {unit} {done} of {of}; the next run continues from {unit} {}",

@@ -170,8 +170,12 @@ impl<'a> Views<'a> {
             Some(r) => self.matches(dir, r),
             None => Err(String::new()),
         };
-        if exact.is_ok() {
-            return Ok(());
+        match &exact {
+            Ok(()) => return Ok(()),
+            // A view flow recorded that no longer matches: that is the reason (its
+            // subdirectories, e.g. `plots/`, are part of it, not views of their own).
+            Err(why) if !why.is_empty() => return Err(why.clone()),
+            Err(_) => {}
         }
         // A directory of views (the folds of a per-fold stage), or an empty one.
         let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;

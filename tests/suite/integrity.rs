@@ -921,3 +921,21 @@ fn an_interrupted_instance_is_reported_as_interrupted() {
     assert_eq!(s.skipped, set(&["after"]));
     assert!(t0.elapsed().as_secs() < 20, "the command was not stopped");
 }
+
+#[test]
+fn the_view_warning_names_the_file_the_user_changed_even_beside_a_subdirectory() {
+    let ws = Ws::new();
+    let p = r#"Pipeline(name: "nest", stages: {
+        "a": Exec(cmd: "mkdir -p sub && echo X > sub/x.txt && echo Z > z.txt", outputs: ["sub/x.txt", "z.txt"]),
+    })"#;
+    ws.write("p.ron", p);
+    ws.run("p.ron", 0);
+    std::fs::remove_file(ws.path().join("out/nest/a/z.txt")).unwrap();
+    ws.write("out/nest/a/z.txt", "my edit");
+    ws.write("p.ron", &p.replace("echo Z", "echo Z2"));
+    let s = ws.run("p.ron", 0);
+    let w = s.raw["warnings"].to_string();
+    assert!(w.contains("z.txt was replaced or edited"), "{w}");
+    assert!(!w.contains("sub/x.txt"), "blames a file flow made: {w}");
+    assert_eq!(ws.read("out/nest/a/z.txt"), "my edit");
+}

@@ -74,6 +74,11 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
         .unwrap();
     assert_eq!(train["set"]["epochs"], 2, "{train}");
     assert!(train["defaults"]["lr"].is_number(), "lr is a default: {train}");
+    assert_eq!(
+        train["set"]["seed"], 5,
+        "the pipeline's defaults are set by the file: {train}"
+    );
+    assert_eq!(train["from_pipeline_defaults"][0], "seed");
     assert_eq!(train["outputs"].as_object().unwrap().len(), 2, "one hash per fold");
     assert_eq!(pv["dataset"]["items"], 48);
     assert!(pv["split"]["output"].is_string(), "{pv}");

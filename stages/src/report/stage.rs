@@ -276,9 +276,15 @@ pub struct Built {
     pub markdown: String,
     pub html: String,
     pub plots: Vec<Figure>,
-    /// Files copied from inputs into `plots/` (name, bytes): the spectrum images.
-    pub copies: Vec<(String, Vec<u8>)>,
+    /// Files copied from inputs into `plots/`: the spectrum images.
+    pub copies: Copies,
 }
+
+/// Files by name (under `plots/`) and their bytes.
+pub type Copies = Vec<(String, Vec<u8>)>;
+
+/// A history's lines for one panel: (dashed, points).
+type PanelLines = Vec<(bool, Vec<(f64, f64)>)>;
 
 fn write_outputs(out: &Path, b: &Built) -> Result<(), StageError> {
     let w = |name: &str, bytes: &[u8]| -> Result<(), StageError> {
@@ -533,10 +539,21 @@ fn pooled_cis(cfg: &Report, p: &Columns, at: &Value) -> Value {
             continue;
         }
         let key = k.to_string();
-        let v = boot(cfg, 700 + i as u64, &p.score, &p.labels, |s, l| {
-            let b = serde_json::to_value(Binary::compute(s, l, 0.5, bins)).ok()?;
-            get(&b, &key)
-        });
+        // AUC and AP: the very resamples of `pooled.auc_ci` / `ap_ci` (same salt), so the
+        // page quotes one interval per metric.
+        let salt = match *k {
+            "auc" => 1,
+            "average_precision" => 2,
+            _ => 700 + i as u64,
+        };
+        let v = match *k {
+            "auc" => boot(cfg, salt, &p.score, &p.labels, metrics::auc),
+            "average_precision" => boot(cfg, salt, &p.score, &p.labels, metrics::average_precision),
+            _ => boot(cfg, salt, &p.score, &p.labels, |s, l| {
+                let b = serde_json::to_value(Binary::compute(s, l, 0.5, bins)).ok()?;
+                get(&b, &key)
+            }),
+        };
         let v = match (v.get(0).and_then(Value::as_f64), v.get(1).and_then(Value::as_f64)) {
             (Some(lo), Some(hi)) => json!({"lo": lo, "hi": hi, "method": "bootstrap"}),
             _ => Value::Null,
@@ -970,7 +987,7 @@ fn training_plots(histories: &[(String, Vec<HistRow>)], order: &[String]) -> Res
             )
         })
         .collect();
-    let panels = |lines: &dyn Fn(&[HistRow]) -> Vec<(bool, Vec<(f64, f64)>)>| -> Vec<plots::Panel> {
+    let panels = |lines: &dyn Fn(&[HistRow]) -> PanelLines| -> Vec<plots::Panel> {
         generations
             .iter()
             .map(|g| plots::Panel {
@@ -1250,17 +1267,21 @@ fn provenance_json(x: &Extra<'_>) -> Value {
         .iter()
         .map(|s| {
             let (mut set, mut dflt) = (serde_json::Map::new(), serde_json::Map::new());
+            let mut shared = Vec::new();
             if let Value::Object(p) = &s.params {
                 for (k, v) in p {
                     if s.written.contains(k) {
                         set.insert(k.clone(), v.clone());
+                    } else if e.defaults.get(k) == Some(v) {
+                        set.insert(k.clone(), v.clone());
+                        shared.push(k.clone());
                     } else {
                         dflt.insert(k.clone(), v.clone());
                     }
                 }
             }
             json!({"name": s.name, "kind": s.kind, "version": s.version, "set": set, "defaults": dflt,
-                   "env": s.env, "outputs": s.outputs})
+                   "from_pipeline_defaults": shared, "env": s.env, "outputs": s.outputs})
         })
         .collect();
     let of_kind = |k: &str| e.stages.iter().find(|s| s.kind == k);
@@ -1336,7 +1357,7 @@ fn warnings(m: &Value, cal: Option<&CalibrationIn>, p: &Columns) -> Vec<String> 
             .collect();
         if !on_train.is_empty() {
             w.push(format!(
-                "Calibration of fold(s) {} was fitted on training items (no validation items: Split's `val_ratio` is 0): the temperatures are optimistic and the before/after numbers on them mean little.",
+                "Calibration of fold(s) {} was fitted on training items (no validation items: Split's val_ratio is 0): the temperatures are optimistic and the before/after numbers on them mean little.",
                 on_train.join(", ")
             ));
         }
@@ -1354,7 +1375,7 @@ fn warnings(m: &Value, cal: Option<&CalibrationIn>, p: &Columns) -> Vec<String> 
         let n = s["n_fake"].as_u64().unwrap_or(0);
         if n < 30 {
             w.push(format!(
-                "Source `{}` has {n} fakes: its AUC and interval rest on too few items to compare with the others.",
+                "Source \u{201c}{}\u{201d} has {n} fakes: its AUC and interval rest on too few items to compare with the others.",
                 s["source"].as_str().unwrap_or("")
             ));
         }
@@ -1363,7 +1384,7 @@ fn warnings(m: &Value, cal: Option<&CalibrationIn>, p: &Columns) -> Vec<String> 
     if (2..=5).contains(&k) {
         let min_p = 2.0 / f64::powi(2.0, k as i32);
         w.push(format!(
-            "Fold-paired tests over {k} folds (a Wilcoxon signed-rank test in `flow compare`) cannot reach p < 0.05: the smallest attainable two-sided p is {min_p:.4}. Use DeLong on the pooled out-of-fold items, more folds or repeated seeds."
+            "Fold-paired tests over {k} folds (the Wilcoxon signed-rank test of flow compare) cannot reach p < 0.05: the smallest attainable two-sided p is {min_p:.4}. Use DeLong on the pooled out-of-fold items, more folds or repeated seeds."
         ));
     }
     let aucs: Vec<(u64, f64)> = m["per_fold"]
@@ -1393,7 +1414,7 @@ fn warnings(m: &Value, cal: Option<&CalibrationIn>, p: &Columns) -> Vec<String> 
                 if d.p_value.is_some_and(|pv| pv < 0.05) {
                     let (worse, better, diff) = if d.diff < 0.0 { (a, b, -d.diff) } else { (b, a, d.diff) };
                     w.push(format!(
-                        "Ensemble member `{worse}` is significantly worse than `{better}` (DeLong on the same items: ΔAUC {diff:.3}, p = {:.4}); the ensemble still averages it in — consider dropping it.",
+                        "Ensemble member \u{201c}{worse}\u{201d} is significantly worse than \u{201c}{better}\u{201d} (DeLong on the same items: ΔAUC {diff:.3}, p = {:.4}); the ensemble still averages it in — consider dropping it.",
                         d.p_value.unwrap_or(f64::NAN)
                     ));
                 }
@@ -1477,11 +1498,24 @@ fn provenance_section(m: &Value) -> Section {
         .into_iter()
         .flatten()
         .map(|s| {
+            let shared: Vec<&str> = s["from_pipeline_defaults"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             let pairs = |o: &Value| {
                 o.as_object()
                     .map(|o| {
                         o.iter()
-                            .map(|(k, v)| format!("{k}: {}", value_text(v)))
+                            .map(|(k, v)| {
+                                let from = if shared.contains(&k.as_str()) {
+                                    " (pipeline defaults)"
+                                } else {
+                                    ""
+                                };
+                                format!("{k}: {}{from}", value_text(v))
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                     })
@@ -1509,8 +1543,14 @@ fn provenance_section(m: &Value) -> Section {
             rows,
         });
     }
+    // The run facts rows are this report's own (its stage is the experiment's last).
+    let own = pv["stages"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|s| s["name"].as_str())
+        .unwrap_or("");
     blocks.push(Block::Html {
-        html: RUN_FACTS_HTML.into(),
+        html: RUN_FACTS_HTML.replace("{stage}", &esc(own)),
         md_alt: md("Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash): ../run.json, written by each flow run next to this report's directory."),
     });
     Section {
@@ -1522,11 +1562,12 @@ fn provenance_section(m: &Value) -> Section {
 
 /// Filled from `../run.js` (written by `flow run`; not part of this cached page, which holds no
 /// dates or durations). Without it the paragraph says where the facts are.
-const RUN_FACTS_HTML: &str = "<div id=\"run-facts\"><p class=\"note\">Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash) are in <code>../run.json</code>, written by each <code>flow run</code> next to this report's directory.</p></div>\
+const RUN_FACTS_HTML: &str = "<div id=\"run-facts\" data-stage=\"{stage}\"><p class=\"note\">Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash) are in <code>../run.json</code>, written by each <code>flow run</code> next to this report's directory.</p></div>\
 <script src=\"../run.js\"></script><script>(function(){var r=window.FLOW_RUN;if(!r)return;\
 function e(t,x){var n=document.createElement(t);if(x!==undefined)n.textContent=x;return n}\
 var d=document.getElementById('run-facts');d.textContent='';d.appendChild(e('h3','Run facts'));\
-var me=(r.instances||[]).filter(function(i){return i.ran&&i.stage!==undefined});var last=me[me.length-1]||{};\
+var me=(r.instances||[]).filter(function(i){return i.ran});var own=d.getAttribute('data-stage');\
+var last=me.filter(function(i){return i.stage===own})[0]||{};\
 var kv=e('table');kv.className='kv';function row(k,v){var tr=e('tr');tr.appendChild(e('td',k));tr.appendChild(e('td',v));kv.appendChild(tr)}\
 if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+last.pipeline_file.blake3.slice(0,12)+')');\
 row('git commit',last.git?last.git.commit.slice(0,12)+(last.git.dirty?' (uncommitted changes)':''):'not a git work tree');\
@@ -1539,7 +1580,7 @@ var w=e('div');w.className='scroll';w.appendChild(t);d.appendChild(w)})();</scri
 
 /// The spectrum section from a Spectrum artifact in `dir`, and its images (copied into
 /// `plots/` as `spectrum-<name>`, embedded in the page as `data:` URIs).
-fn spectrum_section(dir: &Path) -> Result<(Section, Vec<(String, Vec<u8>)>), StageError> {
+fn spectrum_section(dir: &Path) -> Result<(Section, Copies), StageError> {
     use base64::Engine as _;
     let doc = SpectrumDoc::read(dir).map_err(StageError::msg)?;
     let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| err(&dir.join(name), e));
@@ -1712,6 +1753,7 @@ mod tests {
             histories: vec![],
             split: None,
             dataset: None,
+            spectrum: None,
             threshold: Some(0.6),
             bootstrap: 50,
             level: 0.95,
