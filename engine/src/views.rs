@@ -170,12 +170,24 @@ impl<'a> Views<'a> {
             Some(r) => self.matches(dir, r),
             None => Err(String::new()),
         };
-        match &exact {
-            Ok(()) => return Ok(()),
-            // A view flow recorded that no longer matches: that is the reason (its
-            // subdirectories, e.g. `plots/`, are part of it, not views of their own).
-            Err(why) if !why.is_empty() => return Err(why.clone()),
-            Err(_) => {}
+        if exact.is_ok() {
+            return Ok(());
+        }
+        // A recorded view that no longer matches, unless it now is a directory of views (a
+        // stage that went per-fold): its subdirectories (`plots/`) are part of it, so the
+        // mismatch is the reason, not some file further down.
+        if let Err(why) = &exact {
+            let subviews = fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        self.recorded(&format!("{rel}/{}", e.file_name().to_string_lossy()))
+                            .is_some()
+                    })
+                })
+                .unwrap_or(false);
+            if !why.is_empty() && !subviews {
+                return Err(why.clone());
+            }
         }
         // A directory of views (the folds of a per-fold stage), or an empty one.
         let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;

@@ -21,7 +21,7 @@ fn dag_renders_text_dot_mermaid_and_json() {
     };
     // The default study: the ML chain.
     let text = run(&["dag", "pipelines/full.ron"]);
-    assert!(text.contains("full (9 stages, 17 instances)"), "{text}");
+    assert!(text.contains("full (10 stages, 18 instances)"), "{text}");
     assert!(
         text.contains(
             "retrain@fold3 [Retrain] <- data: preprocess, hard_negatives: mine, models: train@fold3, split: split"
@@ -33,11 +33,11 @@ fn dag_renders_text_dot_mermaid_and_json() {
         "{text}"
     );
     let j: serde_json::Value = serde_json::from_str(&run(&["dag", "--json", "pipelines/full.ron"])).unwrap();
-    assert_eq!(j["nodes"].as_array().unwrap().len(), 17);
-    // ingest→{split,preprocess} 2, {preprocess,split}→train 10, train→calibrate 5, calibrate→mine 1,
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 18);
+    // ingest→{split,preprocess} 2, preprocess→spectrum 1, {preprocess,split}→train 10, train→calibrate 5, calibrate→mine 1,
     // {preprocess,mine,train,split}→retrain 20, {calibrate,preprocess,split,train×5,retrain×5}→infer 13,
-    // {infer,calibrate,split,train×5,retrain×5}→report 13.
-    assert_eq!(j["edges"].as_array().unwrap().len(), 64);
+    // {infer,calibrate,split,ingest,spectrum,train×5,retrain×5}→report 15.
+    assert_eq!(j["edges"].as_array().unwrap().len(), 67);
     // The same study's shape on Exec steps alone.
     let text = run(&["dag", "examples/exec_study.ron"]);
     assert!(text.contains("exec_study (9 stages, 17 instances)"), "{text}");

@@ -529,7 +529,7 @@ fn views_of_renamed_stages_and_dropped_folds_are_removed() {
     ws.write("p.ron", &p.replace("\"b\":", "\"c\":").replace("folds: 4", "folds: 2"));
     let s = ws.run("p.ron", 0);
     assert!(s.raw["warnings"].as_array().unwrap().is_empty(), "{}", s.raw);
-    assert_eq!(dir_names(&ws.path().join("out/p")), ["a", "c"]);
+    assert_eq!(dir_names(&ws.path().join("out/p")), ["a", "c", "run.js", "run.json"]);
     assert_eq!(dir_names(&ws.path().join("out/p/a")), ["fold0", "fold1"]);
     // A stale view that holds a user's file stays.
     ws.write("p.ron", &p.replace("\"b\":", "\"d\":").replace("folds: 4", "folds: 2"));
