@@ -141,7 +141,7 @@ fn a_training_error_names_the_instance_and_the_cause() {
 }
 
 #[test]
-fn a_killed_training_shows_as_resumable_from_its_epoch_and_resumes() {
+fn a_killed_training_shows_as_resumable_from_its_epoch() {
     let ws = Ws::new();
     let slow = CHAIN
         .replace(
