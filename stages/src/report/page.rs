@@ -115,7 +115,7 @@ h1{margin:.2rem 0 .8rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;mar
 table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}td,th{border:1px solid #ccc;padding:.25rem .55rem;text-align:right;vertical-align:top}\
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}\
 table.kv td{text-align:left}table.params td{text-align:left;font-family:ui-monospace,monospace;font-size:.82rem}\
-#provenance td{text-align:left;max-width:34rem;overflow-wrap:break-word}#provenance td:nth-child(3),#provenance td:nth-child(4){font-family:ui-monospace,monospace;font-size:.8rem}\
+#provenance td{text-align:left;max-width:34rem;overflow-wrap:break-word}#provenance table:not(.rf) td:nth-child(4),#provenance table:not(.rf) td:nth-child(5){font-family:ui-monospace,monospace;font-size:.8rem}\
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr));gap:1rem}\
 figure{margin:0;border:1px solid #ddd;padding:.5rem;break-inside:avoid;page-break-inside:avoid}figure.wide{grid-column:1/-1}\
 figure svg,figure img{width:100%;height:auto;display:block}.spectra{grid-template-columns:repeat(auto-fill,minmax(min(100%,220px),1fr))}\

@@ -1055,11 +1055,19 @@ impl Chart for Multiples<'_> {
                 .flat_map(|p| p.lines.iter().flat_map(|l| l.2.points.iter()))
                 .filter(|(x, y)| ok(*x) && ok(*y))
         };
-        // One x and one y range for every panel, so panels compare at a glance.
-        let x = extent(finite().map(|p| p.0), 0.0);
+        // One y range for every panel, so levels compare at a glance; x per panel (a
+        // fine-tuning of 2 epochs after 16 would otherwise be a sliver).
         let y = extent(finite().map(|p| p.1), 0.05);
         let areas = plots.split_evenly((1, self.panels.len().max(1)));
         for (p, area) in self.panels.iter().zip(&areas) {
+            let x = extent(
+                p.lines
+                    .iter()
+                    .flat_map(|l| l.2.points.iter())
+                    .filter(|(x, y)| ok(*x) && ok(*y))
+                    .map(|p| p.0),
+                0.0,
+            );
             let mut chart = ChartBuilder::on(area)
                 .caption(clean(&p.title, 40), font(15))
                 .margin(8)
@@ -1073,7 +1081,8 @@ impl Chart for Multiples<'_> {
                     if *dashed {
                         chart.draw_series(DashedLineSeries::new(seg, 5, 4, colour.stroke_width(2)))?;
                     } else {
-                        chart.draw_series(LineSeries::new(seg, colour.stroke_width(2)))?;
+                        let marks = if s.points.len() <= 30 { 2 } else { 0 };
+                        chart.draw_series(LineSeries::new(seg, colour.stroke_width(2)).point_size(marks))?;
                     }
                 }
             }
@@ -1103,7 +1112,7 @@ impl Chart for Multiples<'_> {
     }
 }
 
-/// Panels side by side on shared axes (one per model generation, say), each line coloured by
+/// Panels side by side sharing the y axis (one per model generation, say), each line coloured by
 /// its colour index (a fold) from one palette, dashed or solid; the legend sits in a strip
 /// right of the panels, never over the data. `styles`: what solid and dashed lines mean.
 pub fn small_multiples(

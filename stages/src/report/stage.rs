@@ -1471,7 +1471,7 @@ fn provenance_section(m: &Value) -> Section {
             &mut kv,
             "split",
             format!(
-                "`{}` output {} (reports with this hash share their folds)",
+                "stage {}, output {} (reports with this hash share their folds)",
                 pv["split"]["stage"].as_str().unwrap_or("?"),
                 short(h)
             ),
@@ -1525,9 +1525,9 @@ fn provenance_section(m: &Value) -> Section {
             vec![
                 s["name"].as_str().unwrap_or("").to_string(),
                 format!("{} v{}", s["kind"].as_str().unwrap_or(""), s["version"]),
+                outputs_text(&outputs),
                 pairs(&s["set"]),
                 pairs(&s["defaults"]),
-                outputs_text(&outputs),
             ]
         })
         .collect();
@@ -1537,7 +1537,7 @@ fn provenance_section(m: &Value) -> Section {
                 .into(),
         ));
         blocks.push(Block::Table {
-            head: ["stage", "kind", "set in the pipeline", "defaults", "output"]
+            head: ["stage", "kind", "output", "set in the pipeline", "defaults"]
                 .map(String::from)
                 .to_vec(),
             rows,
@@ -1568,12 +1568,12 @@ function e(t,x){var n=document.createElement(t);if(x!==undefined)n.textContent=x
 var d=document.getElementById('run-facts');d.textContent='';d.appendChild(e('h3','Run facts'));\
 var me=(r.instances||[]).filter(function(i){return i.ran});var own=d.getAttribute('data-stage');\
 var last=me.filter(function(i){return i.stage===own})[0]||{};\
-var kv=e('table');kv.className='kv';function row(k,v){var tr=e('tr');tr.appendChild(e('td',k));tr.appendChild(e('td',v));kv.appendChild(tr)}\
+var kv=e('table');kv.className='kv rf';function row(k,v){var tr=e('tr');tr.appendChild(e('td',k));tr.appendChild(e('td',v));kv.appendChild(tr)}\
 if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+last.pipeline_file.blake3.slice(0,12)+')');\
 row('git commit',last.git?last.git.commit.slice(0,12)+(last.git.dirty?' (uncommitted changes)':''):'not a git work tree');\
 if(last.started)row('report computed',last.started.replace('T',' '));if(last.host)row('host',last.host);\
 if(last.flow_version)row('flow',last.flow_version);d.appendChild(kv);\
-var t=e('table'),h=e('tr');['stage','instances','wall time (s)','device','first computed'].forEach(function(x){h.appendChild(e('th',x))});t.appendChild(h);\
+var t=e('table');t.className='rf';var h=e('tr');['stage','instances','wall time (s)','device','first computed'].forEach(function(x){h.appendChild(e('th',x))});t.appendChild(h);\
 (r.stages||[]).forEach(function(s){var is=me.filter(function(i){return i.stage===s.stage});var dev=is.map(function(i){return i.device}).filter(function(x){return x}).filter(function(x,k,a){return a.indexOf(x)===k}).join(', ');\
 var first=is.map(function(i){return i.started}).sort()[0]||'';var tr=e('tr');[s.stage,String(s.instances),s.seconds.toFixed(1),dev||'–',first.replace('T',' ')].forEach(function(x){tr.appendChild(e('td',x))});t.appendChild(tr)});\
 var w=e('div');w.className='scroll';w.appendChild(t);d.appendChild(w)})();</script>";
