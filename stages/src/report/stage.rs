@@ -1573,6 +1573,7 @@ if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+la
 row('git commit',last.git?last.git.commit.slice(0,12)+(last.git.dirty?' (uncommitted changes)':''):'not a git work tree');\
 if(last.started)row('report computed',last.started.replace('T',' '));if(last.host)row('host',last.host);\
 if(last.flow_version)row('flow',last.flow_version);d.appendChild(kv);\
+var rl=document.getElementById('run-line');if(rl&&last.started)rl.textContent='· computed '+last.started.replace('T',' ')+(last.git?' at commit '+last.git.commit.slice(0,10)+(last.git.dirty?' (uncommitted changes)':''):'');\
 var t=e('table');t.className='rf';var h=e('tr');['stage','instances','wall time (s)','device','first computed'].forEach(function(x){h.appendChild(e('th',x))});t.appendChild(h);\
 (r.stages||[]).forEach(function(s){var is=me.filter(function(i){return i.stage===s.stage});var dev=is.map(function(i){return i.device}).filter(function(x){return x}).filter(function(x,k,a){return a.indexOf(x)===k}).join(', ');\
 var first=is.map(function(i){return i.started}).sort()[0]||'';var tr=e('tr');[s.stage,String(s.instances),s.seconds.toFixed(1),dev||'–',first.replace('T',' ')].forEach(function(x){tr.appendChild(e('td',x))});t.appendChild(tr)});\
@@ -1638,6 +1639,38 @@ fn spectrum_section(dir: &Path) -> Result<(Section, Copies), StageError> {
     ))
 }
 
+/// One line at the top saying which experiment this is (the details are in the provenance
+/// section); the run's date and commit are filled in from `../run.js` where it is present.
+fn identity_line(m: &Value) -> Vec<Block> {
+    let pv = &m["provenance"];
+    let Some(name) = pv["pipeline"]["name"].as_str() else {
+        return Vec::new();
+    };
+    let mut parts = vec![format!("Pipeline {name}")];
+    if let Some(h) = pv["dataset"]["output"].as_str() {
+        parts.push(format!("dataset {}", short(h)));
+    }
+    if let Some(h) = pv["split"]["output"].as_str() {
+        parts.push(format!("split {}", short(h)));
+    }
+    parts.push(format!(
+        "flow {}{}",
+        pv["versions"]["flow"].as_str().unwrap_or("?"),
+        pv["versions"]["libtorch"]
+            .as_str()
+            .map(|v| format!(", libtorch {v}"))
+            .unwrap_or_default()
+    ));
+    let text = parts.join(" · ");
+    vec![Block::Html {
+        html: format!(
+            "<p class=\"note\" id=\"identity\">{} <span id=\"run-line\"></span> (see Provenance)</p>",
+            esc(&text)
+        ),
+        md_alt: format!("_{} (see Provenance)_", md(&text)),
+    }]
+}
+
 /// The whole report as one document.
 fn document(m: &Value, figures: Vec<Figure>) -> Doc {
     let name = m["provenance"]["pipeline"]["name"].as_str();
@@ -1645,7 +1678,8 @@ fn document(m: &Value, figures: Vec<Figure>) -> Doc {
         Some(n) => format!("Report — {n}"),
         None => "Report".into(),
     };
-    let mut summary = vec![
+    let mut summary = identity_line(m);
+    summary.extend([
         Block::Para(format!(
             "{} items ({} real, {} fake), {} folds, sources: {}. Out-of-fold predictions: each item is scored by models that never trained on it.",
             m["n"],
@@ -1661,7 +1695,7 @@ fn document(m: &Value, figures: Vec<Figure>) -> Doc {
             ci_text(&m["pooled"]["auc_ci"], 3),
             fnum(get(&m["pooled"], "eer"), 3)
         )),
-    ];
+    ]);
     let w: Vec<String> = m["warnings"]
         .as_array()
         .into_iter()
