@@ -63,6 +63,8 @@ pub struct LaunchCtx<'a> {
 /// A stage that can resume a killed run may write `resume/<key>/progress.json` (atomically)
 /// as `{"done": 7, "of": 16, "unit": "epoch"}`: `flow status` and `flow run -n` then say the
 /// instance is resumable and from where. The engine reads nothing else of a resume directory.
+/// Train writes it right after each checkpoint, so a kill between the two leaves it one
+/// epoch behind the checkpoint the next run resumes from (never ahead of it).
 pub const RESUME_PROGRESS: &str = "progress.json";
 
 /// What a [`RESUME_PROGRESS`] file says.

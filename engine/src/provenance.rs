@@ -95,8 +95,14 @@ pub fn utc(unix: f64) -> String {
 }
 
 /// `out/<pipeline>/run.json`: the last-run record of every instance of the pipeline (what its
-/// views show), per instance and summed per stage. Instances never run are listed as such.
-pub fn run_facts_doc(dag: &Dag, store: &flow_cache::Store) -> Value {
+/// views show), per instance and summed per stage. Instances never run are listed as such;
+/// `stale_views` (instance → why) marks those whose view under `out/` still shows an older
+/// result, so a page there does not take these facts for its own.
+pub fn run_facts_doc(
+    dag: &Dag,
+    store: &flow_cache::Store,
+    stale_views: &std::collections::BTreeMap<String, String>,
+) -> Value {
     let mut instances = Vec::new();
     let mut stages: Vec<(String, usize, f64, usize)> = Vec::new();
     for &n in &dag.order {
@@ -135,6 +141,7 @@ pub fn run_facts_doc(dag: &Dag, store: &flow_cache::Store) -> Value {
             "pipeline_file": r.facts.pipeline_file,
             "device": m("device"),
             "threads": m("threads"),
+            "view_not_updated": stale_views.get(&inst.id),
         }));
     }
     json!({

@@ -12,7 +12,7 @@
 //! On the first failure nothing new is started (unless `keep_going`), running instances
 //! finish, and every finished instance stays cached.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -162,6 +162,8 @@ struct Scheduler<'a> {
     cx: LaunchCtx<'a>,
     opts: &'a RunOptions,
     views: Option<Views<'a>>,
+    /// Instances whose view under `out/` was left as it was, and why (for run.json).
+    stale_views: BTreeMap<String, String>,
     summary: RunSummary,
     wanted: Vec<bool>,
     /// Incoming edges not yet finished, per wanted instance.
@@ -295,6 +297,7 @@ impl<'a> Scheduler<'a> {
                 .out_root
                 .as_deref()
                 .map(|r| Views::new(store, r, &dag.pipeline.name)),
+            stale_views: BTreeMap::new(),
             summary,
             wanted,
             waiting,
@@ -455,6 +458,7 @@ impl<'a> Scheduler<'a> {
         note_last(self.cx.store, self.cx.dag, n, &rec.key);
         let inst = self.cx.dag.instance(n);
         if let Some(Err(w)) = self.views.as_ref().map(|v| v.expose(&inst.stage, inst.fold, &rec.tree)) {
+            self.stale_views.insert(inst.id.clone(), w.clone());
             self.warn(w);
         }
         self.outputs.insert(n, rec.output);
@@ -501,7 +505,7 @@ impl<'a> Scheduler<'a> {
                 }
             }
             let mut warnings = v.sweep(&stages);
-            let doc = crate::provenance::run_facts_doc(self.cx.dag, self.cx.store);
+            let doc = crate::provenance::run_facts_doc(self.cx.dag, self.cx.store, &self.stale_views);
             warnings.extend(v.write_run_facts(&doc).err());
             for w in warnings {
                 self.warn(w);

@@ -290,8 +290,8 @@ impl<'a> Views<'a> {
         if exists {
             self.owned(&rel, &dest, 2).map_err(|why| {
                 format!(
-                    "not updating {}: {why}. It holds files flow did not put there; move them elsewhere \
-                     (outputs are in the cache either way) and run again to get the view",
+                    "not updating {}: {why}; move the file elsewhere (outputs are in the cache either way) \
+                     and run again to get the view",
                     self.shown(&rel)
                 )
             })?;

@@ -159,10 +159,31 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
         .unwrap();
     assert_eq!(before, after, "a no-op run rewrote run.json");
 
-    // A report-only change reruns only the report.
+    // A report-only change reruns only the report. With a file of the user's in its view the
+    // view stays as it was, and run.json says so, so the old page does not take the new
+    // report's run facts for its own.
+    ws.write("out/rep/report/mine.txt", "notes");
     ws.write("p.ron", &CHAIN.replace("bootstrap: 50", "bootstrap: 60"));
     let s = ws.run("p.ron", 0);
     assert_eq!(s.executed, vec!["report".to_string()], "{s:?}");
+    let run = json(&ws, "out/rep/run.json");
+    let rec = run["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "report")
+        .unwrap();
+    assert!(rec["view_not_updated"].as_str().unwrap().contains("mine.txt"), "{rec}");
+    std::fs::remove_file(ws.path().join("out/rep/report/mine.txt")).unwrap();
+    ws.run("p.ron", 0);
+    let run = json(&ws, "out/rep/run.json");
+    let rec = run["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "report")
+        .unwrap();
+    assert!(rec["view_not_updated"].is_null(), "{rec}");
     // So does a change only the provenance shows (the pipeline's name): nothing upstream.
     ws.write(
         "p.ron",

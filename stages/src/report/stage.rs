@@ -1387,23 +1387,30 @@ fn warnings(m: &Value, cal: Option<&CalibrationIn>, p: &Columns) -> Vec<String> 
             "Fold-paired tests over {k} folds (the Wilcoxon signed-rank test of flow compare) cannot reach p < 0.05: the smallest attainable two-sided p is {min_p:.4}. Use DeLong on the pooled out-of-fold items, more folds or repeated seeds."
         ));
     }
-    let aucs: Vec<(u64, f64)> = m["per_fold"]
+    // (fold, AUC, its sampling standard error: Hanley & McNeil 1982, from its class counts).
+    let aucs: Vec<(u64, f64, f64)> = m["per_fold"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|f| Some((f["fold"].as_u64()?, f["at_default"]["auc"].as_f64()?)))
+        .filter_map(|f| {
+            let a = f["at_default"]["auc"].as_f64()?;
+            let c = &f["at_default"]["confusion"];
+            let n = |k: &str| c[k].as_u64().unwrap_or(0) as f64;
+            Some((f["fold"].as_u64()?, a, auc_se(a, n("tp") + n("fn"), n("tn") + n("fp"))))
+        })
         .collect();
     if aucs.len() >= 3 {
-        for &(f, a) in &aucs {
+        for &(f, a, se) in &aucs {
             let mut rest: Vec<f64> = aucs.iter().filter(|x| x.0 != f).map(|x| x.1).collect();
             rest.sort_by(f64::total_cmp);
             let med = rest[rest.len() / 2];
             let mut dev: Vec<f64> = rest.iter().map(|x| (x - med).abs()).collect();
             dev.sort_by(f64::total_cmp);
             let mad = dev[dev.len() / 2];
-            if (a - med).abs() > (3.0 * 1.4826 * mad).max(0.05) {
+            // Far beyond the fold's own sampling noise and the others' spread.
+            if (a - med).abs() > (3.0 * se).max(3.0 * 1.4826 * mad).max(0.05) {
                 w.push(format!(
-                    "Fold {f}'s AUC {a:.3} is far from the other folds' (median {med:.3}): look at what that fold's test items have in common."
+                    "Fold {f}'s AUC {a:.3} is far from the other folds' (median {med:.3}; more than 3 of its standard errors, {se:.3}): look at what that fold's test items have in common."
                 ));
             }
         }
@@ -1422,6 +1429,17 @@ fn warnings(m: &Value, cal: Option<&CalibrationIn>, p: &Columns) -> Vec<String> 
         }
     }
     w
+}
+
+/// Standard error of an AUC `a` from `pos` fakes and `neg` reals (Hanley & McNeil 1982).
+fn auc_se(a: f64, pos: f64, neg: f64) -> f64 {
+    if pos < 1.0 || neg < 1.0 {
+        return f64::INFINITY;
+    }
+    let (q1, q2) = (a / (2.0 - a), 2.0 * a * a / (1.0 + a));
+    ((a * (1.0 - a) + (pos - 1.0) * (q1 - a * a) + (neg - 1.0) * (q2 - a * a)) / (pos * neg))
+        .max(0.0)
+        .sqrt()
 }
 
 /// The provenance section: the experiment, the dataset, the run facts (from `../run.js`).
@@ -1569,11 +1587,12 @@ var d=document.getElementById('run-facts');d.textContent='';d.appendChild(e('h3'
 var me=(r.instances||[]).filter(function(i){return i.ran});var own=d.getAttribute('data-stage');\
 var last=me.filter(function(i){return i.stage===own})[0]||{};\
 var kv=e('table');kv.className='kv rf';function row(k,v){var tr=e('tr');tr.appendChild(e('td',k));tr.appendChild(e('td',v));kv.appendChild(tr)}\
+if(last.view_not_updated){var wn=e('p','These run facts describe a newer result of this report than this page: its view under out/ was not updated ('+last.view_not_updated+').');wn.className='warn';d.appendChild(wn)}\
 if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+last.pipeline_file.blake3.slice(0,12)+')');\
 row('git commit',last.git?last.git.commit.slice(0,12)+(last.git.dirty?' (uncommitted changes)':''):'not a git work tree');\
 if(last.started)row('report computed',last.started.replace('T',' '));if(last.host)row('host',last.host);\
 if(last.flow_version)row('flow',last.flow_version);d.appendChild(kv);\
-var rl=document.getElementById('run-line');if(rl&&last.started)rl.textContent='· computed '+last.started.replace('T',' ')+(last.git?' at commit '+last.git.commit.slice(0,10)+(last.git.dirty?' (uncommitted changes)':''):'');\
+var rl=document.getElementById('run-line');if(rl&&last.started&&!last.view_not_updated)rl.textContent='· computed '+last.started.replace('T',' ')+(last.git?' at commit '+last.git.commit.slice(0,10)+(last.git.dirty?' (uncommitted changes)':''):'');\
 var t=e('table');t.className='rf';var h=e('tr');['stage','instances','wall time (s)','device','first computed'].forEach(function(x){h.appendChild(e('th',x))});t.appendChild(h);\
 (r.stages||[]).forEach(function(s){var is=me.filter(function(i){return i.stage===s.stage});var dev=is.map(function(i){return i.device}).filter(function(x){return x}).filter(function(x,k,a){return a.indexOf(x)===k}).join(', ');\
 var first=is.map(function(i){return i.started}).sort()[0]||'';var tr=e('tr');[s.stage,String(s.instances),s.seconds.toFixed(1),dev||'–',first.replace('T',' ')].forEach(function(x){tr.appendChild(e('td',x))});t.appendChild(tr)});\
@@ -1935,6 +1954,121 @@ mod tests {
             "2 folds: {w:?}"
         );
         assert!(b.html.contains("id=\"warnings\"") && b.markdown.contains("> **Warnings**"));
+    }
+
+    /// 4 folds × 60 items; fold 3 (or none) is nearly random; a second member `bad` that is
+    /// noise (or a copy of the first).
+    fn warn_preds(outlier: bool, bad_member: bool) -> Columns {
+        let n = 240;
+        let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+        let folds: Vec<u32> = (0..n).map(|i| (i / 2 % 4) as u32).collect();
+        let noise = |i: usize| ((i * 7919 + 13) % 101) as f64 / 101.0;
+        let score: Vec<f64> = (0..n)
+            .map(|i| {
+                if outlier && folds[i] == 3 {
+                    noise(i)
+                } else {
+                    0.5 * noise(i) + 0.5 * labels[i] as f64
+                }
+            })
+            .collect();
+        let second: Vec<f64> = if bad_member {
+            (0..n).map(|i| noise(i * 3 + 1)).collect()
+        } else {
+            score.clone()
+        };
+        Columns {
+            items: (0..n).map(|i| format!("i{i}")).collect(),
+            sources: labels
+                .iter()
+                .map(|&l| if l == 1 { "gan".into() } else { "real".into() })
+                .collect(),
+            folds,
+            members: vec![("good".into(), score.clone()), ("bad".into(), second)],
+            labels,
+            score,
+        }
+    }
+
+    fn warned(c: &Columns, extra: &Extra<'_>) -> Vec<String> {
+        let b = build_with(&cfg(), c, None, &[], &[], extra).unwrap();
+        b.metrics["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_warning_fires_when_and_only_when_its_condition_holds() {
+        let has = |w: &[String], s: &str| w.iter().any(|x| x.contains(s));
+        let calm = warned(&warn_preds(false, false), &Extra::default());
+        for s in [
+            "far from the other folds",
+            "significantly worse",
+            "too few items",
+            "upscaled",
+        ] {
+            assert!(!has(&calm, s), "{s}: {calm:?}");
+        }
+        assert!(
+            has(&calm, "smallest attainable two-sided p is 0.1250"),
+            "4 folds: {calm:?}"
+        );
+        let w = warned(&warn_preds(true, false), &Extra::default());
+        assert!(has(&w, "Fold 3's AUC"), "{w:?}");
+        let w = warned(&warn_preds(false, true), &Extra::default());
+        assert!(
+            has(
+                &w,
+                "member \u{201c}bad\u{201d} is significantly worse than \u{201c}good\u{201d}"
+            ),
+            "{w:?}"
+        );
+        // 20 fakes of one source: too few for its interval.
+        let w = warned(&preds("gan"), &Extra::default());
+        assert!(has(&w, "has 20 fakes"), "{w:?}");
+        // Images smaller than the Preprocess size were upscaled.
+        let item = |i: usize, side: u32| Item {
+            item: format!("i{i}"),
+            path: format!("i{i}.png"),
+            hash: String::new(),
+            label: (i % 2) as u8,
+            source: "gan".into(),
+            group: format!("g{i}"),
+            width: side,
+            height: side,
+            format: "png".into(),
+            split: String::new(),
+        };
+        let exp = Experiment {
+            pipeline: "p".into(),
+            defaults: Default::default(),
+            stages: vec![ExperimentStage {
+                name: "pre".into(),
+                kind: "Preprocess".into(),
+                version: 1,
+                params: json!({"size": 32}),
+                written: vec!["size".into()],
+                env: Default::default(),
+                outputs: Default::default(),
+            }],
+        };
+        for (side, fires) in [(16, true), (32, false)] {
+            let items: Vec<Item> = (0..10).map(|i| item(i, side)).collect();
+            let extra = Extra {
+                experiment: Some(&exp),
+                dataset: Some(&items),
+                spectrum: None,
+            };
+            let w = warned(&warn_preds(false, false), &extra);
+            assert_eq!(
+                has(&w, "10 of 10 images are smaller than the preprocessing size 32 px"),
+                fires,
+                "{side}: {w:?}"
+            );
+        }
     }
 
     #[test]
