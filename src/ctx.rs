@@ -17,6 +17,8 @@ pub struct Ctx {
     /// Absolute (stage sandboxes link to workspace paths).
     pub workspace: PathBuf,
     pub cache_dir: PathBuf,
+    /// `--set` overrides, applied to every pipeline the command loads.
+    pub set: Vec<flow_engine::overrides::Override>,
 }
 
 impl Ctx {
@@ -42,16 +44,23 @@ impl Ctx {
                 out.display()
             )));
         }
+        let set = cli
+            .set
+            .iter()
+            .map(|a| flow_engine::overrides::Override::parse(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Fail::usage)?;
         Ok(Ctx {
             json: cli.json,
             workspace,
             cache_dir,
+            set,
         })
     }
 
     /// Pipeline paths are taken relative to the current directory, as the user typed them.
     pub fn load(&self, path: &Path) -> Result<Dag, Vec<Diagnostic>> {
-        flow_engine::load_dag(path, &flow_stages::registry())
+        flow_engine::load_dag_with(path, &flow_stages::registry(), &self.set)
     }
 
     /// [`Ctx::load`], or the diagnostics printed and exit 2.

@@ -36,6 +36,10 @@ pub struct Cli {
     /// More logging (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// A one-off change of the pipeline, keyed as if the file said so: `--set train.lr=3e-4`,
+    /// `--set train.model.width=8` (the value is RON; repeat for several).
+    #[arg(long = "set", global = true, value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }

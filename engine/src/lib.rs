@@ -9,6 +9,7 @@ pub mod experiment;
 pub mod key;
 pub mod launch;
 pub mod maintain;
+pub mod overrides;
 pub mod plan;
 pub mod provenance;
 pub mod run;
@@ -27,6 +28,15 @@ pub use stage::*;
 
 /// Load, validate and expand a pipeline file.
 pub fn load_dag(path: &std::path::Path, registry: &Registry) -> Result<Dag, Vec<Diagnostic>> {
-    let p = load_pipeline(path, registry)?;
+    load_dag_with(path, registry, &[])
+}
+
+/// [`load_dag`] with `--set` overrides applied (see [`overrides`]).
+pub fn load_dag_with(
+    path: &std::path::Path,
+    registry: &Registry,
+    set: &[overrides::Override],
+) -> Result<Dag, Vec<Diagnostic>> {
+    let p = spec::load_pipeline_with(path, registry, set)?;
     build_dag(p)
 }

@@ -39,12 +39,15 @@ pub struct FileFacts {
 pub struct RunFacts {
     pub git: Option<GitFacts>,
     pub pipeline_file: Option<FileFacts>,
+    /// The `--set` overrides the run applied to the file (its hash is of the file as it is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
 }
 
 impl RunFacts {
     /// The git state of `workspace` (`None` outside a work tree or without git) and the
     /// pipeline file's digest.
-    pub fn gather(workspace: &Path, pipeline_file: &Path) -> RunFacts {
+    pub fn gather(workspace: &Path, pipeline_file: &Path, set: &[String]) -> RunFacts {
         let git = |args: &[&str]| -> Option<String> {
             let out = Command::new("git")
                 .arg("-C")
@@ -68,7 +71,11 @@ impl RunFacts {
             path: pipeline_file.display().to_string(),
             blake3: blake3::hash(&bytes).to_hex().to_string(),
         });
-        RunFacts { git, pipeline_file }
+        RunFacts {
+            git,
+            pipeline_file,
+            set: set.to_vec(),
+        }
     }
 }
 
@@ -139,6 +146,7 @@ pub fn run_facts_doc(
             "flow_version": r.flow_version,
             "git": r.facts.git,
             "pipeline_file": r.facts.pipeline_file,
+            "set": r.facts.set,
             "device": m("device"),
             "threads": m("threads"),
             "view_not_updated": stale_views.get(&inst.id),

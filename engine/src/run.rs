@@ -189,7 +189,7 @@ pub fn run(
     on_event: &(dyn Fn(RunEvent) + Sync),
 ) -> Result<RunSummary, EngineError> {
     let t0 = Instant::now();
-    let facts = crate::provenance::RunFacts::gather(&opts.workspace, &dag.pipeline.file);
+    let facts = crate::provenance::RunFacts::gather(&opts.workspace, &dag.pipeline.file, &dag.pipeline.set);
     let lctx = LaunchCtx {
         dag,
         store,

@@ -21,6 +21,7 @@ use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, VariantAccess, Vis
 use serde::Deserialize;
 
 use crate::diag::{did_you_mean, Code, Diagnostic, SourceFile};
+use crate::overrides::Override;
 use crate::stage::{Config, Defaults, Registry, StageConfig, StageKind};
 
 /// One stage as declared in a pipeline file.
@@ -56,6 +57,8 @@ pub struct Pipeline {
     pub defaults: Defaults,
     /// Declaration order (base stages first).
     pub stages: Vec<StageDecl>,
+    /// The `--set` overrides applied, as typed (empty: the file as it is).
+    pub set: Vec<String>,
 }
 
 impl Pipeline {
@@ -292,8 +295,43 @@ fn ron_options() -> ron::Options {
 /// Load a pipeline file (and the files it extends) and check every stage's params.
 /// Graph-level checks (references, types, cycles) are done by [`crate::dag`].
 pub fn load_pipeline(path: &Path, registry: &Registry) -> Result<Pipeline, Vec<Diagnostic>> {
+    load_pipeline_with(path, registry, &[])
+}
+
+thread_local! {
+    /// The `--set` overrides of the load in progress on this thread ([`load_pipeline_with`]).
+    static OVERRIDES: RefCell<Vec<Override>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`load_pipeline`] with `--set` overrides applied to the text of the file that declares
+/// each stage ([`crate::overrides`]): the pipeline that file, so edited, would be.
+pub fn load_pipeline_with(path: &Path, registry: &Registry, set: &[Override]) -> Result<Pipeline, Vec<Diagnostic>> {
+    OVERRIDES.with(|o| *o.borrow_mut() = set.to_vec());
     let mut chain = Vec::new();
-    let mut p = load_inner(path, path.to_path_buf(), registry, &mut chain)?;
+    let loaded = load_inner(path, path.to_path_buf(), registry, &mut chain);
+    OVERRIDES.with(|o| o.borrow_mut().clear());
+    let mut p = loaded?;
+    let missing: Vec<Diagnostic> = set
+        .iter()
+        .filter(|o| p.stage(&o.stage).is_none())
+        .map(|o| {
+            let hint = did_you_mean(&o.stage, p.stages.iter().map(|s| s.name.as_str())).unwrap_or_else(|| {
+                format!(
+                    "its stages: {}",
+                    p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            });
+            Diagnostic::no_source(
+                Code::InvalidValue,
+                p.file.clone(),
+                format!("--set {}: `{}` is not a stage of this pipeline; {hint}", o.arg, o.stage),
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    p.set = set.iter().map(|o| o.arg.clone()).collect();
     // Defaults are resolved once, after `extends` merged them, so an inherited stage takes
     // the child's value for a default the child overrides.
     for s in &mut p.stages {
@@ -420,7 +458,7 @@ fn load_inner(
     registry: &Registry,
     chain: &mut Vec<PathBuf>,
 ) -> Result<Pipeline, Vec<Diagnostic>> {
-    let src = read_source(path, &shown)?;
+    let src = with_overrides(read_source(path, &shown)?)?;
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if chain.contains(&canon) {
         let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
@@ -487,7 +525,41 @@ fn load_inner(
         file: shown,
         defaults,
         stages,
+        set: Vec::new(),
     })
+}
+
+/// `src` with the load's `--set` overrides that name a stage it declares applied; its shown
+/// name says so (`p.ron (with --set train.lr=3e-4)`), so diagnostics on the edited text do not
+/// pass for the file's own.
+fn with_overrides(src: Arc<SourceFile>) -> Result<Arc<SourceFile>, Vec<Diagnostic>> {
+    let set = OVERRIDES.with(|o| o.borrow().clone());
+    let mut text = src.text.clone();
+    let mut applied = Vec::new();
+    for o in &set {
+        match crate::overrides::apply(&text, o) {
+            None => {}
+            Some(Ok(t)) => {
+                text = t;
+                applied.push(o.arg.clone());
+            }
+            Some(Err(m)) => {
+                let span = find_stage_decl(&src.text, &o.stage).unwrap_or((0, 0));
+                return Err(vec![
+                    Diagnostic::at(Code::InvalidValue, &src, span, m).label("this stage")
+                ]);
+            }
+        }
+    }
+    if applied.is_empty() {
+        return Ok(src);
+    }
+    let path = PathBuf::from(format!(
+        "{} (with --set {})",
+        src.path.display(),
+        applied.join(" --set ")
+    ));
+    Ok(Arc::new(SourceFile { path, text }))
 }
 
 /// Convert a RON error into a diagnostic with a precise span.

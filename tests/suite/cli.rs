@@ -202,3 +202,43 @@ fn latex_never_replaces_a_compared_pipeline() {
     ));
     assert_eq!(ws.read("a.ron"), p.replace("NAME", "a"));
 }
+
+#[test]
+fn set_changes_a_param_as_an_edit_of_the_file_would_and_bad_ones_are_positioned_errors() {
+    let ws = Ws::new();
+    let p = r#"Pipeline(name: "s", stages: {
+        "a": Exec(cmd: "echo 1 > a.txt", outputs: ["a.txt"]),
+        "b": Exec(cmd: "cat a.txt > b.txt", inputs: [Stage("a")], outputs: ["b.txt"]),
+    })"#;
+    ws.write("p.ron", p);
+    ws.run("p.ron", 0);
+    let out = ws.flow(&["run", "--json", "p.ron", "--set", "a.cmd=\"echo 2 > a.txt\""]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = common::Summary::from(&serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap());
+    assert_eq!(s.executed, common::set(&["a", "b"]));
+    assert_eq!(ws.read("out/s/b/b.txt"), "2\n");
+    // The edited file has exactly those keys: nothing runs.
+    ws.write("q.ron", &p.replace("echo 1", "echo 2"));
+    let s = ws.run("q.ron", 0);
+    assert!(s.executed.is_empty(), "{s:?}");
+    // The run facts say the results are the file with --set, not the file alone.
+    let out = ws.flow(&["run", "--json", "p.ron", "--set", "a.cmd=\"echo 2 > a.txt\""]);
+    assert!(out.status.success());
+    let run: serde_json::Value = serde_json::from_str(&ws.read("out/s/run.json")).unwrap();
+    assert_eq!(run["instances"][0]["set"][0], "a.cmd=\"echo 2 > a.txt\"", "{run}");
+
+    for (args, want) in [
+        (vec!["check", "p.ron", "--set", "a.cmdd=1"], "with --set a.cmdd=1"),
+        (
+            vec!["check", "p.ron", "--set", "x.cmd=1"],
+            "`x` is not a stage of this pipeline",
+        ),
+        (vec!["check", "p.ron", "--set", "a.cmd"], "expected STAGE.PARAM=VALUE"),
+        (vec!["status", "p.ron", "--set", "b.cmd.x=1"], "has no field `x`"),
+    ] {
+        let out = ws.flow(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -1588,7 +1588,7 @@ var me=(r.instances||[]).filter(function(i){return i.ran});var own=d.getAttribut
 var last=me.filter(function(i){return i.stage===own})[0]||{};\
 var kv=e('table');kv.className='kv rf';function row(k,v){var tr=e('tr');tr.appendChild(e('td',k));tr.appendChild(e('td',v));kv.appendChild(tr)}\
 if(last.view_not_updated){var wn=e('p','These run facts describe a newer result of this report than this page: its view under out/ was not updated ('+last.view_not_updated+').');wn.className='warn';d.appendChild(wn)}\
-if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+last.pipeline_file.blake3.slice(0,12)+')');\
+if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+last.pipeline_file.blake3.slice(0,12)+')'+(last.set&&last.set.length?' with --set '+last.set.join(' --set '):''));\
 row('git commit',last.git?last.git.commit.slice(0,12)+(last.git.dirty?' (uncommitted changes)':''):'not a git work tree');\
 if(last.started)row('report computed',last.started.replace('T',' '));if(last.host)row('host',last.host);\
 if(last.flow_version)row('flow',last.flow_version);d.appendChild(kv);\
