@@ -8,8 +8,6 @@
 //! write is inserted; a nested field (`train.model.width`) is changed inside the value the
 //! declaration writes (`model: SimpleCnn(width: 24)`), which must then be written out.
 
-use crate::spec::find_stage_decl;
-
 /// One `--set` argument.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Override {
@@ -123,19 +121,73 @@ fn fields(text: &str, open: usize) -> Vec<(String, usize, usize)> {
     out
 }
 
+/// The first `(` of `text` outside comments and strings (the `Pipeline(`).
+fn first_paren(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => i = text[i..].find('\n').map_or(b.len(), |n| i + n),
+            b'/' if b.get(i + 1) == Some(&b'*') => i = text[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2),
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'(' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The `(` of stage `name`'s `Kind(` in the `stages: { … }` map of the pipeline in `text`:
+/// a key of that map itself, never a string that merely looks like one elsewhere.
+fn stage_open(text: &str, name: &str) -> Option<usize> {
+    let (_, v0, v1) = fields(text, first_paren(text)?).into_iter().find(|f| f.0 == "stages")?;
+    if !text[v0..v1].starts_with('{') {
+        return None;
+    }
+    let b = text.as_bytes();
+    let (mut i, mut depth) = (v0, 0usize);
+    while i < v1 {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                i = text[i..].find('\n').map_or(b.len(), |n| i + n);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
+                continue;
+            }
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                let key = &text[start..i.min(b.len())];
+                let rest = text.get(i + 1..)?.trim_start();
+                if depth == 1 && key == name && rest.starts_with(':') {
+                    let after = text.len() - rest.len() + 1;
+                    return text[after..].find('(').map(|p| after + p);
+                }
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// `text` with `o` applied to the declaration of its stage, or `None` when this file does not
 /// declare the stage. `Err`: the path does not lead to a written value.
 pub fn apply(text: &str, o: &Override) -> Option<Result<String, String>> {
-    let (at, len) = find_stage_decl(text, &o.stage)?;
-    let mut open = match text[at + len..].find('(') {
-        Some(p) => at + len + p,
-        None => {
-            return Some(Err(format!(
-                "--set {}: stage `{}` has no `Kind(…)` to change",
-                o.arg, o.stage
-            )))
-        }
-    };
+    let mut open = stage_open(text, &o.stage)?;
     for (k, name) in o.path.iter().enumerate() {
         let fs = fields(text, open);
         let found = fs.iter().find(|f| &f.0 == name);
@@ -179,7 +231,8 @@ pub fn apply(text: &str, o: &Override) -> Option<Result<String, String>> {
 mod tests {
     use super::*;
 
-    const P: &str = r#"Pipeline(name: "p", stages: {
+    const P: &str = r#"Pipeline(name: "p", /* "train": X( */ stages: {
+        "env": Exec(cmd: "x", env: {"train": "y"}, outputs: ["a"]),
         "train": Train(data: "pre", model: SimpleCnn(width: 24, pool: Max), // lr: 9
             lr: 3e-3, epochs: 16),
         "report": Report(predictions: "infer"),
@@ -208,6 +261,12 @@ mod tests {
             .unwrap_err()
             .contains("does not write `train.augment`"));
         assert!(apply(P, &Override::parse("nope.lr=1").unwrap()).is_none());
+        // A key that merely looks like the stage (in another stage's map, in a comment) is not it.
+        let t = set("train.lr=1").unwrap();
+        assert!(
+            t.contains(r#"env: {"train": "y"}"#) && t.contains("lr: 1, epochs"),
+            "{t}"
+        );
         for bad in [
             "train",
             "train.lr",
