@@ -12,6 +12,7 @@ pub mod maintain;
 pub mod overrides;
 pub mod plan;
 pub mod provenance;
+pub mod ron_text;
 pub mod run;
 pub mod spec;
 pub mod stage;

@@ -8,6 +8,8 @@
 //! write is inserted; a nested field (`train.model.width`) is changed inside the value the
 //! declaration writes (`model: SimpleCnn(width: 24)`), which must then be written out.
 
+use crate::ron_text::{fields, stage_open};
+
 /// One `--set` argument.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Override {
@@ -50,138 +52,6 @@ impl Override {
             arg: arg.to_string(),
         })
     }
-}
-
-/// The fields written at depth 1 inside the parentheses opening at `open`: (name, value
-/// start, value end), skipping strings, char literals and comments.
-fn fields(text: &str, open: usize) -> Vec<(String, usize, usize)> {
-    let b = text.as_bytes();
-    let (mut i, mut depth) = (open, 0usize);
-    let mut out: Vec<(String, usize, usize)> = Vec::new();
-    let mut ident_at: Option<usize> = None;
-    let mut last: Option<(usize, usize)> = None;
-    let mut value_from: Option<usize> = None;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_alphanumeric() || c == b'_' {
-            ident_at.get_or_insert(i);
-            i += 1;
-            continue;
-        }
-        if let Some(s) = ident_at.take() {
-            last = Some((s, i));
-        }
-        match c {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                i = text[i..].find('\n').map_or(b.len(), |n| i + n);
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = text[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
-                continue;
-            }
-            b'"' | b'\'' => {
-                let q = c;
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => {
-                if depth == 1 {
-                    if let (Some(v), Some(f)) = (value_from.take(), out.last_mut()) {
-                        f.2 = text[..i].trim_end().len().max(v);
-                    }
-                }
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    break;
-                }
-            }
-            b',' if depth == 1 => {
-                if let (Some(v), Some(f)) = (value_from.take(), out.last_mut()) {
-                    f.2 = text[..i].trim_end().len().max(v);
-                }
-            }
-            b':' if depth == 1 && value_from.is_none() => {
-                if let Some((s, e)) = last.take() {
-                    let v = i + 1 + (text[i + 1..].len() - text[i + 1..].trim_start().len());
-                    out.push((text[s..e].to_string(), v, v));
-                    value_from = Some(v);
-                }
-            }
-            _ => {}
-        }
-        if !c.is_ascii_whitespace() {
-            last = None;
-        }
-        i += 1;
-    }
-    out
-}
-
-/// The first `(` of `text` outside comments and strings (the `Pipeline(`).
-fn first_paren(text: &str) -> Option<usize> {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => i = text[i..].find('\n').map_or(b.len(), |n| i + n),
-            b'/' if b.get(i + 1) == Some(&b'*') => i = text[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2),
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'(' => return Some(i),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// The `(` of stage `name`'s `Kind(` in the `stages: { … }` map of the pipeline in `text`:
-/// a key of that map itself, never a string that merely looks like one elsewhere.
-fn stage_open(text: &str, name: &str) -> Option<usize> {
-    let (_, v0, v1) = fields(text, first_paren(text)?).into_iter().find(|f| f.0 == "stages")?;
-    if !text[v0..v1].starts_with('{') {
-        return None;
-    }
-    let b = text.as_bytes();
-    let (mut i, mut depth) = (v0, 0usize);
-    while i < v1 {
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                i = text[i..].find('\n').map_or(b.len(), |n| i + n);
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = text[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
-                continue;
-            }
-            b'"' => {
-                let start = i + 1;
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                let key = &text[start..i.min(b.len())];
-                let rest = text.get(i + 1..)?.trim_start();
-                if depth == 1 && key == name && rest.starts_with(':') {
-                    let after = text.len() - rest.len() + 1;
-                    return text[after..].find('(').map(|p| after + p);
-                }
-            }
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 /// `text` with `o` applied to the declaration of its stage, or `None` when this file does not

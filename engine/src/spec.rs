@@ -675,65 +675,16 @@ pub fn find_stage_decl(text: &str, name: &str) -> Option<(usize, usize)> {
 }
 
 /// The field names written at the top level of the first `Kind( … )` in `text` (a stage's
-/// declaration after its name), skipping strings, char literals and comments. Values nest
-/// in `()`, `[]` and `{}`; a field is an identifier at depth 1 followed by `:`.
+/// declaration after its name), in file order ([`crate::ron_text::fields`]).
 pub fn written_params(text: &str) -> Vec<String> {
-    let b = text.as_bytes();
-    let (mut i, mut depth, mut out) = (0usize, 0usize, Vec::new());
-    let mut ident_start: Option<usize> = None;
-    let mut last_ident: Option<&str> = None;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_alphanumeric() || c == b'_' {
-            ident_start.get_or_insert(i);
-            i += 1;
-            continue;
+    let Some(open) = crate::ron_text::first_paren(text) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (name, _, _) in crate::ron_text::fields(text, open) {
+        if !out.contains(&name) {
+            out.push(name);
         }
-        if let Some(s) = ident_start.take() {
-            last_ident = Some(&text[s..i]);
-        }
-        match c {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                i = text[i..].find('\n').map_or(b.len(), |n| i + n);
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = text[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
-                continue;
-            }
-            b'"' => {
-                // A raw string `r#"…"#` is treated as a plain string: RON pipelines use none.
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'\'' => {
-                i += 1;
-                while i < b.len() && b[i] != b'\'' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    break;
-                }
-            }
-            b':' if depth == 1 => {
-                if let Some(id) = last_ident.take() {
-                    if !out.iter().any(|o| o == id) {
-                        out.push(id.to_string());
-                    }
-                }
-            }
-            _ => {}
-        }
-        if !c.is_ascii_whitespace() {
-            last_ident = None;
-        }
-        i += 1;
     }
     out
 }

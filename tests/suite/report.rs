@@ -18,6 +18,18 @@ const CHAIN: &str = r#"Pipeline(
     },
 )"#;
 
+/// The run facts of instance `id` in `out/rep/run.json`.
+fn run_fact(ws: &Ws, id: &str) -> serde_json::Value {
+    let run = json(ws, "out/rep/run.json");
+    let found = run["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id)
+        .cloned();
+    found.unwrap_or_else(|| panic!("no {id} in {run}"))
+}
+
 #[test]
 fn the_report_has_metrics_plots_and_a_self_contained_page() {
     let ws = Ws::new();
@@ -82,13 +94,7 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
     assert_eq!(train["outputs"].as_object().unwrap().len(), 2, "one hash per fold");
     assert_eq!(pv["dataset"]["items"], 48);
     assert!(pv["split"]["output"].is_string(), "{pv}");
-    let run = json(&ws, "out/rep/run.json");
-    let rec = run["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "train@fold1")
-        .unwrap();
+    let rec = run_fact(&ws, "train@fold1");
     assert!(
         rec["seconds"].is_number() && rec["started"].as_str().unwrap().ends_with('Z'),
         "{rec}"
@@ -166,23 +172,11 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
     ws.write("p.ron", &CHAIN.replace("bootstrap: 50", "bootstrap: 60"));
     let s = ws.run("p.ron", 0);
     assert_eq!(s.executed, vec!["report".to_string()], "{s:?}");
-    let run = json(&ws, "out/rep/run.json");
-    let rec = run["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "report")
-        .unwrap();
+    let rec = run_fact(&ws, "report");
     assert!(rec["view_not_updated"].as_str().unwrap().contains("mine.txt"), "{rec}");
     std::fs::remove_file(ws.path().join("out/rep/report/mine.txt")).unwrap();
     ws.run("p.ron", 0);
-    let run = json(&ws, "out/rep/run.json");
-    let rec = run["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "report")
-        .unwrap();
+    let rec = run_fact(&ws, "report");
     assert!(rec["view_not_updated"].is_null(), "{rec}");
     // So does a change only the provenance shows (the pipeline's name): nothing upstream.
     ws.write(
