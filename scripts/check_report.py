@@ -2,6 +2,10 @@
 
     check_report.py CHROMIUM REPORT_DIR
 
+REPORT_DIR is a Report stage's output (index.html, metrics.json, report.md) or a study's
+comparison (index.html, study.json, study.md): for a study, read study.json's `study` for
+the pipeline name and study.md for report.md below, and the PDF needs one page, not two.
+
 plots       a screenshot of index.html (1200 px wide) carries > 20000 saturated pixels: the
             plot series (Okabe-Ito palette) rendered; text, tables and axes are grey.
 provenance  the rendered page has an element id="provenance" whose text (textContent, a
@@ -469,7 +473,7 @@ def check_tables(dom, md_path):
         with open(md_path, encoding="utf-8") as f:
             want = md_tables(f.read())
     except OSError as e:
-        return False, f"cannot read report.md: {e.strerror}"
+        return False, f"cannot read {os.path.basename(md_path)}: {e.strerror}"
     have = dom_tables(dom)
     used = set()
     for head, rows in want:
@@ -477,7 +481,7 @@ def check_tables(dom, md_path):
         if hit is None:
             same = [r for h, r in have if h == head]
             why = f" (a table with that header has {same[0]} body rows, report.md {rows})" if same else ""
-            return False, f"report.md table [{', '.join(head)}] not in page{why}"
+            return False, f"{os.path.basename(md_path)} table [{', '.join(head)}] not in page{why}"
         used.add(hit)
     if not want:
         return True, "report.md has no tables"
@@ -506,7 +510,7 @@ def check_overflow(results):
     return True, "no svg, img, figure or table past the viewport at " + " and ".join(seen)
 
 
-def check_pdf(chrome, html_path, tmp, name):
+def check_pdf(chrome, html_path, tmp, name, min_pages):
     pdf = os.path.join(tmp, "report.pdf")
     chrome.run("--virtual-time-budget=5000", "--no-pdf-header-footer", f"--print-to-pdf={pdf}",
                "file://" + html_path)
@@ -517,8 +521,8 @@ def check_pdf(chrome, html_path, tmp, name):
     except Exception as e:  # a PDF pypdf cannot read is a failed check, not a crash
         return False, f"pypdf cannot read the PDF: {e}"
     fails = []
-    if len(texts) < 2:
-        fails.append(f"{len(texts)} page(s), want >= 2")
+    if len(texts) < min_pages:
+        fails.append(f"{len(texts)} page(s), want >= {min_pages}")
     blank = [str(i + 1) for i, t in enumerate(texts) if not t.strip()]
     if blank:
         fails.append(f"no text on page {', '.join(blank)}")
@@ -544,9 +548,13 @@ def main():
         print(f"check-report: no {html_path}", file=sys.stderr)
         return 2
     name = None
+    # A study's comparison page (study.json, study.md) or a report (metrics.json, report.md).
+    study = os.path.isfile(os.path.join(report, "study.json"))
+    data, md = ("study.json", "study.md") if study else ("metrics.json", "report.md")
     try:
-        with open(os.path.join(report, "metrics.json"), encoding="utf-8") as f:
-            n = json.load(f).get("provenance", {}).get("pipeline", {}).get("name")
+        with open(os.path.join(report, data), encoding="utf-8") as f:
+            doc = json.load(f)
+        n = doc.get("study") if study else doc.get("provenance", {}).get("pipeline", {}).get("name")
         name = n if isinstance(n, str) and n.strip() else None
     except (OSError, ValueError, AttributeError):
         pass
@@ -574,9 +582,9 @@ def main():
 
         results += [
             ("provenance", check_provenance(dom, name)),
-            ("tables", check_tables(dom, os.path.join(report, "report.md"))),
+            ("tables", check_tables(dom, os.path.join(report, md))),
             ("overflow", check_overflow([(WIDE[0], wide), (NARROW[0], narrow)])),
-            ("pdf", check_pdf(chrome, html_path, tmp, name)),
+            ("pdf", check_pdf(chrome, html_path, tmp, name, 1 if study else 2)),
         ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -58,6 +58,9 @@ enum Cmd {
         /// Only these stages/instances and what they need.
         #[arg(long = "target", value_name = "STAGE")]
         targets: Vec<String>,
+        /// In a study: only this variant (repeatable) and what it needs, not the comparison.
+        #[arg(long = "variant", value_name = "NAME")]
+        variants: Vec<String>,
         /// Keep running independent stages after a failure.
         #[arg(long)]
         keep_going: bool,
@@ -65,7 +68,7 @@ enum Cmd {
         #[arg(short = 'n', long)]
         dry_run: bool,
     },
-    /// Fresh / stale / never-run for each stage instance, and why.
+    /// Fresh / stale / never-run for each stage instance, and why (a study's grouped by variant).
     Status { pipeline: PathBuf },
     /// Validate pipeline files: syntax, params, references, port types, cycles, paths.
     Check {
@@ -104,9 +107,10 @@ enum Cmd {
         #[arg(long)]
         keep_history: bool,
     },
-    /// Compare experiments that share a split: out-of-fold metrics side by side, DeLong,
-    /// paired t and Wilcoxon tests against the first (the baseline), params diffs. Runs
-    /// nothing unless --run: a stale experiment is named and the command fails.
+    /// Compare experiments: out-of-fold metrics side by side against the first (the
+    /// baseline) — DeLong, paired t and Wilcoxon where they share items and folds, a bootstrap
+    /// where not — Holm-adjusted, with params diffs. Runs nothing unless --run: a stale
+    /// experiment is named and the command fails.
     Compare {
         #[arg(required = true, num_args = 2..)]
         pipelines: Vec<PathBuf>,
@@ -119,6 +123,9 @@ enum Cmd {
         /// Also write the table as LaTeX (booktabs) to this file.
         #[arg(long, value_name = "FILE")]
         latex: Option<PathBuf>,
+        /// Also write the comparison as a self-contained HTML page (tables, plots) to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -181,6 +188,7 @@ fn dispatch(ctx: &Ctx, cmd: &Cmd) -> Result<Exit, Fail> {
             jobs,
             cpus,
             targets,
+            variants,
             keep_going,
             dry_run,
         } => cmd::run::run(
@@ -190,6 +198,7 @@ fn dispatch(ctx: &Ctx, cmd: &Cmd) -> Result<Exit, Fail> {
                 jobs: *jobs,
                 cpus: *cpus,
                 targets: targets.clone(),
+                variants: variants.clone(),
                 keep_going: *keep_going,
                 dry_run: *dry_run,
             },
@@ -206,6 +215,7 @@ fn dispatch(ctx: &Ctx, cmd: &Cmd) -> Result<Exit, Fail> {
             stage,
             run,
             latex,
+            html,
         } => cmd::compare::compare(
             ctx,
             &cmd::compare::Args {
@@ -213,6 +223,7 @@ fn dispatch(ctx: &Ctx, cmd: &Cmd) -> Result<Exit, Fail> {
                 stage: stage.as_deref(),
                 run: *run,
                 latex: latex.as_deref(),
+                html: html.as_deref(),
             },
         ),
     }

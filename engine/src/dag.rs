@@ -58,6 +58,23 @@ impl Dag {
     pub fn decl(&self, n: NodeIndex) -> &StageDecl {
         &self.pipeline.stages[self.graph[n].stage_index]
     }
+    /// The instance's name in its own pipeline (`train@fold2`), which is what it and its
+    /// consumers see while executing; its `id` outside a study.
+    pub fn local_id(&self, n: NodeIndex) -> String {
+        let d = self.decl(n);
+        match self.graph[n].fold {
+            None => d.local.clone(),
+            Some(f) => format!("{}@fold{f}", d.local),
+        }
+    }
+    /// The name an instance's experiment goes by: the pipeline's, or in a study
+    /// `study/variant` for a stage of one variant.
+    pub fn experiment_name(&self, n: NodeIndex) -> String {
+        match self.decl(n).variants.as_slice() {
+            [v] if self.pipeline.variants.len() > 1 => format!("{}/{v}", self.pipeline.name),
+            _ => self.pipeline.name.clone(),
+        }
+    }
     /// The instances a run considers: all, or the targets (stage or instance names) and
     /// every instance they need.
     pub fn wanted(&self, targets: Option<&[String]>) -> Vec<bool> {
@@ -276,7 +293,7 @@ fn nth_ref_span(d: &StageDecl, name: &str, n: usize) -> (usize, usize) {
 }
 
 /// A stage's own problem as a diagnostic, at the offending value when it says which.
-fn stage_problem(d: &StageDecl, prob: crate::stage::ConfigProblem) -> Diagnostic {
+pub(crate) fn stage_problem(d: &StageDecl, prob: crate::stage::ConfigProblem) -> Diagnostic {
     let from = d.span.0 + d.span.1;
     let span = match prob.needle.as_deref() {
         Some(field) if field.ends_with(':') => match find_field(&d.src.text[from..], &field[..field.len() - 1]) {
@@ -584,7 +601,7 @@ fn expand(
 
 /// Kahn's algorithm, always taking the ready instance declared first (then lowest fold):
 /// the order `flow dag`, `status` and `run` print is the file's order where it can be.
-fn stable_toposort(g: &DiGraph<Instance, String>) -> Vec<NodeIndex> {
+pub(crate) fn stable_toposort(g: &DiGraph<Instance, String>) -> Vec<NodeIndex> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let mut indeg: Vec<usize> = g

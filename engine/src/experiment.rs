@@ -66,7 +66,7 @@ impl Experiment {
             let at = *index.entry(inst.stage_index).or_insert_with(|| {
                 let d = dag.decl(m);
                 stages.push(ExperimentStage {
-                    name: d.name.clone(),
+                    name: d.local.clone(),
                     kind: d.kind.name.to_string(),
                     version: d.kind.version,
                     params: d.config.key_params(),
@@ -78,17 +78,17 @@ impl Experiment {
             });
             if m != n {
                 if let Some(h) = outputs.get(&m) {
-                    stages[at].outputs.insert(inst.id.clone(), h.to_hex());
+                    stages[at].outputs.insert(dag.local_id(m), h.to_hex());
                 }
             }
         }
         // The describing stage last, even when a sibling fold of it sorts later.
-        if let Some(own) = stages.iter().position(|s| s.name == dag.instance(n).stage) {
+        if let Some(own) = stages.iter().position(|s| s.name == dag.decl(n).local) {
             let s = stages.remove(own);
             stages.push(s);
         }
         Experiment {
-            pipeline: dag.pipeline.name.clone(),
+            pipeline: dag.experiment_name(n),
             defaults: dag.pipeline.defaults.0.clone(),
             stages,
         }

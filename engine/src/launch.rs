@@ -39,7 +39,10 @@ pub struct InstanceJob {
 #[derive(Clone, Debug)]
 pub struct InputRef {
     pub port: String,
+    /// The producing instance (its id in the DAG).
     pub from: String,
+    /// Its name in the consumer's own pipeline ([`crate::Dag::local_id`]): what the stage sees.
+    pub local: String,
     pub fold: Option<u32>,
     pub tree: Tree,
     pub meta: serde_json::Value,
@@ -104,6 +107,7 @@ impl Launcher for Local {
         let t = Instant::now();
         let decl = ctx.dag.decl(job.node);
         let inst = ctx.dag.instance(job.node);
+        let local = ctx.dag.local_id(job.node);
         let store = ctx.store;
         let tmp = store.new_tmp_dir(&format!("{}-{}", sanitize(&job.id), &job.key[..12]))?;
         let (in_dir, out_dir, work_dir) = (tmp.path().join("in"), tmp.path().join("out"), tmp.path().join("work"));
@@ -131,7 +135,7 @@ impl Launcher for Local {
             })
         };
         let exec = ExecCtx {
-            instance: &inst.id,
+            instance: &local,
             fold: inst.fold,
             out_dir: &out_dir,
             work_dir: &work_dir,
@@ -172,7 +176,7 @@ fn materialize_inputs(store: &Store, job: &InstanceJob, in_dir: &Path) -> Result
         }
         inputs.push(ResolvedInput {
             port: i.port.clone(),
-            from: i.from.clone(),
+            from: i.local.clone(),
             fold: i.fold,
             dir,
             tree: i.tree.clone(),

@@ -16,6 +16,7 @@ pub mod ron_text;
 pub mod run;
 pub mod spec;
 pub mod stage;
+pub mod study;
 pub mod views;
 
 pub use context::{Context, NotFresh};
@@ -38,6 +39,12 @@ pub fn load_dag_with(
     registry: &Registry,
     set: &[overrides::Override],
 ) -> Result<Dag, Vec<Diagnostic>> {
+    // A study is told by its first word; anything unreadable is left to the pipeline loader.
+    // Only a regular file is read here (a fifo would block the read forever).
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    if regular && std::fs::read_to_string(path).is_ok_and(|t| study::is_study(&t)) {
+        return study::load_study(path, registry, set);
+    }
     let p = spec::load_pipeline_with(path, registry, set)?;
     build_dag(p)
 }

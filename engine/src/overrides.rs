@@ -58,7 +58,9 @@ impl Override {
 /// declare the stage. `Err`: the path does not lead to a written value.
 pub fn apply(text: &str, o: &Override) -> Option<Result<String, String>> {
     let mut open = stage_open(text, &o.stage)?;
-    for (k, name) in o.path.iter().enumerate() {
+    let mut k = 0;
+    while k < o.path.len() {
+        let name = &o.path[k];
         let fs = fields(text, open);
         let found = fs.iter().find(|f| &f.0 == name);
         let is_last = k + 1 == o.path.len();
@@ -71,7 +73,13 @@ pub fn apply(text: &str, o: &Override) -> Option<Result<String, String>> {
                 return Some(Ok(format!("{}{name}: {}{sep}{}", &text[..open + 1], o.value, &text[open + 1..])));
             }
             (Some(&(_, v0, v1)), false) => match text[v0..v1].find('(') {
-                Some(p) => open = v0 + p,
+                Some(p) => {
+                    open = v0 + p;
+                    // `model.SimpleCnn.width`: the variant's name may be spelled out.
+                    if text[v0..open].trim() == o.path[k + 1] && k + 2 < o.path.len() {
+                        k += 1;
+                    }
+                }
                 None => {
                     return Some(Err(format!(
                         "--set {}: `{}` is `{}` in the pipeline, which has no field `{}`",
@@ -93,6 +101,7 @@ pub fn apply(text: &str, o: &Override) -> Option<Result<String, String>> {
                 )))
             }
         }
+        k += 1;
     }
     unreachable!("an override has at least one path component")
 }
@@ -117,6 +126,9 @@ mod tests {
         assert!(set("train.lr=3e-4").unwrap().contains("lr: 3e-4, epochs: 16"));
         assert!(set("train.epochs=2").unwrap().contains("epochs: 2)"));
         assert!(set("train.model.width=8")
+            .unwrap()
+            .contains("SimpleCnn(width: 8, pool: Max)"));
+        assert!(set("train.model.SimpleCnn.width=8")
             .unwrap()
             .contains("SimpleCnn(width: 8, pool: Max)"));
         assert!(set("train.model.pool=Avg")

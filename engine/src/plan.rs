@@ -320,6 +320,8 @@ pub fn key_doc(
                 hash: h.to_hex(),
                 from: dag.instance(m).id.clone(),
             }),
+            // One producer may feed several ports (a study's shared split): named once.
+            None if pending.contains(&dag.instance(m).id) => {}
             None => pending.push(dag.instance(m).id.clone()),
         }
     }

@@ -127,14 +127,25 @@ pub fn run_facts_doc(
             }
         };
         stages[at].1 += 1;
+        // In a study: which variant's pipeline it belongs to, under which name there (a
+        // variant's report finds its own rows by these).
+        let study = |mut v: Value| {
+            if !dag.pipeline.variants.is_empty() {
+                let d = dag.decl(n);
+                v["local"] = json!(d.local);
+                v["experiment"] = json!(dag.experiment_name(n));
+                v["variants"] = json!(d.variants);
+            }
+            v
+        };
         let Some(r) = rec else {
-            instances.push(json!({"id": inst.id, "stage": inst.stage, "ran": false}));
+            instances.push(study(json!({"id": inst.id, "stage": inst.stage, "ran": false})));
             continue;
         };
         stages[at].2 += r.duration_s;
         stages[at].3 += 1;
         let m = |k: &str| r.meta.get(k).cloned().unwrap_or(Value::Null);
-        instances.push(json!({
+        instances.push(study(json!({
             "id": inst.id,
             "stage": inst.stage,
             "ran": true,
@@ -150,7 +161,7 @@ pub fn run_facts_doc(
             "device": m("device"),
             "threads": m("threads"),
             "view_not_updated": stale_views.get(&inst.id),
-        }));
+        })));
     }
     json!({
         "pipeline": dag.pipeline.name,

@@ -12,7 +12,7 @@
 //! On the first failure nothing new is started (unless `keep_going`), running instances
 //! finish, and every finished instance stays cached.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -138,6 +138,7 @@ pub enum EngineError {
 
 struct Done {
     node: NodeIndex,
+    key: String,
     threads: usize,
     gpu: Option<usize>,
     result: Result<RunRecord, StageError>,
@@ -176,6 +177,8 @@ struct Scheduler<'a> {
     free_cpus: usize,
     free_gpus: Vec<usize>,
     running: usize,
+    /// Keys of the instances running now.
+    in_flight: HashSet<String>,
     workers: usize,
 }
 
@@ -213,6 +216,7 @@ pub fn run(
                     let result = launcher.launch(&job, &lctx);
                     let _ = done_tx.send(Done {
                         node: job.node,
+                        key: job.key.clone(),
                         threads: job.threads,
                         gpu: job.gpu,
                         result,
@@ -309,6 +313,7 @@ impl<'a> Scheduler<'a> {
             free_cpus: opts.cpus.max(1),
             free_gpus: opts.gpus.clone(),
             running: 0,
+            in_flight: HashSet::new(),
             // No more threads than instances that could run.
             workers: opts.jobs.min(total.max(1)),
         };
@@ -367,6 +372,11 @@ impl<'a> Scheduler<'a> {
             }
         };
         let key = doc.key();
+        // Another instance with this very key is running (a study's variants meet here after
+        // early cutoff): wait for it, then reuse its outputs instead of making them twice.
+        if self.in_flight.contains(&key) {
+            return Step::Wait;
+        }
         if let Ok(rec) = lookup(self.cx.store, &key) {
             self.summary.cached.push(id.clone());
             (self.cx.on_event)(RunEvent::Cached { id });
@@ -402,12 +412,14 @@ impl<'a> Scheduler<'a> {
                 InputRef {
                     port,
                     from: dag.instance(m).id.clone(),
+                    local: dag.local_id(m),
                     fold: dag.instance(m).fold,
                     tree,
                     meta,
                 }
             })
             .collect();
+        self.in_flight.insert(key.clone());
         (self.cx.on_event)(RunEvent::Started {
             id: id.clone(),
             key: key.clone(),
@@ -428,6 +440,7 @@ impl<'a> Scheduler<'a> {
     /// A launched instance came back.
     fn on_done(&mut self, done: Done) {
         self.running -= 1;
+        self.in_flight.remove(&done.key);
         self.free_cpus += done.threads;
         self.free_gpus.extend(done.gpu);
         let n = done.node;

@@ -37,6 +37,12 @@ pub struct StageDecl {
     /// The params its declaration writes out (the rest are defaults), in file order: what
     /// provenance marks as set by the experiment.
     pub written: Vec<String>,
+    /// Its name in its own pipeline: what it and its consumers see while executing. `name`
+    /// itself outside a study; in a study, `name` may carry the variant (`train.real_norm`).
+    pub local: String,
+    /// In a study: the variants whose pipelines hold this very stage (same kind, params and
+    /// upstream), in the study's order. Empty outside a study.
+    pub variants: Vec<String>,
 }
 
 impl fmt::Debug for StageDecl {
@@ -59,11 +65,24 @@ pub struct Pipeline {
     pub stages: Vec<StageDecl>,
     /// The `--set` overrides applied, as typed (empty: the file as it is).
     pub set: Vec<String>,
+    /// A study's variants, in order (empty: a plain pipeline). See [`crate::study`].
+    pub variants: Vec<String>,
+    /// A study's comparison stage, if it has one.
+    pub comparison: Option<String>,
 }
 
 impl Pipeline {
     pub fn stage(&self, name: &str) -> Option<&StageDecl> {
         self.stages.iter().find(|s| s.name == name)
+    }
+    /// The stages that make variant `v` of a study (shared ones included), the comparison
+    /// left out: what `flow run --variant v` runs.
+    pub fn variant_stages(&self, v: &str) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter(|s| s.variants.iter().any(|x| x == v) && self.comparison.as_deref() != Some(&s.name))
+            .map(|s| s.name.as_str())
+            .collect()
     }
 }
 
@@ -154,7 +173,7 @@ pub fn check_pipeline_name(name: &str) -> Result<(), String> {
 
 /// Byte span of the string literal that follows the first top-level `field:` (escapes
 /// included), or of the field name when no literal follows.
-fn field_value_span(text: &str, field: &str) -> (usize, usize) {
+pub(crate) fn field_value_span(text: &str, field: &str) -> (usize, usize) {
     let (at, len) = find_field(text, field);
     if (at, len) == (0, 0) {
         return (0, 0);
@@ -288,7 +307,7 @@ impl<'de> Visitor<'de> for ParamsVisitor {
     }
 }
 
-fn ron_options() -> ron::Options {
+pub(crate) fn ron_options() -> ron::Options {
     ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
 }
 
@@ -343,7 +362,7 @@ pub fn load_pipeline_with(path: &Path, registry: &Registry, set: &[Override]) ->
 }
 
 /// The file as a source for diagnostics: a regular file, read whole, valid UTF-8.
-fn read_source(path: &Path, shown: &Path) -> Result<Arc<SourceFile>, Vec<Diagnostic>> {
+pub(crate) fn read_source(path: &Path, shown: &Path) -> Result<Arc<SourceFile>, Vec<Diagnostic>> {
     // A fifo would block the read forever; a directory or device is no pipeline either.
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => {
@@ -504,12 +523,14 @@ fn load_inner(
             written_params(&src.text[span.0 + span.1..])
         };
         let decl = StageDecl {
+            local: name.clone(),
             name: name.clone(),
             kind,
             config: Arc::from(cfg),
             src: src.clone(),
             span,
             written,
+            variants: Vec::new(),
         };
         if let Some(existing) = stages.iter_mut().find(|s| s.name == name) {
             *existing = decl;
@@ -526,6 +547,8 @@ fn load_inner(
         defaults,
         stages,
         set: Vec::new(),
+        variants: Vec::new(),
+        comparison: None,
     })
 }
 
@@ -562,8 +585,29 @@ fn with_overrides(src: Arc<SourceFile>) -> Result<Arc<SourceFile>, Vec<Diagnosti
     Ok(Arc::new(SourceFile { path, text }))
 }
 
+/// One stage declaration (`Kind(params…)`) parsed from `src.text[span]` with the kinds of
+/// `registry`, its errors positioned in `src` (a study's generated comparison stage).
+pub(crate) fn parse_stage(
+    src: &Arc<SourceFile>,
+    span: (usize, usize),
+    registry: &Registry,
+) -> Result<(StageKind, Box<dyn StageConfig>), Diagnostic> {
+    REGISTRY.with(|r| *r.borrow_mut() = Some(registry.clone()));
+    let parsed = ron_options().from_str_seed(&src.text[span.0..span.1], StageSeed);
+    REGISTRY.with(|r| *r.borrow_mut() = None);
+    parsed.map_err(|mut e| {
+        // Positions count from the start of the span.
+        let before = &src.text[..span.0];
+        if e.position.line == 1 {
+            e.position.col += before.rsplit('\n').next().map_or(0, |l| l.chars().count());
+        }
+        e.position.line += before.matches('\n').count();
+        ron_diagnostic(src, &e)
+    })
+}
+
 /// Convert a RON error into a diagnostic with a precise span.
-fn ron_diagnostic(src: &Arc<SourceFile>, e: &ron::error::SpannedError) -> Diagnostic {
+pub(crate) fn ron_diagnostic(src: &Arc<SourceFile>, e: &ron::error::SpannedError) -> Diagnostic {
     let msg = e.code.to_string();
     let mut off = src.offset_of(e.position.line, e.position.col);
     let mut len = 1;

@@ -242,6 +242,13 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
     fn describes_experiment(&self) -> bool {
         false
     }
+    /// The param that seeds the randomness of fitting a model (initialisation, batch order,
+    /// augmentation) but not of the data (sampling, splitting): what a study's `seeds: [...]`
+    /// sets in each repetition ([`crate::study`]). Default: none (the stage is not repeated
+    /// per seed; it is shared by every seed when its inputs are).
+    fn seed_param(&self) -> Option<&'static str> {
+        None
+    }
     /// Problems of the params alone (ranges, combinations), each positioned at the text it
     /// names; reported by `flow check` and before any run. Default: none.
     fn validate(&self) -> Vec<ConfigProblem> {

@@ -16,12 +16,13 @@ pub struct Args<'a> {
     pub stage: Option<&'a str>,
     pub run: bool,
     pub latex: Option<&'a Path>,
+    pub html: Option<&'a Path>,
 }
 
 pub fn compare(ctx: &Ctx, a: &Args<'_>) -> Result<Exit, Fail> {
-    if let Some(path) = a.latex {
-        // Before any work: a LaTeX file inside out/ or the cache would alter a cache object,
-        // and one of the compared pipeline files is the user's experiment.
+    for path in a.latex.iter().chain(&a.html) {
+        // Before any work: a file inside out/ or the cache would alter a cache object, and
+        // one of the compared pipeline files is the user's experiment.
         ctx.check_user_output(path)?;
         if a.files
             .iter()
@@ -61,9 +62,26 @@ pub fn compare(ctx: &Ctx, a: &Args<'_>) -> Result<Exit, Fail> {
             ),
         ));
     }
-    let c = compare::compare(&exps).map_err(|e| Fail::new(Exit::Failed, "compare", e.to_string()))?;
+    // The params diff against the first: what each experiment changes.
+    let params: Vec<_> = exps.iter().map(|e| e.1.clone()).collect();
+    let exps: Vec<compare::Experiment> = exps
+        .into_iter()
+        .map(|(mut e, p)| {
+            e.changes = compare::params_diff(&params[0], &p);
+            e
+        })
+        .collect();
+    let baseline = exps[0].group.clone();
+    let fail = |e: String| Fail::new(Exit::Failed, "compare", e);
+    let c = compare::compare(&exps, &baseline, &compare::Options::default()).map_err(fail)?;
     if let Some(path) = a.latex {
         ctx.write_user_file(path, compare::latex(&c).as_bytes())?;
+    }
+    if let Some(path) = a.html {
+        let figures = compare::figures(&c).map_err(|e| fail(e.to_string()))?;
+        let title = format!("Comparison: {} against `{baseline}`", exps.len());
+        let page = flow_stages::report::page::render_html(&compare::document(&c, &title, figures), "");
+        ctx.write_user_file(path, page.as_bytes())?;
     }
     if ctx.json {
         print_json(&c);
@@ -75,7 +93,13 @@ pub fn compare(ctx: &Ctx, a: &Args<'_>) -> Result<Exit, Fail> {
 
 /// One pipeline's experiment (its fresh predictions and params), or why it is stale.
 /// With `--run`, a stale one is run first.
-fn experiment(ctx: &Ctx, file: &Path, dag: &Dag, a: &Args<'_>) -> Result<Result<compare::Experiment, String>, Fail> {
+/// Its key params per stage come along, for the params diff.
+type Loaded = (
+    compare::Experiment,
+    std::collections::BTreeMap<String, serde_json::Value>,
+);
+
+fn experiment(ctx: &Ctx, file: &Path, dag: &Dag, a: &Args<'_>) -> Result<Result<Loaded, String>, Fail> {
     let cx = if a.run { ctx.open()? } else { ctx.open_read_only()? };
     let stage = predictions_stage(dag, a.stage).map_err(Fail::usage)?;
     let mut got = fresh_predictions(&cx, dag, &stage);
@@ -98,15 +122,22 @@ fn experiment(ctx: &Ctx, file: &Path, dag: &Dag, a: &Args<'_>) -> Result<Result<
         }
         got = fresh_predictions(&cx, dag, &stage);
     }
-    Ok(got.map_err(Fail::usage)?.map(|predictions| compare::Experiment {
-        name: dag.pipeline.name.clone(),
-        predictions,
-        params: dag
+    Ok(got.map_err(Fail::usage)?.map(|predictions| {
+        let e = compare::Experiment {
+            name: dag.pipeline.name.clone(),
+            group: dag.pipeline.name.clone(),
+            seed: None,
+            predictions,
+            changes: Vec::new(),
+            held_out: Default::default(),
+        };
+        let params = dag
             .pipeline
             .stages
             .iter()
             .map(|d| (d.name.clone(), d.config.key_params()))
-            .collect(),
+            .collect();
+        (e, params)
     }))
 }
 

@@ -11,11 +11,14 @@ use crate::ctx::{print_json, Ctx};
 use crate::exit::{Exit, Fail};
 use crate::ui::Ui;
 
+#[derive(Clone)]
 pub struct Args {
     pub pipeline: PathBuf,
     pub jobs: Option<usize>,
     pub cpus: Option<usize>,
     pub targets: Vec<String>,
+    /// A study's variants to run (with what they need); empty: all.
+    pub variants: Vec<String>,
     pub keep_going: bool,
     /// Plan only: what would run and why.
     pub dry_run: bool,
@@ -29,6 +32,7 @@ impl Args {
             jobs: None,
             cpus: None,
             targets: Vec::new(),
+            variants: Vec::new(),
             keep_going: false,
             dry_run: false,
         }
@@ -38,6 +42,12 @@ impl Args {
 pub fn run(ctx: &Ctx, a: &Args) -> Result<Exit, Fail> {
     let dag = ctx.load_or_report(&a.pipeline)?;
     check_args(&dag, a)?;
+    let mut a = a.clone();
+    for v in &a.variants {
+        a.targets
+            .extend(dag.pipeline.variant_stages(v).into_iter().map(String::from));
+    }
+    let a = &a;
     if a.dry_run {
         return dry_run(ctx, &dag, a);
     }
@@ -117,6 +127,22 @@ fn check_args(dag: &Dag, a: &Args) -> Result<(), Fail> {
         if !dag.by_id.contains_key(t) && dag.pipeline.stage(t).is_none() {
             return Err(Fail::usage(format!(
                 "--target `{t}` is not a stage or instance of pipeline `{}`",
+                dag.pipeline.name
+            )));
+        }
+    }
+    for v in &a.variants {
+        if dag.pipeline.variants.is_empty() {
+            return Err(Fail::usage(format!(
+                "--variant {v}: `{}` is a pipeline, not a study",
+                dag.pipeline.name
+            )));
+        }
+        if !dag.pipeline.variants.contains(v) {
+            let hint = flow_engine::diag::did_you_mean(v, dag.pipeline.variants.iter().map(String::as_str))
+                .unwrap_or_else(|| format!("its variants: {}", dag.pipeline.variants.join(", ")));
+            return Err(Fail::usage(format!(
+                "--variant {v} is not a variant of study `{}`; {hint}",
                 dag.pipeline.name
             )));
         }

@@ -19,6 +19,7 @@ pub mod process;
 pub mod report;
 pub mod spectrum;
 pub mod stats;
+pub mod study;
 pub mod torch_info;
 pub mod worker;
 
@@ -63,6 +64,7 @@ mod tests {
                 "Retrain",
                 "Spectrum",
                 "Split",
+                "StudyReport",
                 "Train"
             ]
         );

@@ -380,6 +380,9 @@ impl StageConfig for Train {
             self.seed = d.u64("seed");
         }
     }
+    fn seed_param(&self) -> Option<&'static str> {
+        Some("seed")
+    }
     fn key_params(&self) -> serde_json::Value {
         key_params_of(self, &["data", "split", "pretrained", "device"])
     }
@@ -471,6 +474,9 @@ impl StageConfig for Retrain {
         if self.seed.is_none() {
             self.seed = d.u64("seed");
         }
+    }
+    fn seed_param(&self) -> Option<&'static str> {
+        Some("seed")
     }
     fn key_params(&self) -> serde_json::Value {
         key_params_of(self, &["models", "hard_negatives", "data", "split", "device"])

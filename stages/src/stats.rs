@@ -264,6 +264,88 @@ fn asymptotic_p(m: usize, ties: &[f64], w: f64) -> f64 {
     normal_p((w - m * (m + 1.0) / 4.0) / se)
 }
 
+/// Holm's step-down adjustment of `p` (any order; returned in the same order): sorted
+/// ascending, `p̃_(i) = max_{j ≤ i} min(1, (m − j + 1)·p_(j))` — the same values as
+/// statsmodels' `multipletests(p, method="holm")`. Controls the family-wise error rate
+/// across the comparisons of a study without assuming independence.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut idx: Vec<usize> = (0..m).collect();
+    idx.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut out = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (rank, &i) in idx.iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p[i]).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
+/// AUC(b) − AUC(a) for two detectors scored on *different* items (other folds, other
+/// held-out items), where no paired test applies: a percentile bootstrap resampling each
+/// side's reals and fakes independently (`ChaCha8Rng::seed_from_u64(seed)`), and the
+/// two-sided bootstrap p-value `min(1, 2·min(P*(Δ ≤ 0), P*(Δ ≥ 0)))`, floored at `1/resamples`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct UnpairedDiff {
+    pub diff: f64,
+    pub ci_lo: f64,
+    pub ci_hi: f64,
+    pub p_value: f64,
+    pub resamples: usize,
+}
+
+pub fn unpaired_auc_diff(
+    a: (&[f64], &[u8]),
+    b: (&[f64], &[u8]),
+    level: f64,
+    resamples: usize,
+    seed: u64,
+) -> Option<UnpairedDiff> {
+    use rand::{Rng, SeedableRng};
+    let diff = crate::metrics::auc(b.0, b.1)? - crate::metrics::auc(a.0, a.1)?;
+    if resamples == 0 || !(level > 0.0 && level < 1.0) {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let strata = |l: &[u8]| [0u8, 1].map(|c| (0..l.len()).filter(|&i| l[i] == c).collect::<Vec<usize>>());
+    let (sa, sb) = (strata(a.1), strata(b.1));
+    let draw = |side: (&[f64], &[u8]), st: &[Vec<usize>; 2], rng: &mut rand_chacha::ChaCha8Rng| {
+        let (mut s, mut y) = (Vec::new(), Vec::new());
+        for stratum in st {
+            for _ in 0..stratum.len() {
+                let i = stratum[rng.gen_range(0..stratum.len())];
+                s.push(side.0[i]);
+                y.push(side.1[i]);
+            }
+        }
+        crate::metrics::auc(&s, &y)
+    };
+    let mut d: Vec<f64> = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        if let (Some(x), Some(z)) = (draw(a, &sa, &mut rng), draw(b, &sb, &mut rng)) {
+            d.push(z - x);
+        }
+    }
+    if d.is_empty() {
+        return None;
+    }
+    d.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        let h = p * (d.len() - 1) as f64;
+        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+        d[lo] + (h - lo as f64) * (d[hi] - d[lo])
+    };
+    let le = d.iter().filter(|x| **x <= 0.0).count() as f64 / d.len() as f64;
+    let ge = d.iter().filter(|x| **x >= 0.0).count() as f64 / d.len() as f64;
+    Some(UnpairedDiff {
+        diff,
+        ci_lo: q((1.0 - level) / 2.0),
+        ci_hi: q((1.0 + level) / 2.0),
+        p_value: (2.0 * le.min(ge)).clamp(1.0 / d.len() as f64, 1.0),
+        resamples: d.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! Reference values: `reference_values.py` (next to this file), run with scikit-learn 1.9.1,
@@ -453,5 +535,38 @@ mod tests {
         assert!(wilcoxon(&[], &[]).is_none());
         assert!(wilcoxon(&[1.0, 2.0], &[1.0]).is_none());
         assert!(wilcoxon(&[1.0, f64::NAN], &[0.0, 0.0]).is_none());
+    }
+
+    // Holm's step-down on [0.01, 0.04, 0.03, 0.005]: [0.03, 0.06, 0.06, 0.02] (by hand: sorted 0.005·4, 0.01·3, 0.03·2, max(0.04·1, 0.06)).
+    #[test]
+    fn holm_matches_the_step_down_definition() {
+        let got = holm(&[0.01, 0.04, 0.03, 0.005]);
+        for (g, w) in got.iter().zip([0.03, 0.06, 0.06, 0.02]) {
+            assert!((g - w).abs() < 1e-12, "{got:?}");
+        }
+        assert_eq!(holm(&[0.9, 0.8]), vec![1.0, 1.0]);
+        assert!(holm(&[]).is_empty());
+    }
+
+    #[test]
+    fn unpaired_difference_is_centred_and_significant_only_when_real() {
+        let labels: Vec<u8> = (0..200).map(|i| (i % 2) as u8).collect();
+        let good: Vec<f64> = (0..200)
+            .map(|i| {
+                if i % 2 == 1 {
+                    0.6 + (i % 7) as f64 * 0.05
+                } else {
+                    0.2 + (i % 5) as f64 * 0.1
+                }
+            })
+            .collect();
+        let noise: Vec<f64> = (0..200).map(|i| ((i * 37) % 101) as f64 / 101.0).collect();
+        let d = unpaired_auc_diff((&noise, &labels), (&good, &labels), 0.95, 400, 1).unwrap();
+        assert!(d.diff > 0.3 && d.ci_lo > 0.0 && d.p_value < 0.01, "{d:?}");
+        let same = unpaired_auc_diff((&good, &labels), (&good, &labels), 0.95, 400, 1).unwrap();
+        assert!(
+            same.diff == 0.0 && same.ci_lo < 0.0 && same.ci_hi > 0.0 && same.p_value > 0.3,
+            "{same:?}"
+        );
     }
 }

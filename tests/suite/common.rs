@@ -292,3 +292,24 @@ pub fn wait_for(path: &Path, what: &str) {
 pub fn has(v: &serde_json::Value, needle: &str) -> bool {
     v.as_str().is_some_and(|s| s.contains(needle))
 }
+
+/// `scripts/check-report DIR`: headless Chromium renders the page (a report's or a study's)
+/// with its plots, its tables, no overflow, and as a PDF. `scripts/test` installs Debian's
+/// chromium where it is missing; only FLOW_NO_BROWSER=1 skips the check.
+pub fn check_page(dir: &Path) {
+    if std::env::var_os("FLOW_NO_BROWSER").is_some() {
+        eprintln!("note: FLOW_NO_BROWSER is set; scripts/check-report not run");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("scripts/check-report"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/check-report (exit 2: chromium missing; scripts/test installs it, FLOW_NO_BROWSER=1 skips): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -93,7 +93,7 @@ fn every_diagnostic_has_a_position_and_a_code() {
 fn check_accepts_every_shipped_pipeline() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["pipelines", "examples"] {
+    for dir in ["pipelines", "examples", "examples/study"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "ron") {

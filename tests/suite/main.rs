@@ -18,3 +18,4 @@ mod maintenance;
 mod model_stages;
 mod report;
 mod robustness;
+mod study;

@@ -134,23 +134,8 @@ fn the_report_has_metrics_plots_and_a_self_contained_page() {
         assert!(md.contains(&format!("plots/{plot}.png")), "report.md links {plot}.png");
     }
 
-    // Headless Chromium renders the page with its plots (scripts/check-report). scripts/test
-    // installs Debian's chromium where it is missing; only FLOW_NO_BROWSER=1 skips the check.
-    if std::env::var_os("FLOW_NO_BROWSER").is_some() {
-        eprintln!("note: FLOW_NO_BROWSER is set; scripts/check-report not run");
-    } else {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new(root.join("scripts/check-report"))
-            .arg(ws.path().join("out/rep/report"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/check-report (exit 2: chromium missing; scripts/test installs it, FLOW_NO_BROWSER=1 skips): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // Headless Chromium renders the page with its plots (scripts/check-report).
+    common::check_page(&ws.path().join("out/rep/report"));
 
     // A no-op run rewrites no run facts.
     let before = std::fs::metadata(ws.path().join("out/rep/run.json"))
@@ -218,7 +203,7 @@ fn compare_needs_fresh_experiments_and_tests_against_the_baseline() {
     let p = v["delong"]["p_value"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&p), "{v}");
     assert!(v["paired_t"].is_object() && v["wilcoxon"].is_object(), "{v}");
-    let diff: Vec<&str> = v["params_diff"]
+    let diff: Vec<&str> = e[1]["changes"]
         .as_array()
         .unwrap()
         .iter()
@@ -249,15 +234,38 @@ fn compare_needs_fresh_experiments_and_tests_against_the_baseline() {
         text.contains("| experiment | AUC |") && text.contains("(baseline)"),
         "{text}"
     );
-    // Experiments that do not share a split are refused, naming why.
+    // Experiments that do not share a split are compared unpaired (bootstrap), and say so.
     ws.write(
         "other.ron",
         &include_str!("../../examples/compare/base.ron")
             .replace("name: \"cmp-base\"", "name: \"cmp-other\"")
             .replace("folds: 3", "folds: 2"),
     );
-    let out = ws.flow(&["compare", "base.ron", "other.ron", "--run"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("must share a split"), "{err}");
+    let out = ws.flow(&[
+        "--json",
+        "compare",
+        "base.ron",
+        "other.ron",
+        "--run",
+        "--html",
+        "cmp.html",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = common::stdout_json(&out);
+    let vs = &c["experiments"][1]["vs_baseline"];
+    assert_eq!(vs["paired"], false, "{vs}");
+    assert!(
+        vs["bootstrap"]["p_value"].is_number() && vs["p_holm"].is_number(),
+        "{vs}"
+    );
+    assert!(
+        c["warnings"].to_string().contains("compared unpaired"),
+        "{}",
+        c["warnings"]
+    );
+    let page = ws.read("cmp.html");
+    assert!(
+        page.contains("<svg") && page.contains("cmp-other"),
+        "the page has its plots and rows"
+    );
 }

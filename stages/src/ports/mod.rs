@@ -14,6 +14,7 @@
 //! | `predictions`    | [`predictions`]      | `predictions.csv`, `infer.json`                    |
 //! | `report`         | [`report`]           | `metrics.json`, `report.md`, `index.html`, `plots/` |
 //! | `spectrum`       | [`spectrum`]         | `spectrum.json`, `mean-*.png`, `diff-*.png`, `azimuthal.svg\|png` |
+//! | `study`          | `crate::study`       | `study.json`, `study.md`, `study.tex`, `index.html`, `plots/` |
 //!
 //! This module is a leaf: it imports no stage kind, so stage modules may all import it. The
 //! writers keep each file's exact bytes (number formats, column order, pretty JSON without a
@@ -65,6 +66,8 @@ port_types! {
     REPORT = "report",
     /// Mean log-magnitude Fourier spectra per class and source.
     SPECTRUM = "spectrum",
+    /// A study's comparison of its variants.
+    STUDY = "study",
 }
 
 /// The rows of the CSV file at `path` (header names select the columns). Errors name the file

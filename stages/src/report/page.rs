@@ -54,6 +54,8 @@ pub struct Doc {
     pub title: String,
     pub sections: Vec<Section>,
     pub figures: Vec<Figure>,
+    /// The machine-readable file next to the page (`metrics.json`).
+    pub data: &'static str,
 }
 
 fn md_table(s: &mut String, head: &[String], rows: &[Vec<String>]) {
@@ -193,7 +195,8 @@ pub fn render_html(d: &Doc, tail: &str) -> String {
     }
     let _ = write!(
         s,
-        "<p class=\"note\">Machine-readable: metrics.json. Plots as PNG: plots/. Made by flow {}.</p>{tail}</body></html>",
+        "<p class=\"note\">Machine-readable: {}. Plots as PNG: plots/. Made by flow {}.</p>{tail}</body></html>",
+        d.data,
         env!("CARGO_PKG_VERSION")
     );
     s

@@ -384,21 +384,6 @@ pub(crate) fn md(s: &str) -> String {
     o
 }
 
-/// `s` as one Markdown code span: fenced by one backtick more than the longest run inside
-/// it (so a backtick in the text cannot close the span and let HTML through), control
-/// characters as spaces.
-pub(crate) fn md_code(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let longest = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
-    let fence = "`".repeat(longest + 1);
-    let pad = if s.starts_with('`') || s.ends_with('`') {
-        " "
-    } else {
-        ""
-    };
-    format!("{fence}{pad}{s}{pad}{fence}")
-}
-
 const METRIC_ROWS: &[(&str, &str)] = &[
     ("auc", "AUC"),
     ("average_precision", "Average precision"),
@@ -1568,7 +1553,9 @@ fn provenance_section(m: &Value) -> Section {
         .and_then(|s| s["name"].as_str())
         .unwrap_or("");
     blocks.push(Block::Html {
-        html: RUN_FACTS_HTML.replace("{stage}", &esc(own)),
+        html: RUN_FACTS_HTML
+            .replace("{stage}", &esc(own))
+            .replace("{experiment}", &esc(pv["pipeline"]["name"].as_str().unwrap_or(""))),
         md_alt: md("Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash): ../run.json, written by each flow run next to this report's directory."),
     });
     Section {
@@ -1580,12 +1567,13 @@ fn provenance_section(m: &Value) -> Section {
 
 /// Filled from `../run.js` (written by `flow run`; not part of this cached page, which holds no
 /// dates or durations). Without it the paragraph says where the facts are.
-const RUN_FACTS_HTML: &str = "<div id=\"run-facts\" data-stage=\"{stage}\"><p class=\"note\">Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash) are in <code>../run.json</code>, written by each <code>flow run</code> next to this report's directory.</p></div>\
+const RUN_FACTS_HTML: &str = "<div id=\"run-facts\" data-stage=\"{stage}\" data-experiment=\"{experiment}\"><p class=\"note\">Run facts (dates, wall time per stage, device, host, git commit, pipeline file hash) are in <code>../run.json</code>, written by each <code>flow run</code> next to this report's directory.</p></div>\
 <script src=\"../run.js\"></script><script>(function(){var r=window.FLOW_RUN;if(!r)return;\
 function e(t,x){var n=document.createElement(t);if(x!==undefined)n.textContent=x;return n}\
 var d=document.getElementById('run-facts');d.textContent='';d.appendChild(e('h3','Run facts'));\
-var me=(r.instances||[]).filter(function(i){return i.ran});var own=d.getAttribute('data-stage');\
-var last=me.filter(function(i){return i.stage===own})[0]||{};\
+var me=(r.instances||[]).filter(function(i){return i.ran});var own=d.getAttribute('data-stage');var ex=d.getAttribute('data-experiment');\
+var vr=ex.indexOf('/')>=0?ex.split('/').pop():null;function inv(i){return !i.variants||!vr||i.variants.indexOf(vr)>=0}\
+var last=me.filter(function(i){return i.experiment?i.local===own&&i.experiment===ex:i.stage===own})[0]||{};\
 var kv=e('table');kv.className='kv rf';function row(k,v){var tr=e('tr');tr.appendChild(e('td',k));tr.appendChild(e('td',v));kv.appendChild(tr)}\
 if(last.view_not_updated){var wn=e('p','These run facts describe a newer result of this report than this page: its view under out/ was not updated ('+last.view_not_updated+').');wn.className='warn';d.appendChild(wn)}\
 if(last.pipeline_file)row('pipeline file',last.pipeline_file.path+' (blake3 '+last.pipeline_file.blake3.slice(0,12)+')'+(last.set&&last.set.length?' with --set '+last.set.join(' --set '):''));\
@@ -1594,7 +1582,7 @@ if(last.started)row('report computed',last.started.replace('T',' '));if(last.hos
 if(last.flow_version)row('flow',last.flow_version);d.appendChild(kv);\
 var rl=document.getElementById('run-line');if(rl&&last.started&&!last.view_not_updated)rl.textContent='· computed '+last.started.replace('T',' ')+(last.git?' at commit '+last.git.commit.slice(0,10)+(last.git.dirty?' (uncommitted changes)':''):'');\
 var t=e('table');t.className='rf';var h=e('tr');['stage','instances','wall time (s)','device','first computed'].forEach(function(x){h.appendChild(e('th',x))});t.appendChild(h);\
-(r.stages||[]).forEach(function(s){var is=me.filter(function(i){return i.stage===s.stage});var dev=is.map(function(i){return i.device}).filter(function(x){return x}).filter(function(x,k,a){return a.indexOf(x)===k}).join(', ');\
+(r.stages||[]).forEach(function(s){var is=me.filter(function(i){return i.stage===s.stage&&inv(i)});if(!is.length&&me.some(function(i){return i.stage===s.stage}))return;var dev=is.map(function(i){return i.device}).filter(function(x){return x}).filter(function(x,k,a){return a.indexOf(x)===k}).join(', ');\
 var first=is.map(function(i){return i.started}).sort()[0]||'';var tr=e('tr');[s.stage,String(s.instances),s.seconds.toFixed(1),dev||'–',first.replace('T',' ')].forEach(function(x){tr.appendChild(e('td',x))});t.appendChild(tr)});\
 var w=e('div');w.className='scroll';w.appendChild(t);d.appendChild(w)})();</script>";
 
@@ -1792,6 +1780,7 @@ fn document(m: &Value, figures: Vec<Figure>) -> Doc {
         title,
         sections,
         figures,
+        data: "metrics.json",
     }
 }
 
@@ -1892,14 +1881,6 @@ mod tests {
             md("![t](https://e/p.png) [x](javascript:1) ~~s~~ &lt; a\nb"),
             "\\!\\[t\\](https://e/p.png) \\[x\\](javascript:1) \\~\\~s\\~\\~ \\&lt; a b"
         );
-    }
-
-    #[test]
-    fn code_spans_cannot_be_closed_by_the_text() {
-        assert_eq!(md_code("p.cmd: 1 -> 2"), "`p.cmd: 1 -> 2`");
-        assert_eq!(md_code("a ` <img src=x> `"), "`` a ` <img src=x> ` ``");
-        assert_eq!(md_code("`x`"), "`` `x` ``");
-        assert_eq!(md_code("a\nb"), "`a b`");
     }
 
     #[test]
