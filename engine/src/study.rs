@@ -251,74 +251,117 @@ fn variant_problem(src: &Arc<SourceFile>, v: &Variant, d: Diagnostic) -> Diagnos
 /// The variants: declared × grid points × seeds, each with its overrides; problems of the
 /// study's own fields go to `diags`.
 fn expand(raw: &RawStudy, src: &Arc<SourceFile>, base: &Dag, diags: &mut Vec<Diagnostic>) -> Vec<Variant> {
-    let text = &src.text;
-    let field = |f: &str| crate::spec::find_field(text, f);
-    let bad = |span, m: String| Diagnostic::at(Code::InvalidValue, src, span, m);
-    let change = |key: &str, value: &str, from: usize| -> Result<Change, Diagnostic> {
-        let span = find_string_lit(text, key, from).unwrap_or((0, 0));
+    let mut x = Expander { raw, src, base, diags };
+    let declared = x.declared();
+    if !x.within_cap(&declared) {
+        return Vec::new();
+    }
+    let Some(points) = x.grid_points() else {
+        return Vec::new();
+    };
+    x.check_seeds();
+    let seed_stages = x.seed_stages();
+    if !x.diags.is_empty() {
+        return Vec::new();
+    }
+    let out = x.combine(&declared, &points, &seed_stages);
+    x.check_baseline(&out);
+    out
+}
+
+/// A declared variant, or a grid point: labels and the overrides they stand for.
+type Part = (Vec<String>, Vec<Change>);
+
+/// What [`expand`] reads, and where its problems go.
+struct Expander<'a> {
+    raw: &'a RawStudy,
+    src: &'a Arc<SourceFile>,
+    base: &'a Dag,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Expander<'_> {
+    /// The span of the study's field `f` (`(0, 0)` when absent).
+    fn field(&self, f: &str) -> (usize, usize) {
+        crate::spec::find_field(&self.src.text, f)
+    }
+
+    fn bad(&self, span: (usize, usize), m: String) -> Diagnostic {
+        Diagnostic::at(Code::InvalidValue, self.src, span, m)
+    }
+
+    /// `"key": value` as an override, checked against the base: the stage exists, and a paired
+    /// study does not change a split. `from` is where to look for the key's position.
+    fn change(&self, key: &str, value: &str, from: usize) -> Result<Change, Diagnostic> {
+        let span = find_string_lit(&self.src.text, key, from).unwrap_or((0, 0));
         let set = Override::parse(&format!("{key}={}", value.trim())).map_err(|m| {
-            bad(
+            self.bad(
                 span,
                 m.replacen("--set ", "", 1)
                     .replace("(expected STAGE.PARAM=VALUE", "(expected \"stage.param\": value"),
             )
         })?;
-        if base.pipeline.stage(&set.stage).is_none() {
-            let names = base.pipeline.stages.iter().map(|s| s.name.as_str());
-            return Err(
-                bad(span, format!("`{}` is not a stage of the base pipeline", set.stage))
-                    .label("no such stage")
-                    .help_opt(did_you_mean(&set.stage, names)),
-            );
-        }
-        if raw.paired
-            && base
-                .pipeline
-                .stage(&set.stage)
-                .is_some_and(|d| d.config.fold_count().is_some())
-        {
-            return Err(bad(
-                span,
-                format!(
-                    "`{key}` changes the split `{}` of a paired study: its folds would no longer pair with the baseline's",
-                    set.stage
-                ),
-            )
-            .help("drop `paired: true` to compare such variants unpaired (bootstrap), or change something else"));
+        let pipeline = &self.base.pipeline;
+        let Some(decl) = pipeline.stage(&set.stage) else {
+            let names = pipeline.stages.iter().map(|s| s.name.as_str());
+            return Err(self
+                .bad(span, format!("`{}` is not a stage of the base pipeline", set.stage))
+                .label("no such stage")
+                .help_opt(did_you_mean(&set.stage, names)));
+        };
+        if self.raw.paired && decl.config.fold_count().is_some() {
+            return Err(self
+                .bad(
+                    span,
+                    format!(
+                        "`{key}` changes the split `{}` of a paired study: its folds would no longer pair with the baseline's",
+                        set.stage
+                    ),
+                )
+                .help("drop `paired: true` to compare such variants unpaired (bootstrap), or change something else"));
         }
         Ok(Change { set, span })
-    };
+    }
 
-    // Declared variants (one unnamed variant when there are none).
-    let mut declared: Vec<(String, Vec<Change>)> = Vec::new();
-    for (name, sets) in &raw.variants.0 {
-        let at = crate::spec::find_stage_decl(text, name).map_or(0, |s| s.0);
-        if !plain_name(name) {
-            diags.push(bad(
-                (at, name.len() + 2),
-                format!("invalid variant name `{name}`: use letters, digits, `_` and `-`"),
-            ));
-        }
-        let mut cs = Vec::new();
-        for (key, value) in &sets.0 {
-            match change(key, value.get_ron(), at) {
-                Ok(c) => cs.push(c),
-                Err(d) => diags.push(d),
+    /// The declared variants, as `([name], overrides)`; one unnamed variant `base` when the
+    /// study declares none.
+    fn declared(&mut self) -> Vec<Part> {
+        let mut declared = Vec::new();
+        for (name, sets) in &self.raw.variants.0 {
+            let at = crate::spec::find_stage_decl(&self.src.text, name).map_or(0, |s| s.0);
+            if !plain_name(name) {
+                let d = self.bad(
+                    (at, name.len() + 2),
+                    format!("invalid variant name `{name}`: use letters, digits, `_` and `-`"),
+                );
+                self.diags.push(d);
             }
+            let mut cs = Vec::new();
+            for (key, value) in &sets.0 {
+                match self.change(key, value.get_ron(), at) {
+                    Ok(c) => cs.push(c),
+                    Err(d) => self.diags.push(d),
+                }
+            }
+            declared.push((vec![name.clone()], cs));
         }
-        declared.push((name.clone(), cs));
-    }
-    let named = !declared.is_empty();
-    if !named {
-        declared.push(("base".into(), Vec::new()));
+        if declared.is_empty() {
+            declared.push((Vec::new(), Vec::new()));
+        }
+        declared
     }
 
-    // The cap, before anything is built.
-    let grid_at = field("grid").0;
-    let per = base.graph.node_count() + 1;
-    let lens: Vec<u128> = raw.grid.0.iter().map(|(_, v)| v.len() as u128).collect();
-    let total = declared.len() as u128 * lens.iter().product::<u128>() * raw.seeds.len().max(1) as u128;
-    if total * per as u128 > MAX_STUDY_INSTANCES as u128 {
+    /// Whether the study stays within [`MAX_STUDY_INSTANCES`], computed from the counts
+    /// before anything is built; says why not when it does not.
+    fn within_cap(&mut self, declared: &[Part]) -> bool {
+        let raw = self.raw;
+        let named = !raw.variants.0.is_empty();
+        let per = self.base.graph.node_count() as u128 + 1;
+        let lens: Vec<u128> = raw.grid.0.iter().map(|(_, v)| v.len() as u128).collect();
+        let total = declared.len() as u128 * lens.iter().product::<u128>() * raw.seeds.len().max(1) as u128;
+        if total * per <= MAX_STUDY_INSTANCES as u128 {
+            return true;
+        }
         let mut parts = Vec::new();
         if named {
             parts.push(format!("{} variants", declared.len()));
@@ -330,164 +373,202 @@ fn expand(raw: &RawStudy, src: &Arc<SourceFile>, base: &Dag, diags: &mut Vec<Dia
         if !raw.seeds.is_empty() {
             parts.push(format!("{} seeds", raw.seeds.len()));
         }
-        diags.push(bad(
-            if grid_at > 0 { field("grid") } else { field("variants") },
-            format!(
-                "the study expands to {} = {} pipelines of {per} instances each ({} instances), more than the limit of {}",
-                parts.join(" × "),
-                thousands(total),
-                thousands(total * per as u128),
-                thousands(MAX_STUDY_INSTANCES as u128)
-            ),
-        )
-        .help("split it into several studies, or sweep fewer values at once"));
-        return Vec::new();
+        let at = if self.field("grid").0 > 0 {
+            self.field("grid")
+        } else {
+            self.field("variants")
+        };
+        let d = self
+            .bad(
+                at,
+                format!(
+                    "the study expands to {} = {} pipelines of {per} instances each ({} instances), more than the limit of {}",
+                    parts.join(" × "),
+                    thousands(total),
+                    thousands(total * per),
+                    thousands(MAX_STUDY_INSTANCES as u128)
+                ),
+            )
+            .help("split it into several studies, or sweep fewer values at once");
+        self.diags.push(d);
+        false
     }
 
-    // Grid points: the cartesian product, first param slowest.
-    let mut points: Vec<(Vec<String>, Vec<Change>)> = vec![(Vec::new(), Vec::new())];
-    for (key, values) in &raw.grid.0 {
-        let span = find_string_lit(text, key, grid_at).unwrap_or((0, 0));
-        if values.is_empty() {
-            diags.push(bad(span, format!("grid param `{key}` has no values, so the grid is empty")).label("empty"));
-            continue;
-        }
-        let short = key.rsplit('.').next().unwrap_or(key);
-        let labels = value_labels(values.iter().map(|v| v.get_ron().trim()));
-        let mut next = Vec::new();
-        for (names, cs) in &points {
-            for (v, label) in values.iter().zip(&labels) {
-                let c = match change(key, v.get_ron(), grid_at) {
-                    Ok(c) => c,
-                    Err(d) => {
-                        diags.push(d);
-                        return Vec::new();
-                    }
-                };
-                let mut n = names.clone();
-                n.push(format!("{short}={label}"));
-                let mut c2 = cs.clone();
-                c2.push(c);
-                next.push((n, c2));
+    /// The grid's points, the cartesian product with the first param slowest, each labelled
+    /// `param=value`; `None` when a value is wrong (the problem is in `diags`).
+    fn grid_points(&mut self) -> Option<Vec<Part>> {
+        let grid_at = self.field("grid").0;
+        let mut points: Vec<Part> = vec![(Vec::new(), Vec::new())];
+        for (key, values) in &self.raw.grid.0 {
+            if values.is_empty() {
+                let span = find_string_lit(&self.src.text, key, grid_at).unwrap_or((0, 0));
+                let d = self
+                    .bad(span, format!("grid param `{key}` has no values, so the grid is empty"))
+                    .label("empty");
+                self.diags.push(d);
+                continue;
             }
-        }
-        points = next;
-    }
-
-    // Seeds.
-    let seeds_span = field("seeds");
-    let mut seen = BTreeSet::new();
-    for s in &raw.seeds {
-        if !seen.insert(*s) {
-            diags.push(
-                bad(
-                    seeds_span,
-                    format!("seed {s} is listed twice: its runs would be the same runs"),
-                )
-                .label("seeds"),
-            );
-        }
-    }
-    let seed_stages: Vec<(String, &'static str)> = match &raw.seed_stages {
-        None => base
-            .pipeline
-            .stages
-            .iter()
-            .filter_map(|d| d.config.seed_param().map(|p| (d.name.clone(), p)))
-            .collect(),
-        Some(list) => {
-            let at = field("seed_stages").0;
-            let mut v = Vec::new();
-            for name in list {
-                let span = find_string_lit(text, name, at).unwrap_or((0, 0));
-                match base.pipeline.stage(name) {
-                    None => diags.push(
-                        bad(span, format!("`{name}` is not a stage of the base pipeline"))
-                            .help_opt(did_you_mean(name, base.pipeline.stages.iter().map(|s| s.name.as_str()))),
-                    ),
-                    Some(d) => match d.config.seed_param() {
-                        Some(p) => v.push((name.clone(), p)),
-                        None if d.config.fold_count().is_some() && !raw.paired => v.push((name.clone(), "seed")),
-                        None => diags.push(bad(
-                            span,
-                            format!(
-                                "stage `{name}` ({}) has no seed a study may repeat{}",
-                                d.kind.name,
-                                if raw.paired {
-                                    " in a paired study (its folds would not pair)"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        )),
-                    },
+            let short = key.rsplit('.').next().unwrap_or(key);
+            let labels = value_labels(values.iter().map(|v| v.get_ron().trim()));
+            let mut column = Vec::new();
+            for (v, label) in values.iter().zip(&labels) {
+                match self.change(key, v.get_ron(), grid_at) {
+                    Ok(c) => column.push((format!("{short}={label}"), c)),
+                    Err(d) => {
+                        self.diags.push(d);
+                        return None;
+                    }
                 }
             }
-            v
+            points = points
+                .iter()
+                .flat_map(|(names, cs)| {
+                    column.iter().map(move |(label, c)| {
+                        let mut n = names.clone();
+                        n.push(label.clone());
+                        let mut c2 = cs.clone();
+                        c2.push(c.clone());
+                        (n, c2)
+                    })
+                })
+                .collect();
         }
-    };
-    if !raw.seeds.is_empty() && seed_stages.is_empty() {
-        diags.push(bad(
-            seeds_span,
-            "`seeds` repeat the stages that fit models, and the base pipeline has none; name them in `seed_stages`"
-                .into(),
-        ));
+        Some(points)
     }
 
-    if !diags.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for (vname, vcs) in &declared {
-        for (gnames, gcs) in &points {
-            let mut group: Vec<String> = Vec::new();
-            if named {
-                group.push(vname.clone());
+    /// A seed listed twice would repeat the same runs.
+    fn check_seeds(&mut self) {
+        let span = self.field("seeds");
+        let mut seen = BTreeSet::new();
+        for s in &self.raw.seeds {
+            if !seen.insert(*s) {
+                let d = self
+                    .bad(
+                        span,
+                        format!("seed {s} is listed twice: its runs would be the same runs"),
+                    )
+                    .label("seeds");
+                self.diags.push(d);
             }
-            group.extend(gnames.iter().cloned());
-            // Only seeds: the variants are `seed=1`, … of the group `base`.
-            let shown = group.join(",");
-            let group = if shown.is_empty() { vname.clone() } else { shown.clone() };
-            let seeds: Vec<Option<u64>> = if raw.seeds.is_empty() {
-                vec![None]
-            } else {
-                raw.seeds.iter().map(|s| Some(*s)).collect()
-            };
-            for seed in seeds {
-                let mut changes: Vec<Change> = vcs.iter().chain(gcs).cloned().collect();
-                let mut name = group.clone();
-                if let Some(s) = seed {
-                    name = if shown.is_empty() {
-                        format!("seed={s}")
-                    } else {
-                        format!("{shown},seed={s}")
+        }
+    }
+
+    /// The stages a seed is set on, with their seed param: those that fit models, or the
+    /// study's `seed_stages` (a split only when the study is not paired).
+    fn seed_stages(&mut self) -> Vec<(String, &'static str)> {
+        let (raw, base) = (self.raw, self.base);
+        let pipeline = &base.pipeline;
+        let stages: Vec<(String, &'static str)> = match &raw.seed_stages {
+            None => pipeline
+                .stages
+                .iter()
+                .filter_map(|d| d.config.seed_param().map(|p| (d.name.clone(), p)))
+                .collect(),
+            Some(list) => {
+                let at = self.field("seed_stages").0;
+                let mut v = Vec::new();
+                for name in list {
+                    let span = find_string_lit(&self.src.text, name, at).unwrap_or((0, 0));
+                    let problem = match pipeline.stage(name) {
+                        None => Some(
+                            self.bad(span, format!("`{name}` is not a stage of the base pipeline"))
+                                .help_opt(did_you_mean(name, pipeline.stages.iter().map(|s| s.name.as_str()))),
+                        ),
+                        Some(d) => match d.config.seed_param() {
+                            Some(p) => {
+                                v.push((name.clone(), p));
+                                None
+                            }
+                            None if d.config.fold_count().is_some() && !raw.paired => {
+                                v.push((name.clone(), "seed"));
+                                None
+                            }
+                            None => Some(self.bad(
+                                span,
+                                format!(
+                                    "stage `{name}` ({}) has no seed a study may repeat{}",
+                                    d.kind.name,
+                                    if raw.paired {
+                                        " in a paired study (its folds would not pair)"
+                                    } else {
+                                        ""
+                                    }
+                                ),
+                            )),
+                        },
                     };
-                    for (stage, p) in &seed_stages {
+                    self.diags.extend(problem);
+                }
+                v
+            }
+        };
+        if !raw.seeds.is_empty() && stages.is_empty() {
+            let d = self.bad(
+                self.field("seeds"),
+                "`seeds` repeat the stages that fit models, and the base pipeline has none; name them in `seed_stages`"
+                    .into(),
+            );
+            self.diags.push(d);
+        }
+        stages
+    }
+
+    /// Every declared variant × grid point × seed. The group is the name without the seed
+    /// (`real_norm,lr=0.001`); with only seeds the variants are `seed=1`, … of the group `base`.
+    fn combine(&self, declared: &[Part], points: &[Part], seed_stages: &[(String, &'static str)]) -> Vec<Variant> {
+        let seeds_span = self.field("seeds");
+        let seeds: Vec<Option<u64>> = if self.raw.seeds.is_empty() {
+            vec![None]
+        } else {
+            self.raw.seeds.iter().map(|s| Some(*s)).collect()
+        };
+        let mut out = Vec::new();
+        for (vnames, vcs) in declared {
+            for (gnames, gcs) in points {
+                let shown = vnames.iter().chain(gnames).cloned().collect::<Vec<_>>().join(",");
+                let group = if shown.is_empty() {
+                    "base".to_string()
+                } else {
+                    shown.clone()
+                };
+                for seed in &seeds {
+                    let mut changes: Vec<Change> = vcs.iter().chain(gcs).cloned().collect();
+                    let name = match seed {
+                        None => group.clone(),
+                        Some(s) if shown.is_empty() => format!("seed={s}"),
+                        Some(s) => format!("{shown},seed={s}"),
+                    };
+                    for (stage, p) in seed_stages.iter().filter(|_| seed.is_some()) {
+                        let s = seed.expect("filtered on a seed");
                         let set = Override::parse(&format!("{stage}.{p}={s}")).expect("a seed override parses");
                         changes.push(Change { set, span: seeds_span });
                     }
+                    out.push(Variant {
+                        name,
+                        group: group.clone(),
+                        seed: *seed,
+                        changes,
+                    });
                 }
-                out.push(Variant {
-                    name,
-                    group: group.clone(),
-                    seed,
-                    changes,
-                });
+            }
+        }
+        out
+    }
+
+    /// The baseline names a group of the study.
+    fn check_baseline(&mut self, out: &[Variant]) {
+        if let Some(b) = &self.raw.baseline {
+            if !out.iter().any(|v| &v.group == b) {
+                let d = self
+                    .bad(
+                        crate::spec::field_value_span(&self.src.text, "baseline"),
+                        format!("baseline `{b}` is not a variant of this study"),
+                    )
+                    .help_opt(did_you_mean(b, out.iter().map(|v| v.group.as_str())));
+                self.diags.push(d);
             }
         }
     }
-    if let Some(b) = &raw.baseline {
-        if !out.iter().any(|v| &v.group == b) {
-            diags.push(
-                bad(
-                    crate::spec::field_value_span(text, "baseline"),
-                    format!("baseline `{b}` is not a variant of this study"),
-                )
-                .help_opt(did_you_mean(b, out.iter().map(|v| v.group.as_str()))),
-            );
-        }
-    }
-    out
 }
 
 /// `12345` → `12,345`.

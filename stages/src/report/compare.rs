@@ -135,179 +135,213 @@ fn align(e: &Columns, base: &Columns) -> Result<Vec<f64>, String> {
 
 /// The comparison of `exps` against the group `baseline` (see the module doc).
 pub fn compare(exps: &[Experiment], baseline: &str, o: &Options) -> Result<Value, String> {
-    let base_of = |e: &Experiment| -> Option<&Experiment> {
-        let bs: Vec<&Experiment> = exps.iter().filter(|b| b.group == baseline).collect();
-        bs.iter().find(|b| b.seed == e.seed).or(bs.first()).copied()
-    };
     if exps.is_empty() {
         return Err("nothing to compare".into());
     }
-    if !exps.iter().any(|e| e.group == baseline) {
+    let bases: Vec<&Experiment> = exps.iter().filter(|b| b.group == baseline).collect();
+    if bases.is_empty() {
         return Err(format!("the baseline `{baseline}` is not one of the experiments"));
     }
-    let mut sources: Vec<String> = exps
-        .iter()
-        .flat_map(|e| {
-            (0..e.predictions.items.len())
-                .filter(|&i| e.predictions.labels[i] == 1)
-                .map(|i| e.predictions.sources[i].clone())
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    sources.sort();
+    let sources = fake_sources(exps);
     let mut warnings: Vec<String> = Vec::new();
     let mut rows: Vec<Value> = Vec::new();
     for (k, e) in exps.iter().enumerate() {
-        let p = &e.predictions;
-        let folds = fold_aucs(p);
-        let fold_vals: Vec<f64> = folds.values().copied().collect();
-        let per_source: BTreeMap<&String, Option<f64>> = sources
-            .iter()
-            .map(|s| (s, auc_where(p, |i| p.labels[i] == 0 || &p.sources[i] == s)))
-            .collect();
-        let held_out = if e.held_out.is_empty() {
+        let base = bases.iter().find(|b| b.seed == e.seed).unwrap_or(&bases[0]);
+        let vs = if e.group == baseline {
             Value::Null
         } else {
-            let out = |i: usize| e.held_out.contains(&p.items[i]);
-            let auc_in = auc_where(p, |i| p.labels[i] == 0 || !out(i));
-            let auc_out = auc_where(p, |i| p.labels[i] == 0 || out(i));
-            let gap = auc_in.zip(auc_out).map(|(a, b)| a - b);
-            let flagged = gap.is_some_and(|g| g > o.holdout_gap);
-            if flagged {
-                warnings.push(format!(
-                    "`{}`: AUC on held-out sources is {:.3} below the sources it trained on ({:.3} vs {:.3}): it does not generalise to unseen generators",
-                    e.name,
-                    gap.unwrap_or(0.0),
-                    auc_in.unwrap_or(f64::NAN),
-                    auc_out.unwrap_or(f64::NAN)
-                ));
-            }
-            json!({"auc_in": auc_in, "auc_out": auc_out, "gap": gap, "flagged": flagged, "items": e.held_out.len()})
+            vs_baseline(e, base, o, o.seed.wrapping_add(k as u64), &mut warnings)
         };
-        let base = base_of(e).expect("the baseline group is not empty");
-        let vs = if std::ptr::eq(e, base) || e.group == baseline {
-            Value::Null
-        } else {
-            let bp = &base.predictions;
-            let delta = metrics::auc(&p.score, &p.labels)
-                .zip(metrics::auc(&bp.score, &bp.labels))
-                .map(|(a, b)| a - b);
-            match align(p, bp) {
-                Ok(aligned) => {
-                    let bf: Vec<f64> = fold_aucs(bp).values().copied().collect();
-                    let dl = stats::delong(&aligned, &bp.score, &bp.labels);
-                    json!({
-                        "against": base.name, "paired": true, "delta": delta,
-                        "delong": dl, "paired_t": stats::paired_t(&fold_vals, &bf),
-                        "wilcoxon": stats::wilcoxon(&fold_vals, &bf),
-                        "p_value": dl.and_then(|d| d.p_value), "test": "DeLong",
-                    })
-                }
-                Err(why) => {
-                    warnings.push(format!(
-                        "`{}` and `{}` did not score the same items in the same folds ({why}): compared unpaired, by bootstrap",
-                        e.name, base.name
-                    ));
-                    let u = stats::unpaired_auc_diff(
-                        (&bp.score, &bp.labels),
-                        (&p.score, &p.labels),
-                        o.level,
-                        o.bootstrap,
-                        o.seed.wrapping_add(k as u64),
-                    );
-                    json!({
-                        "against": base.name, "paired": false, "delta": delta, "bootstrap": u,
-                        "p_value": u.map(|u| u.p_value), "test": "bootstrap",
-                    })
-                }
-            }
-        };
-        // The pooled ROC curve, at most ~200 points (every k-th, the ends kept), for the plot.
-        let roc: Vec<[f64; 2]> = metrics::roc_curve(&p.score, &p.labels)
-            .map(|pts| {
-                let k = pts.len().div_ceil(200).max(1);
-                let last = pts.len() - 1;
-                pts.iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % k == 0 || *i == last)
-                    .map(|(_, r)| [(r.fpr * 1e4).round() / 1e4, (r.tpr * 1e4).round() / 1e4])
-                    .collect()
-            })
-            .unwrap_or_default();
-        rows.push(json!({
-            "name": e.name, "group": e.group, "seed": e.seed, "n": p.items.len(), "roc": roc,
-            "fakes": p.labels.iter().filter(|l| **l == 1).count(),
-            "auc": metrics::auc(&p.score, &p.labels),
-            "auc_ci": metrics::auc_ci(&p.score, &p.labels, o.level, o.bootstrap, o.seed),
-            "ap": metrics::average_precision(&p.score, &p.labels),
-            "eer": metrics::eer(&p.score, &p.labels).map(|x| x.rate),
-            "fold_auc": folds.iter().map(|(f, a)| (f.to_string(), json!(a))).collect::<serde_json::Map<_, _>>(),
-            "fold_auc_summary": metrics::mean_std_ci(&fold_vals, o.level),
-            "per_source_auc": per_source,
-            "held_out": held_out,
-            "changes": e.changes,
-            "vs_baseline": vs,
-        }));
+        rows.push(row(e, &sources, vs, o, &mut warnings));
     }
-    // Holm across every comparison that has a p.
+    holm_across(&mut rows, o);
+    if let Some(w) = wilcoxon_floor(&rows) {
+        warnings.push(w);
+    }
+    let groups = groups(exps, &rows, baseline, o);
+    Ok(json!({
+        "baseline": baseline, "sources": sources, "experiments": rows, "groups": groups,
+        "warnings": warnings, "level": o.level, "bootstrap": o.bootstrap,
+    }))
+}
+
+/// Every fake source any experiment scored, sorted.
+fn fake_sources(exps: &[Experiment]) -> Vec<String> {
+    let all: BTreeSet<&String> = exps
+        .iter()
+        .flat_map(|e| {
+            let p = &e.predictions;
+            (0..p.items.len()).filter(|&i| p.labels[i] == 1).map(|i| &p.sources[i])
+        })
+        .collect();
+    all.into_iter().cloned().collect()
+}
+
+/// One experiment's row: its own metrics, and `vs` (its comparison with the baseline).
+fn row(e: &Experiment, sources: &[String], vs: Value, o: &Options, warnings: &mut Vec<String>) -> Value {
+    let p = &e.predictions;
+    let folds = fold_aucs(p);
+    let fold_vals: Vec<f64> = folds.values().copied().collect();
+    let per_source: BTreeMap<&String, Option<f64>> = sources
+        .iter()
+        .map(|s| (s, auc_where(p, |i| p.labels[i] == 0 || &p.sources[i] == s)))
+        .collect();
+    json!({
+        "name": e.name, "group": e.group, "seed": e.seed, "n": p.items.len(), "roc": roc_points(p),
+        "fakes": p.labels.iter().filter(|l| **l == 1).count(),
+        "auc": metrics::auc(&p.score, &p.labels),
+        "auc_ci": metrics::auc_ci(&p.score, &p.labels, o.level, o.bootstrap, o.seed),
+        "ap": metrics::average_precision(&p.score, &p.labels),
+        "eer": metrics::eer(&p.score, &p.labels).map(|x| x.rate),
+        "fold_auc": folds.iter().map(|(f, a)| (f.to_string(), json!(a))).collect::<serde_json::Map<_, _>>(),
+        "fold_auc_summary": metrics::mean_std_ci(&fold_vals, o.level),
+        "per_source_auc": per_source,
+        "held_out": held_out(e, o, warnings),
+        "changes": e.changes,
+        "vs_baseline": vs,
+    })
+}
+
+/// AUC on the sources `e` trained on, on those its split held out, and their gap (flagged,
+/// with a warning, above `holdout_gap`); null when nothing is held out.
+fn held_out(e: &Experiment, o: &Options, warnings: &mut Vec<String>) -> Value {
+    if e.held_out.is_empty() {
+        return Value::Null;
+    }
+    let p = &e.predictions;
+    let out = |i: usize| e.held_out.contains(&p.items[i]);
+    let auc_in = auc_where(p, |i| p.labels[i] == 0 || !out(i));
+    let auc_out = auc_where(p, |i| p.labels[i] == 0 || out(i));
+    let gap = auc_in.zip(auc_out).map(|(a, b)| a - b);
+    let flagged = gap.is_some_and(|g| g > o.holdout_gap);
+    if flagged {
+        warnings.push(format!(
+            "`{}`: AUC on held-out sources is {:.3} below the sources it trained on ({:.3} vs {:.3}): it does not generalise to unseen generators",
+            e.name,
+            gap.unwrap_or(0.0),
+            auc_in.unwrap_or(f64::NAN),
+            auc_out.unwrap_or(f64::NAN)
+        ));
+    }
+    json!({"auc_in": auc_in, "auc_out": auc_out, "gap": gap, "flagged": flagged, "items": e.held_out.len()})
+}
+
+/// `e` against `base`: paired (DeLong, paired t, Wilcoxon) when both scored the same items
+/// in the same folds, else unpaired by bootstrap (seeded with `seed`) with a warning.
+fn vs_baseline(e: &Experiment, base: &Experiment, o: &Options, seed: u64, warnings: &mut Vec<String>) -> Value {
+    let (p, bp) = (&e.predictions, &base.predictions);
+    let delta = metrics::auc(&p.score, &p.labels)
+        .zip(metrics::auc(&bp.score, &bp.labels))
+        .map(|(a, b)| a - b);
+    match align(p, bp) {
+        Ok(aligned) => {
+            let ef: Vec<f64> = fold_aucs(p).values().copied().collect();
+            let bf: Vec<f64> = fold_aucs(bp).values().copied().collect();
+            let dl = stats::delong(&aligned, &bp.score, &bp.labels);
+            json!({
+                "against": base.name, "paired": true, "delta": delta,
+                "delong": dl, "paired_t": stats::paired_t(&ef, &bf),
+                "wilcoxon": stats::wilcoxon(&ef, &bf),
+                "p_value": dl.and_then(|d| d.p_value), "test": "DeLong",
+            })
+        }
+        Err(why) => {
+            warnings.push(format!(
+                "`{}` and `{}` did not score the same items in the same folds ({why}): compared unpaired, by bootstrap",
+                e.name, base.name
+            ));
+            let u = stats::unpaired_auc_diff(
+                (&bp.score, &bp.labels),
+                (&p.score, &p.labels),
+                o.level,
+                o.bootstrap,
+                seed,
+            );
+            json!({
+                "against": base.name, "paired": false, "delta": delta, "bootstrap": u,
+                "p_value": u.map(|u| u.p_value), "test": "bootstrap",
+            })
+        }
+    }
+}
+
+/// The pooled ROC curve, at most ~200 points (every k-th, the ends kept), for the plot.
+fn roc_points(p: &Columns) -> Vec<[f64; 2]> {
+    metrics::roc_curve(&p.score, &p.labels)
+        .map(|pts| {
+            let k = pts.len().div_ceil(200).max(1);
+            let last = pts.len() - 1;
+            pts.iter()
+                .enumerate()
+                .filter(|(i, _)| i % k == 0 || *i == last)
+                .map(|(_, r)| [(r.fpr * 1e4).round() / 1e4, (r.tpr * 1e4).round() / 1e4])
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Holm-adjusts every comparison's p across the study: `p_holm` and `significant`.
+fn holm_across(rows: &mut [Value], o: &Options) {
     let with_p: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i]["vs_baseline"]["p_value"].is_f64())
         .collect();
-    let adj = stats::holm(
-        &with_p
-            .iter()
-            .map(|&i| rows[i]["vs_baseline"]["p_value"].as_f64().unwrap_or(1.0))
-            .collect::<Vec<_>>(),
-    );
-    for (&i, a) in with_p.iter().zip(adj) {
+    let ps: Vec<f64> = with_p
+        .iter()
+        .map(|&i| rows[i]["vs_baseline"]["p_value"].as_f64().unwrap_or(1.0))
+        .collect();
+    for (&i, a) in with_p.iter().zip(stats::holm(&ps)) {
         rows[i]["vs_baseline"]["p_holm"] = json!(a);
         rows[i]["vs_baseline"]["significant"] = json!(a < 1.0 - o.level);
     }
-    if let Some(k) = rows
+}
+
+/// With fewer than 6 folds the Wilcoxon test cannot be significant: say so when it is shown.
+fn wilcoxon_floor(rows: &[Value]) -> Option<String> {
+    let k = rows
         .iter()
         .filter_map(|r| r["fold_auc"].as_object().map(|m| m.len()))
-        .min()
-    {
-        if k > 0 && k < 6 && rows.iter().any(|r| r["vs_baseline"]["paired"] == json!(true)) {
-            warnings.push(format!(
-                "with {k} folds the Wilcoxon signed-rank test cannot reach p < {:.3} (2/2^{k}); read DeLong or the paired t-test",
-                2.0 / f64::powi(2.0, k as i32)
-            ));
-        }
-    }
-    // Groups: the seeds of one experiment, aggregated.
-    let mut groups: Vec<Value> = Vec::new();
+        .min()?;
+    let paired = rows.iter().any(|r| r["vs_baseline"]["paired"] == json!(true));
+    (k > 0 && k < 6 && paired).then(|| {
+        format!(
+            "with {k} folds the Wilcoxon signed-rank test cannot reach p < {:.3} (2/2^{k}); read DeLong or the paired t-test",
+            2.0 / f64::powi(2.0, k as i32)
+        )
+    })
+}
+
+/// Groups: the seeds of one experiment, aggregated (mean ± std of AUC and ΔAUC), in the
+/// order they first appear.
+fn groups(exps: &[Experiment], rows: &[Value], baseline: &str, o: &Options) -> Vec<Value> {
     let mut names: Vec<&str> = Vec::new();
     for e in exps {
         if !names.contains(&e.group.as_str()) {
             names.push(&e.group);
         }
     }
-    for g in names {
-        let members: Vec<&Value> = rows.iter().filter(|r| r["group"] == json!(g)).collect();
-        let aucs: Vec<f64> = members.iter().filter_map(|r| r["auc"].as_f64()).collect();
-        let deltas: Vec<f64> = members
-            .iter()
-            .filter_map(|r| r["vs_baseline"]["delta"].as_f64())
-            .collect();
-        let seeds: Vec<&Value> = members.iter().map(|r| &r["seed"]).filter(|s| !s.is_null()).collect();
-        let significant = members
-            .iter()
-            .filter(|r| r["vs_baseline"]["significant"] == json!(true))
-            .count();
-        groups.push(json!({
-            "group": g, "seeds": seeds, "auc": metrics::mean_std_ci(&aucs, o.level),
-            "delta": (!deltas.is_empty()).then(|| metrics::mean_std_ci(&deltas, o.level)),
-            "significant": significant, "of": members.len(),
-            "changes": members.first().map(|r| r["changes"].clone()),
-            "baseline": g == baseline,
-        }));
-    }
-    Ok(json!({
-        "baseline": baseline, "sources": sources, "experiments": rows, "groups": groups,
-        "warnings": warnings, "level": o.level, "bootstrap": o.bootstrap,
-    }))
+    names
+        .into_iter()
+        .map(|g| {
+            let members: Vec<&Value> = rows.iter().filter(|r| r["group"] == json!(g)).collect();
+            let aucs: Vec<f64> = members.iter().filter_map(|r| r["auc"].as_f64()).collect();
+            let deltas: Vec<f64> = members
+                .iter()
+                .filter_map(|r| r["vs_baseline"]["delta"].as_f64())
+                .collect();
+            let seeds: Vec<&Value> = members.iter().map(|r| &r["seed"]).filter(|s| !s.is_null()).collect();
+            let significant = members
+                .iter()
+                .filter(|r| r["vs_baseline"]["significant"] == json!(true))
+                .count();
+            json!({
+                "group": g, "seeds": seeds, "auc": metrics::mean_std_ci(&aucs, o.level),
+                "delta": (!deltas.is_empty()).then(|| metrics::mean_std_ci(&deltas, o.level)),
+                "significant": significant, "of": members.len(),
+                "changes": members.first().map(|r| r["changes"].clone()),
+                "baseline": g == baseline,
+            })
+        })
+        .collect()
 }
 
 fn f(v: &Value, d: usize) -> String {
