@@ -213,7 +213,16 @@ pub fn run(
             scope.spawn(move |_| {
                 for job in job_rx.iter() {
                     let t = Instant::now();
-                    let result = launcher.launch(&job, &lctx);
+                    // A panicking stage fails its instance (nothing published), never the
+                    // run: the scheduler would otherwise wait for it forever.
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| launcher.launch(&job, &lctx)))
+                            .unwrap_or_else(|p| {
+                                Err(crate::stage::StageError::Failed(format!(
+                                    "the stage panicked: {}",
+                                    panic_text(&p)
+                                )))
+                            });
                     let _ = done_tx.send(Done {
                         node: job.node,
                         key: job.key.clone(),
@@ -618,3 +627,11 @@ pub fn log_of(store: &Store, key: &str) -> PathBuf {
 
 // Scheduler and planner behaviour is tested in process on a fake stage kind, from the run's
 // event log: engine/tests/scheduler.rs.
+
+/// The message of a panic's payload (`panic!("…")` gives a `&str` or a `String`).
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}

@@ -362,6 +362,9 @@ pub fn load_pipeline_with(path: &Path, registry: &Registry, set: &[Override]) ->
 }
 
 /// The file as a source for diagnostics: a regular file, read whole, valid UTF-8.
+/// The largest pipeline or study file read (a hand-written file is kilobytes).
+pub const MAX_SOURCE_BYTES: u64 = 16 << 20;
+
 pub(crate) fn read_source(path: &Path, shown: &Path) -> Result<Arc<SourceFile>, Vec<Diagnostic>> {
     // A fifo would block the read forever; a directory or device is no pipeline either.
     match std::fs::metadata(path) {
@@ -370,6 +373,18 @@ pub(crate) fn read_source(path: &Path, shown: &Path) -> Result<Arc<SourceFile>, 
                 Code::Io,
                 shown.to_path_buf(),
                 format!("cannot read {}: not a regular file", shown.display()),
+            )])
+        }
+        Ok(m) if m.len() > MAX_SOURCE_BYTES => {
+            return Err(vec![Diagnostic::no_source(
+                Code::Io,
+                shown.to_path_buf(),
+                format!(
+                    "cannot read {}: it is {} bytes, and a pipeline or study file is at most {} MiB",
+                    shown.display(),
+                    m.len(),
+                    MAX_SOURCE_BYTES >> 20
+                ),
             )])
         }
         _ => {}

@@ -222,11 +222,60 @@ pub fn load_study(path: &Path, registry: &Registry, set: &[Override]) -> Result<
         return Err(diags);
     }
     let mut dag = merge(&raw.name, path, &variants, dags);
+    let baseline = raw.baseline.clone().unwrap_or_else(|| variants[0].group.clone());
+    if raw.paired {
+        let d = unpaired_splits(&dag, &src, &variants, &baseline);
+        if !d.is_empty() {
+            return Err(d);
+        }
+    }
     if let Some(cmp) = &raw.compare {
-        let baseline = raw.baseline.clone().unwrap_or_else(|| variants[0].group.clone());
         add_comparison(&mut dag, &src, cmp.get_ron(), &baseline, &variants, registry)?;
     }
     Ok(dag)
+}
+
+/// In a paired study every variant must read the baseline's split (the same stage after
+/// merging): an override upstream of it (another dataset) changes the folds as surely as one
+/// of the split itself.
+fn unpaired_splits(dag: &Dag, src: &Arc<SourceFile>, variants: &[Variant], baseline: &str) -> Vec<Diagnostic> {
+    let split_of = |v: &str, local: &str| {
+        dag.pipeline
+            .stages
+            .iter()
+            .find(|s| s.local == local && s.variants.iter().any(|x| x == v))
+            .map(|s| s.name.clone())
+    };
+    let base = variants.iter().find(|v| v.group == baseline).unwrap_or(&variants[0]);
+    let splits: Vec<&str> = dag
+        .pipeline
+        .stages
+        .iter()
+        .filter(|s| s.config.fold_count().is_some() && s.variants.iter().any(|x| x == &base.name))
+        .map(|s| s.local.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for v in variants {
+        for local in &splits {
+            if split_of(&v.name, local) != split_of(&base.name, local) {
+                let span = v.changes.first().map_or((0, 0), |c| c.span);
+                out.push(
+                    Diagnostic::at(
+                        Code::InvalidValue,
+                        src,
+                        span,
+                        format!(
+                            "variant `{}` changes what the split `{local}` of a paired study reads: its folds would no longer pair with the baseline's",
+                            v.name
+                        ),
+                    )
+                    .label("this override")
+                    .help("drop `paired: true` to compare such variants unpaired (bootstrap), or change something downstream of the split"),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// A variant's pipeline problem, said in the study at the override it comes from.
@@ -261,6 +310,7 @@ fn expand(raw: &RawStudy, src: &Arc<SourceFile>, base: &Dag, diags: &mut Vec<Dia
     };
     x.check_seeds();
     let seed_stages = x.seed_stages();
+    x.check_seed_overrides(&declared, &points, &seed_stages);
     if !x.diags.is_empty() {
         return Vec::new();
     }
@@ -332,7 +382,7 @@ impl Expander<'_> {
             if !plain_name(name) {
                 let d = self.bad(
                     (at, name.len() + 2),
-                    format!("invalid variant name `{name}`: use letters, digits, `_` and `-`"),
+                    format!("invalid variant name `{name}`: use letters, digits, `_` and `-`, at most 60 of them"),
                 );
                 self.diags.push(d);
             }
@@ -407,6 +457,24 @@ impl Expander<'_> {
                     .label("empty");
                 self.diags.push(d);
                 continue;
+            }
+            let parsed: Vec<Option<ron::Value>> = values
+                .iter()
+                .map(|v| ron::from_str::<ron::Value>(v.get_ron()).ok())
+                .collect();
+            if let Some(j) = (1..values.len()).find(|&j| parsed[j].is_some() && parsed[..j].contains(&parsed[j])) {
+                let span = find_string_lit(&self.src.text, key, grid_at).unwrap_or((0, 0));
+                let d = self
+                    .bad(
+                        span,
+                        format!(
+                            "grid param `{key}` lists the value `{}` twice: its two points would be the same runs",
+                            values[j].get_ron().trim()
+                        ),
+                    )
+                    .label("this param");
+                self.diags.push(d);
+                return None;
             }
             let short = key.rsplit('.').next().unwrap_or(key);
             let labels = value_labels(values.iter().map(|v| v.get_ron().trim()));
@@ -502,7 +570,7 @@ impl Expander<'_> {
                 v
             }
         };
-        if !raw.seeds.is_empty() && stages.is_empty() {
+        if !raw.seeds.is_empty() && stages.is_empty() && raw.seed_stages.is_none() {
             let d = self.bad(
                 self.field("seeds"),
                 "`seeds` repeat the stages that fit models, and the base pipeline has none; name them in `seed_stages`"
@@ -511,6 +579,34 @@ impl Expander<'_> {
             self.diags.push(d);
         }
         stages
+    }
+
+    /// With `seeds`, a variant or grid point may not set a seed the study sets itself (the
+    /// study's seed would silently win).
+    fn check_seed_overrides(&mut self, declared: &[Part], points: &[Part], seed_stages: &[(String, &'static str)]) {
+        if self.raw.seeds.is_empty() {
+            return;
+        }
+        let mut seen = BTreeSet::new();
+        for c in declared.iter().chain(points).flat_map(|(_, cs)| cs) {
+            let clash = seed_stages
+                .iter()
+                .any(|(stage, p)| &c.set.stage == stage && c.set.path.len() == 1 && c.set.path[0] == *p);
+            if clash && seen.insert(c.span) {
+                let d = self
+                    .bad(
+                        c.span,
+                        format!(
+                            "`{}.{}` is set by `seeds` in this study; an override of it here would be overwritten",
+                            c.set.stage,
+                            c.set.path.join(".")
+                        ),
+                    )
+                    .label("also set by `seeds`")
+                    .help("drop the override, or drop `seeds` and sweep the seed in `grid`");
+                self.diags.push(d);
+            }
+        }
     }
 
     /// Every declared variant × grid point × seed. The group is the name without the seed
@@ -608,7 +704,7 @@ fn value_labels<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
         .collect();
     for i in 0..out.len() {
         if out[i].is_empty() || out[..i].contains(&out[i]) {
-            out[i] = format!("{}{}", out[i], i + 1);
+            out[i] = format!("{}~{}", out[i], i + 1);
         }
     }
     out
@@ -782,18 +878,46 @@ fn add_comparison(
         text: full,
     });
     let span = (at, at + before.len() + gen.len() + (text.len() - before.len()));
-    let (kind, cfg) = crate::spec::parse_stage(&gsrc, span, registry).map_err(|d| vec![d])?;
-    let name = if dag.pipeline.stage("study").is_some() {
-        "study-compare"
-    } else {
-        "study"
-    };
+    let (kind, cfg) = crate::spec::parse_stage(&gsrc, span, registry).map_err(|d| {
+        // A kind that does not take what a study appends is no comparison kind.
+        if d.code == Code::UnknownField && d.message.contains("`study`") {
+            let t = text.trim_start();
+            let kind: String = t
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let d = Diagnostic::at(
+                Code::InvalidValue,
+                src,
+                (at + text.len() - t.len(), kind.len()),
+                format!("`compare:` names a comparison stage kind, and `{kind}` is not one"),
+            )
+            .label("not a comparison")
+            .help("use StudyReport(predictions: \"<the base's EnsembleInfer stage>\", split: \"<its Split>\")");
+            return vec![d];
+        }
+        vec![d]
+    })?;
+    // `study`, or the first of `study-compare`, `study-compare2`, … no stage holds.
+    let name = std::iter::once("study".to_string())
+        .chain((1..).map(|i| {
+            if i == 1 {
+                "study-compare".to_string()
+            } else {
+                format!("study-compare{i}")
+            }
+        }))
+        .find(|n| dag.pipeline.stage(n).is_none())
+        .expect("some name is free");
+    let name = name.as_str();
     let decl = StageDecl {
         name: name.to_string(),
         local: name.to_string(),
         kind,
         config: Arc::from(cfg),
-        src: gsrc.clone(),
+        // Diagnostics quote the file as the user wrote it: the appended params come after
+        // every offset a problem of the written params points at.
+        src: src.clone(),
         span: crate::spec::find_field(&gsrc.text, "compare"),
         written: crate::spec::written_params(text),
         variants: dag.pipeline.variants.clone(),
@@ -807,18 +931,19 @@ fn add_comparison(
     if decl.config.fan_out() != FanOut::Single {
         diags.push(Diagnostic::at(
             Code::InvalidValue,
-            &gsrc,
+            src,
             decl.span,
             "a study's comparison is one instance, not one per fold",
         ));
     }
     let mut edges: Vec<(NodeIndex, String)> = Vec::new();
+    let mut mismatched = BTreeSet::new();
     for input in decl.config.inputs() {
         let InputSource::Stage(s) = &input.source else { continue };
         let Some(pd) = dag.pipeline.stages.iter().position(|d| d.name == *s) else {
             diags.push(Diagnostic::at(
                 Code::MissingReference,
-                &gsrc,
+                src,
                 decl.span,
                 format!("`{s}` is not a stage of this study"),
             ));
@@ -826,13 +951,17 @@ fn add_comparison(
         };
         let out = dag.pipeline.stages[pd].config.output();
         if !input.accepts.contains(&PortType::ANY) && !input.accepts.contains(&out) {
+            // Once per base stage, not once per variant reading it.
+            if !mismatched.insert(dag.pipeline.stages[pd].local.clone()) {
+                continue;
+            }
             let acc: Vec<String> = input.accepts.iter().map(|t| t.to_string()).collect();
             let local = &dag.pipeline.stages[pd].local;
             diags.push(
                 Diagnostic::at(
                     Code::TypeMismatch,
-                    &gsrc,
-                    find_string_lit(&gsrc.text, local, at).unwrap_or(decl.span),
+                    src,
+                    find_string_lit(&src.text, local, at).unwrap_or(decl.span),
                     format!(
                         "the comparison's `{}` expects {}, but `{local}` produces {out}",
                         input.port.split('[').next().unwrap_or(""),

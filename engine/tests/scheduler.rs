@@ -32,6 +32,8 @@ struct T {
     salt: u32,
     #[serde(default)]
     fail: bool,
+    #[serde(default)]
+    panic: bool,
 }
 
 /// Per workspace: instances running now, and the most seen at once.
@@ -77,6 +79,7 @@ impl StageConfig for T {
         if self.fail {
             return Err(StageError::Failed("asked to fail".into()));
         }
+        assert!(!self.panic, "asked to panic");
         std::fs::write(ctx.out_dir.join("o.txt"), text)?;
         Ok(())
     }
@@ -275,6 +278,19 @@ fn a_fold_edit_reruns_every_fold_and_the_consumer_waits_for_all() {
     let log = h.run();
     assert_eq!(log.executed, set(&["f@fold0", "f@fold1", "f@fold2", "g"]));
     assert_eq!(h.out("g"), "FFF");
+}
+
+#[test]
+fn a_panicking_stage_fails_its_instance_and_the_run_ends() {
+    let h = Harness::new();
+    h.pipeline(r#""a": T(panic: true), "b": T(reads: ["a"]), "x": T(content: "x"),"#);
+    // Before: the worker thread died and the scheduler waited for it forever.
+    let log = h.run_with(2, None, true);
+    assert_eq!(log.failed, set(&["a"]));
+    assert_eq!(log.skipped, set(&["b"]));
+    assert_eq!(log.executed, set(&["x"]));
+    let again = h.run_with(1, None, true);
+    assert_eq!(again.failed, set(&["a"]), "nothing of a panicked instance is trusted");
 }
 
 #[test]

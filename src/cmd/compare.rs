@@ -130,6 +130,7 @@ fn experiment(ctx: &Ctx, file: &Path, dag: &Dag, a: &Args<'_>) -> Result<Result<
             predictions,
             changes: Vec::new(),
             held_out: Default::default(),
+            parameters: None,
         };
         let params = dag
             .pipeline

@@ -23,6 +23,7 @@ use crate::ports::{SPLIT, TENSORS};
 
 /// Backbones. All end in one logit (P(fake) = sigmoid).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Model {
     /// A small conv net: `depth` conv-BN-ReLU-pool blocks starting at `width` channels
     /// (doubling per block), global pooling, one linear logit.
@@ -112,6 +113,7 @@ fn d_depth() -> i64 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Schedule {
     /// Linear warm-up then cosine decay to 0.
     Cosine {
@@ -130,6 +132,7 @@ impl Default for Schedule {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub enum Loss {
     /// Binary cross-entropy on the logit.
     #[default]

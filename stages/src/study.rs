@@ -17,7 +17,7 @@ use flow_engine::{Code, ConfigProblem, ExecCtx, Input, PortType, StageConfig, St
 use serde::{Deserialize, Serialize};
 
 use crate::ports::split::read_folds;
-use crate::ports::{PREDICTIONS, SPLIT, STUDY};
+use crate::ports::{MODELS, PREDICTIONS, SPLIT, STUDY};
 use crate::report::compare::{self, Experiment, Options};
 use crate::report::page;
 use crate::report::stage::Columns;
@@ -55,6 +55,10 @@ pub struct StudyReport {
     /// The base's Split stage: held-out sources, and which variants share folds.
     #[serde(default)]
     pub split: Option<String>,
+    /// The base's Train/Retrain stage: each variant's parameter count (of its fold-0 weights)
+    /// goes in the table and, when variants differ in it, an AUC-vs-parameters plot.
+    #[serde(default)]
+    pub models: Option<String>,
     /// Bootstrap resamples for CIs and unpaired comparisons.
     #[serde(default = "d_bootstrap")]
     pub bootstrap: usize,
@@ -90,6 +94,9 @@ impl StageConfig for StudyReport {
             if let Some(s) = self.split.as_ref().and_then(|s| v.stages.get(s)) {
                 out.push(Input::stage(Self::port("split", v), s.clone(), &[SPLIT]));
             }
+            if let Some(s) = self.models.as_ref().and_then(|s| v.stages.get(s)) {
+                out.push(Input::stage(Self::port("models", v), s.clone(), &[MODELS]));
+            }
         }
         out
     }
@@ -97,7 +104,7 @@ impl StageConfig for StudyReport {
         STUDY
     }
     fn key_params(&self) -> serde_json::Value {
-        let mut j = flow_engine::key_params_of(self, &["predictions", "split"]);
+        let mut j = flow_engine::key_params_of(self, &["predictions", "split", "models"]);
         for v in j["variants"].as_array_mut().into_iter().flatten() {
             if let Some(o) = v.as_object_mut() {
                 o.remove("stages");
@@ -119,7 +126,11 @@ impl StageConfig for StudyReport {
                 None,
             ));
         }
-        for (what, name) in [("predictions", Some(&self.predictions)), ("split", self.split.as_ref())] {
+        for (what, name) in [
+            ("predictions", Some(&self.predictions)),
+            ("split", self.split.as_ref()),
+            ("models", self.models.as_ref()),
+        ] {
             if let Some(n) = name {
                 if self.variants.first().is_some_and(|x| !x.stages.contains_key(n)) {
                     v.push(p(
@@ -128,6 +139,22 @@ impl StageConfig for StudyReport {
                     ));
                 }
             }
+        }
+        let mut c = crate::model::Checks::new();
+        c.int(
+            "bootstrap",
+            self.bootstrap as u64,
+            0,
+            crate::report::stage::MAX_BOOTSTRAP as u64,
+        );
+        v.extend(c.0);
+        if !(0.0..1.0).contains(&self.holdout_gap) {
+            v.push(ConfigProblem {
+                code: Code::InvalidValue,
+                message: format!("`holdout_gap` {} is an AUC difference in [0, 1)", self.holdout_gap),
+                needle: Some("holdout_gap:".into()),
+                help: None,
+            });
         }
         if !(0.5..1.0).contains(&self.level) {
             v.push(ConfigProblem {
@@ -143,6 +170,9 @@ impl StageConfig for StudyReport {
         let mut exps = Vec::new();
         let mut provenance = Vec::new();
         for (k, v) in self.variants.iter().enumerate() {
+            if ctx.cancelled() {
+                return Err(StageError::Cancelled);
+            }
             (ctx.progress)(k as f64 / self.variants.len() as f64, &format!("reading {}", v.name));
             let port = Self::port("predictions", v);
             let input = ctx
@@ -165,6 +195,12 @@ impl StageConfig for StudyReport {
                     }
                 }
             }
+            // Fold 0's weights: every fold of a variant has the same architecture.
+            let parameters = ctx
+                .inputs_of(&Self::port("models", v))
+                .next()
+                .map(|m| crate::ports::models::parameter_count(&m.dir).map_err(StageError::msg))
+                .transpose()?;
             exps.push(Experiment {
                 name: v.name.clone(),
                 group: v.group.clone(),
@@ -172,6 +208,7 @@ impl StageConfig for StudyReport {
                 predictions,
                 changes: v.changes.clone(),
                 held_out,
+                parameters,
             });
         }
         (ctx.progress)(0.9, "comparing");

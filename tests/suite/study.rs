@@ -29,7 +29,7 @@ fn study(variants: &str, extra: &str) -> String {
     baseline: "original",
     variants: {{ {variants} }},
     {extra}
-    compare: StudyReport(predictions: "infer", split: "split", bootstrap: 50),
+    compare: StudyReport(predictions: "infer", split: "split", models: "train", bootstrap: 50),
 )"#
     )
 }
@@ -76,7 +76,18 @@ fn a_study_runs_shared_work_once_and_a_new_variant_only_its_own() {
     }
     assert_eq!(e[1]["changes"], serde_json::json!(["pre.normalize=RealOnly"]));
     assert!(e[3]["held_out"]["auc_out"].is_number(), "{}", e[3]);
-    for f in ["index.html", "study.md", "study.tex", "plots/auc.svg", "plots/auc.png"] {
+    // Parameter counts from each variant's weights: `wide` (width 6) is the bigger model.
+    let params = |i: usize| e[i]["parameters"].as_u64().unwrap_or_else(|| panic!("{}", e[i]));
+    assert!(params(2) > params(0), "{} vs {}", params(2), params(0));
+    assert_eq!(params(0), params(1));
+    for f in [
+        "index.html",
+        "study.md",
+        "study.tex",
+        "plots/auc.svg",
+        "plots/auc.png",
+        "plots/size.svg",
+    ] {
         assert!(ws.path().join("out/s/study").join(f).is_file(), "{f}");
     }
     assert!(ws.read("out/s/study/study.tex").contains("\\toprule"));

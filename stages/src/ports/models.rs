@@ -210,3 +210,52 @@ impl ModelMeta {
         super::write_json(&dir.join(META), self, true)
     }
 }
+
+/// What PyTorch's `sum(p.numel() for p in model.parameters())` counts for the weights in
+/// `dir`: every tensor of `model.safetensors` except batch-norm buffers (`running_mean`,
+/// `running_var`, `num_batches_tracked`), which are state, not parameters.
+pub fn parameter_count(dir: &Path) -> Result<u64, String> {
+    let path = dir.join(WEIGHTS);
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: a published artifact is read-only; nothing writes it while it is mapped.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{}: {e}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| format!("{}: {e:?}", path.display()))?;
+    let buffer = |n: &str| {
+        ["running_mean", "running_var", "num_batches_tracked"]
+            .iter()
+            .any(|b| n.ends_with(b))
+    };
+    Ok(st
+        .tensors()
+        .iter()
+        .filter(|(n, _)| !buffer(n))
+        .map(|(_, t)| t.shape().iter().product::<usize>() as u64)
+        .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_count_skips_batch_norm_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let f32s = |n: usize| vec![0u8; n * 4];
+        let (w, b, rm, rv) = (f32s(6), f32s(2), f32s(2), f32s(2));
+        let nbt = vec![0u8; 8];
+        let view =
+            |dt, shape: Vec<usize>, data: &'static [u8]| safetensors::tensor::TensorView::new(dt, shape, data).unwrap();
+        let leak = |v: Vec<u8>| -> &'static [u8] { Box::leak(v.into_boxed_slice()) };
+        use safetensors::Dtype::{F32, I64};
+        let tensors = vec![
+            ("conv.weight", view(F32, vec![2, 3], leak(w))),
+            ("bn.weight", view(F32, vec![2], leak(b))),
+            ("bn.running_mean", view(F32, vec![2], leak(rm))),
+            ("bn.running_var", view(F32, vec![2], leak(rv))),
+            ("bn.num_batches_tracked", view(I64, vec![1], leak(nbt))),
+        ];
+        safetensors::serialize_to_file(tensors, &None, &dir.path().join(WEIGHTS)).unwrap();
+        assert_eq!(parameter_count(dir.path()).unwrap(), 8);
+        assert!(parameter_count(&dir.path().join("missing")).is_err());
+    }
+}

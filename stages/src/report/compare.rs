@@ -5,7 +5,8 @@
 //! Per experiment, on its out-of-fold predictions: pooled AUC with a stratified bootstrap CI,
 //! AP, EER, AUC per fold (mean ± std) and per fake source (the reals plus that source's
 //! fakes), and — when its split holds sources out — AUC on the sources it trained on, on those
-//! it never saw, and their gap (flagged above `holdout_gap`). Per group (an experiment
+//! it never saw, and their gap (flagged above `holdout_gap`), and the model's parameter count
+//! when the comparison was given its weights. Per group (an experiment
 //! repeated over seeds): mean ± std of the pooled AUC across seeds.
 //!
 //! Against the baseline (the baseline group's experiment of the same seed, else its first):
@@ -42,6 +43,8 @@ pub struct Experiment {
     pub changes: Vec<String>,
     /// Items of sources its split holds out (never trained on); empty: none held out.
     pub held_out: BTreeSet<String>,
+    /// The model's parameter count, when the comparison was given its weights.
+    pub parameters: Option<u64>,
 }
 
 /// Knobs of the comparison (part of the comparison stage's key).
@@ -198,6 +201,7 @@ fn row(e: &Experiment, sources: &[String], vs: Value, o: &Options, warnings: &mu
         "per_source_auc": per_source,
         "held_out": held_out(e, o, warnings),
         "changes": e.changes,
+        "parameters": e.parameters,
         "vs_baseline": vs,
     })
 }
@@ -344,6 +348,16 @@ fn groups(exps: &[Experiment], rows: &[Value], baseline: &str, o: &Options) -> V
         .collect()
 }
 
+/// `11689512` → `11.69M`, `20512` → `0.021M`.
+fn millions(n: u64) -> String {
+    let m = n as f64 / 1e6;
+    if m >= 1.0 {
+        format!("{m:.2}M")
+    } else {
+        format!("{m:.3}M")
+    }
+}
+
 fn f(v: &Value, d: usize) -> String {
     v.as_f64().map_or("–".into(), |x| format!("{x:.d$}"))
 }
@@ -395,6 +409,10 @@ fn main_table(c: &Value) -> (Vec<String>, Vec<Vec<String>>) {
         .map(String::from)
         .to_vec();
     head.extend(sources.iter().map(|s| format!("AUC {s}")));
+    let sized = rows_of(c).iter().any(|e| e["parameters"].is_u64());
+    if sized {
+        head.push("params".into());
+    }
     head.extend(["ΔAUC", "p", "p (Holm)", "test"].map(String::from));
     let rows = rows_of(c)
         .iter()
@@ -408,6 +426,9 @@ fn main_table(c: &Value) -> (Vec<String>, Vec<Vec<String>>) {
                 mean_std(&e["fold_auc_summary"], 3),
             ];
             r.extend(sources.iter().map(|s| f(&e["per_source_auc"][*s], 3)));
+            if sized {
+                r.push(e["parameters"].as_u64().map_or(String::new(), millions));
+            }
             let v = &e["vs_baseline"];
             r.push(if v.is_null() {
                 String::new()
@@ -587,6 +608,42 @@ pub fn latex(c: &Value) -> String {
 
 /// The plots of a comparison: pooled AUC per experiment with its CI, and AUC against the data
 /// fraction when experiments differ by `subsample` (seed 000's data-scaling curve).
+/// `(experiment, x, y)` points as one line per seed (`AUC` when unseeded), sorted by x.
+fn series_by_seed<'a>(points: impl Iterator<Item = (&'a Value, f64, f64)>) -> Vec<Series> {
+    let mut by_seed: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for (e, x, y) in points {
+        let seed = e["seed"].as_u64().map_or("AUC".to_string(), |s| format!("seed {s}"));
+        by_seed.entry(seed).or_default().push((x, y));
+    }
+    by_seed
+        .into_iter()
+        .map(|(n, mut pts)| {
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series::new(n, pts)
+        })
+        .collect()
+}
+
+/// AUC against parameter count (a backbone study), one line per seed, when the experiments
+/// differ in size; the x axis is log10 of the count.
+fn size_figure(c: &Value) -> Result<Option<Figure>, plots::PlotError> {
+    let sized: Vec<(&Value, u64, f64)> = rows_of(c)
+        .iter()
+        .filter_map(|e| Some((e, e["parameters"].as_u64().filter(|n| *n > 0)?, e["auc"].as_f64()?)))
+        .collect();
+    if sized.iter().map(|s| s.1).collect::<BTreeSet<_>>().len() < 2 {
+        return Ok(None);
+    }
+    let series = series_by_seed(sized.into_iter().map(|(e, n, auc)| (e, (n as f64).log10(), auc)));
+    Ok(Some(Figure {
+        stem: "size".into(),
+        title: "AUC against the model's parameter count".into(),
+        read: "x is log10 of the parameters (6 = 1M, 7 = 10M); the table's `params` column names each point. A flat line: the bigger backbones buy nothing on this data.".into(),
+        plot: plots::lines(&series, "AUC vs model size", "log10(parameters)", "AUC")?,
+        wide: false,
+    }))
+}
+
 pub fn figures(c: &Value) -> Result<Vec<Figure>, plots::PlotError> {
     let mut out = Vec::new();
     let bars: Vec<plots::Bar> = rows_of(c)
@@ -632,6 +689,9 @@ pub fn figures(c: &Value) -> Result<Vec<Figure>, plots::PlotError> {
             wide: false,
         });
     }
+    if let Some(fig) = size_figure(c)? {
+        out.push(fig);
+    }
     // Data scaling: fraction from `…subsample=x`, 1.0 for an experiment that sets none.
     let fraction = |e: &Value| -> Option<f64> {
         let ch = e["changes"].as_array()?;
@@ -645,20 +705,11 @@ pub fn figures(c: &Value) -> Result<Vec<Figure>, plots::PlotError> {
         Some(1.0)
     };
     if rows_of(c).iter().any(|e| fraction(e).is_some_and(|x| x < 1.0)) {
-        let mut by_seed: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        for e in rows_of(c) {
-            if let (Some(x), Some(a)) = (fraction(e), e["auc"].as_f64()) {
-                let seed = e["seed"].as_u64().map_or("AUC".to_string(), |s| format!("seed {s}"));
-                by_seed.entry(seed).or_default().push((x, a));
-            }
-        }
-        let series: Vec<Series> = by_seed
-            .into_iter()
-            .map(|(n, mut pts)| {
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series::new(n, pts)
-            })
-            .collect();
+        let series = series_by_seed(
+            rows_of(c)
+                .iter()
+                .filter_map(|e| Some((e, fraction(e)?, e["auc"].as_f64()?))),
+        );
         out.push(Figure {
             stem: "data-scaling".into(),
             title: "AUC against the fraction of training data".into(),
@@ -775,5 +826,67 @@ pub fn document(c: &Value, title: &str, figures: Vec<Figure>) -> Doc {
         sections,
         figures,
         data: "study.json",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 40 items in 4 folds, fakes of two sources; `skill` separates the classes.
+    fn columns(skill: f64, salt: u64) -> Columns {
+        let n = 40;
+        let noise = |i: usize| ((i as u64 * 2654435761 + salt * 97) % 1000) as f64 / 1000.0;
+        Columns {
+            items: (0..n).map(|i| format!("i{i}")).collect(),
+            labels: (0..n).map(|i| (i % 2) as u8).collect(),
+            sources: (0..n)
+                .map(|i| match i % 4 {
+                    1 => "gan".into(),
+                    3 => "swap".into(),
+                    _ => "real".into(),
+                })
+                .collect(),
+            folds: (0..n).map(|i| (i / 10) as u32).collect(),
+            score: (0..n).map(|i| (i % 2) as f64 * skill + noise(i)).collect(),
+            members: Vec::new(),
+        }
+    }
+
+    fn exp(name: &str, skill: f64, parameters: Option<u64>) -> Experiment {
+        Experiment {
+            name: name.into(),
+            group: name.into(),
+            seed: None,
+            predictions: columns(skill, name.len() as u64),
+            changes: vec![format!("train.model={name}")],
+            held_out: BTreeSet::new(),
+            parameters,
+        }
+    }
+
+    #[test]
+    fn a_backbone_study_gets_a_params_column_and_a_size_plot() {
+        let exps = [
+            exp("small", 0.3, Some(20_512)),
+            exp("resnet18", 0.6, Some(11_177_538)),
+            exp("resnet50", 0.7, Some(23_512_130)),
+        ];
+        let c = compare(&exps, "small", &Options::default()).unwrap();
+        assert_eq!(c["experiments"][1]["parameters"], json!(11_177_538));
+        let md = markdown(&c);
+        assert!(
+            md.contains("| params |") && md.contains("11.18M") && md.contains("0.021M"),
+            "{md}"
+        );
+        let stems: Vec<String> = figures(&c).unwrap().into_iter().map(|f| f.stem).collect();
+        assert!(stems.contains(&"size".to_string()), "{stems:?}");
+        // One size for all (or none known): no column, no plot.
+        let same = [exp("a", 0.3, Some(5)), exp("b", 0.6, Some(5))];
+        let c = compare(&same, "a", &Options::default()).unwrap();
+        assert!(!figures(&c).unwrap().iter().any(|f| f.stem == "size"));
+        let none = [exp("a", 0.3, None), exp("b", 0.6, None)];
+        let c = compare(&none, "a", &Options::default()).unwrap();
+        assert!(!markdown(&c).contains("params"));
     }
 }
