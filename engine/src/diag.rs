@@ -158,8 +158,12 @@ impl Diagnostic {
         self.help = h;
         self
     }
-    /// Plain one-line rendering: `file:line:col: code: message`.
+    /// Plain one-line rendering: `file:line:col: code: message`, or `file: code: message` for
+    /// a problem with no position in the file (a `--set` argument, an unreadable file).
     pub fn short(&self) -> String {
+        if self.line == 0 {
+            return format!("{}: {}: {}", self.file.display(), self.code.as_str(), self.message);
+        }
         format!(
             "{}:{}:{}: {}: {}",
             self.file.display(),
