@@ -847,8 +847,51 @@ fn add_comparison(
     } else {
         ", "
     };
+    let gen = format!("{sep}{}", generated_params(dag, baseline, variants));
+    // Generated params go last, so the user's keep their positions in the file.
+    let full = format!("{}{}{}{}", &src.text[..at], before, gen, &src.text[at + before.len()..]);
+    let gsrc = Arc::new(SourceFile {
+        path: src.path.clone(),
+        text: full,
+    });
+    let span = (at, at + before.len() + gen.len() + (text.len() - before.len()));
+    let (kind, cfg) =
+        crate::spec::parse_stage(&gsrc, span, registry).map_err(|d| vec![not_a_comparison(d, src, text, at)])?;
+    let name = comparison_name(dag);
+    let decl = StageDecl {
+        name: name.clone(),
+        local: name.clone(),
+        kind,
+        config: Arc::from(cfg),
+        // Diagnostics quote the file as the user wrote it: the appended params come after
+        // every offset a problem of the written params points at.
+        src: src.clone(),
+        span: crate::spec::find_field(&gsrc.text, "compare"),
+        written: crate::spec::written_params(text),
+        variants: dag.pipeline.variants.clone(),
+    };
+    let edges = comparison_edges(dag, &decl, src, at)?;
+    let si = dag.pipeline.stages.len();
+    dag.pipeline.stages.push(decl);
+    let n = dag.graph.add_node(Instance {
+        id: name.clone(),
+        stage: name.clone(),
+        stage_index: si,
+        fold: None,
+    });
+    for (m, port) in edges {
+        dag.graph.add_edge(m, n, port);
+    }
+    dag.by_id.insert(name.clone(), n);
+    dag.order = stable_toposort(&dag.graph);
+    dag.pipeline.comparison = Some(name);
+    Ok(())
+}
+
+/// `study: "…", baseline: "…", variants: [(name, group, seed, changes, stages), …]`.
+fn generated_params(dag: &Dag, baseline: &str, variants: &[Variant]) -> String {
     let mut gen = format!(
-        "{sep}study: {}, baseline: {}, variants: [",
+        "study: {}, baseline: {}, variants: [",
         lit(&dag.pipeline.name),
         lit(baseline)
     );
@@ -871,35 +914,33 @@ fn add_comparison(
         ));
     }
     gen.push(']');
-    // Generated params go last, so the user's keep their positions in the file.
-    let full = format!("{}{}{}{}", &src.text[..at], before, gen, &src.text[at + before.len()..]);
-    let gsrc = Arc::new(SourceFile {
-        path: src.path.clone(),
-        text: full,
-    });
-    let span = (at, at + before.len() + gen.len() + (text.len() - before.len()));
-    let (kind, cfg) = crate::spec::parse_stage(&gsrc, span, registry).map_err(|d| {
-        // A kind that does not take what a study appends is no comparison kind.
-        if d.code == Code::UnknownField && d.message.contains("`study`") {
-            let t = text.trim_start();
-            let kind: String = t
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let d = Diagnostic::at(
-                Code::InvalidValue,
-                src,
-                (at + text.len() - t.len(), kind.len()),
-                format!("`compare:` names a comparison stage kind, and `{kind}` is not one"),
-            )
-            .label("not a comparison")
-            .help("use StudyReport(predictions: \"<the base's EnsembleInfer stage>\", split: \"<its Split>\")");
-            return vec![d];
-        }
-        vec![d]
-    })?;
-    // `study`, or the first of `study-compare`, `study-compare2`, … no stage holds.
-    let name = std::iter::once("study".to_string())
+    gen
+}
+
+/// A parse error of the comparison; a kind that does not take what a study appends is said
+/// to be no comparison kind.
+fn not_a_comparison(d: Diagnostic, src: &Arc<SourceFile>, text: &str, at: usize) -> Diagnostic {
+    if !(d.code == Code::UnknownField && d.message.contains("`study`")) {
+        return d;
+    }
+    let t = text.trim_start();
+    let kind: String = t
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    Diagnostic::at(
+        Code::InvalidValue,
+        src,
+        (at + text.len() - t.len(), kind.len()),
+        format!("`compare:` names a comparison stage kind, and `{kind}` is not one"),
+    )
+    .label("not a comparison")
+    .help("use StudyReport(predictions: \"<the base's EnsembleInfer stage>\", split: \"<its Split>\")")
+}
+
+/// `study`, or the first of `study-compare`, `study-compare2`, … no stage holds.
+fn comparison_name(dag: &Dag) -> String {
+    std::iter::once("study".to_string())
         .chain((1..).map(|i| {
             if i == 1 {
                 "study-compare".to_string()
@@ -908,25 +949,22 @@ fn add_comparison(
             }
         }))
         .find(|n| dag.pipeline.stage(n).is_none())
-        .expect("some name is free");
-    let name = name.as_str();
-    let decl = StageDecl {
-        name: name.to_string(),
-        local: name.to_string(),
-        kind,
-        config: Arc::from(cfg),
-        // Diagnostics quote the file as the user wrote it: the appended params come after
-        // every offset a problem of the written params points at.
-        src: src.clone(),
-        span: crate::spec::find_field(&gsrc.text, "compare"),
-        written: crate::spec::written_params(text),
-        variants: dag.pipeline.variants.clone(),
-    };
+        .expect("some name is free")
+}
+
+/// The comparison's problems (its own, its fan-out, what it reads), or the edges from every
+/// instance it reads (`at`: where its text starts in the file).
+fn comparison_edges(
+    dag: &Dag,
+    decl: &StageDecl,
+    src: &Arc<SourceFile>,
+    at: usize,
+) -> Result<Vec<(NodeIndex, String)>, Vec<Diagnostic>> {
     let mut diags: Vec<Diagnostic> = decl
         .config
         .validate()
         .into_iter()
-        .map(|p| stage_problem(&decl, p))
+        .map(|p| stage_problem(decl, p))
         .collect();
     if decl.config.fan_out() != FanOut::Single {
         diags.push(Diagnostic::at(
@@ -979,19 +1017,5 @@ fn add_comparison(
     if !diags.is_empty() {
         return Err(diags);
     }
-    let si = dag.pipeline.stages.len();
-    dag.pipeline.stages.push(decl);
-    let n = dag.graph.add_node(Instance {
-        id: name.to_string(),
-        stage: name.to_string(),
-        stage_index: si,
-        fold: None,
-    });
-    for (m, port) in edges {
-        dag.graph.add_edge(m, n, port);
-    }
-    dag.by_id.insert(name.to_string(), n);
-    dag.order = stable_toposort(&dag.graph);
-    dag.pipeline.comparison = Some(name.to_string());
-    Ok(())
+    Ok(edges)
 }
