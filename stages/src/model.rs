@@ -50,7 +50,167 @@ pub enum Model {
     EfficientNetB2,
     EfficientNetB3,
     MobileNetV2,
+    /// torchvision `convnext_tiny` (names `features.…`, head `classifier.2`).
+    ConvNeXtTiny,
+    /// torchvision `mobilenet_v3_small` / `mobilenet_v3_large` (head `classifier.3`).
+    MobileNetV3Small,
+    MobileNetV3Large,
+    /// timm `vit_small_patch16_224` (names `patch_embed.…`, `blocks.<i>.…`, head `head`);
+    /// any size divisible by 16 (position embeddings are made for the stage's image size).
+    VitS16,
+    /// timm `mobilenetv4_conv_small` (names `conv_stem`, `blocks.…`, head `classifier`).
+    MobileNetV4ConvSmall,
+    /// Seed 003's RADAR: a backbone with boundary and/or frequency evidence, iterative
+    /// evidence refinement and gated fusion, trained with its multi-part loss.
+    Radar(Radar),
+    /// Seed 001's Spotter: EfficientNet with channel + spatial attention and multi-scale
+    /// features.
+    Spotter(Spotter),
+    /// A TorchScript module the user exported from Python (`torch.jit.script`/`trace`),
+    /// taking `[N, 3, H, W]` and giving `[N]` or `[N, 1]` logits; trained by flow. Its
+    /// content hash is part of the key (a path input).
+    TorchScript { path: String },
 }
+
+/// RADAR (seed 003). Defaults are the seed's `RADARConfig` and loss config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Radar {
+    /// The feature extractor: `VitS16` (the seed's), or any other backbone of this enum but
+    /// Radar/Spotter/TorchScript (a CNN's last feature map stands in for the patch tokens,
+    /// its global average for the CLS token).
+    pub backbone: Box<Model>,
+    /// Boundary evidence (BADM: Sobel edges → CNN, plus pooled patch features).
+    pub boundary: bool,
+    /// Frequency evidence (AADM: high-passed log spectrum → CNN, plus the CLS vector).
+    pub frequency: bool,
+    pub evidence_dim: i64,
+    /// Evidence-refinement rounds (1 = the seed's "no reasoning" ablation).
+    pub iterations: i64,
+    pub heads: i64,
+    /// Side of the (resized) grayscale image whose spectrum AADM reads.
+    pub fft_size: i64,
+    pub dropout: f64,
+    /// Initial α of `α·reasoning + (1−α)·external` (α = sigmoid of a learnable logit).
+    pub gating_init: f64,
+    pub label_smoothing: f64,
+    pub lambda_branch: f64,
+    pub lambda_orthogonal: f64,
+    pub orthogonality_margin: f64,
+    pub lambda_deep_supervision: f64,
+}
+impl Default for Radar {
+    fn default() -> Self {
+        Radar {
+            backbone: Box::new(Model::VitS16),
+            boundary: true,
+            frequency: true,
+            evidence_dim: 64,
+            iterations: 3,
+            heads: 4,
+            fft_size: 112,
+            dropout: 0.1,
+            gating_init: 0.5,
+            label_smoothing: 0.1,
+            lambda_branch: 0.3,
+            lambda_orthogonal: 0.1,
+            orthogonality_margin: 0.1,
+            lambda_deep_supervision: 0.05,
+        }
+    }
+}
+
+/// Spotter (seed 001): EfficientNet-B0/B3 features, channel and spatial attention (always
+/// trainable, also with `freeze_backbone`), features of three depths fused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spotter {
+    /// `EfficientNetB0` (seed default, 224 px) or `EfficientNetB3` (300 px).
+    pub backbone: Box<Model>,
+    pub attention: bool,
+    /// Fuse the fine (stride 8), mid (stride 16) and semantic (stride 32) feature maps.
+    pub multiscale: bool,
+    pub dropout: f64,
+}
+impl Default for Spotter {
+    fn default() -> Self {
+        Spotter {
+            backbone: Box::new(Model::EfficientNetB0),
+            attention: true,
+            multiscale: true,
+            dropout: 0.3,
+        }
+    }
+}
+
+/// A fixed input transform in front of any backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum InputFilter {
+    #[default]
+    None,
+    /// The three fixed 5×5 SRM noise-residual kernels of Fridrich & Kodovský as used by
+    /// RGB-N (Zhou et al. 2018): three residual channels replace RGB, so any 3-channel
+    /// backbone (and its pretrained first layer) takes them unchanged.
+    Srm,
+}
+impl Radar {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if !self.backbone.is_feature_backbone() {
+            v.push((
+                "backbone",
+                format!("Radar `backbone` must be a plain backbone, not {:?}", self.backbone),
+            ));
+        }
+        v.extend(self.backbone.problems());
+        if !self.boundary && !self.frequency {
+            v.push((
+                "frequency",
+                "Radar needs at least one evidence module: `boundary` or `frequency` must be true".into(),
+            ));
+        }
+        let int = |v: &mut Vec<_>, f: &'static str, x: i64, lo: i64, hi: i64| {
+            if !(lo..=hi).contains(&x) {
+                v.push((f, format!("Radar `{f}` {x} must be in {lo}..={hi}")));
+            }
+        };
+        int(&mut v, "evidence_dim", self.evidence_dim, 1, 4096);
+        int(&mut v, "iterations", self.iterations, 1, 32);
+        int(&mut v, "heads", self.heads, 1, 64);
+        int(&mut v, "fft_size", self.fft_size, 8, 1024);
+        if self.heads >= 1 && self.evidence_dim >= 1 && self.evidence_dim % self.heads != 0 {
+            v.push((
+                "heads",
+                format!(
+                    "Radar `heads` {} must divide `evidence_dim` {} (multi-head attention)",
+                    self.heads, self.evidence_dim
+                ),
+            ));
+        }
+        let unit = |v: &mut Vec<_>, f: &'static str, x: f64, open: bool| {
+            let ok = x.is_finite() && if open { x > 0.0 && x < 1.0 } else { (0.0..1.0).contains(&x) };
+            if !ok {
+                let l = if open { "(" } else { "[" };
+                v.push((f, format!("Radar `{f}` {x} must be in {l}0, 1)")));
+            }
+        };
+        unit(&mut v, "dropout", self.dropout, false);
+        unit(&mut v, "gating_init", self.gating_init, true);
+        unit(&mut v, "label_smoothing", self.label_smoothing, false);
+        for (f, x) in [
+            ("lambda_branch", self.lambda_branch),
+            ("lambda_orthogonal", self.lambda_orthogonal),
+            ("orthogonality_margin", self.orthogonality_margin),
+            ("lambda_deep_supervision", self.lambda_deep_supervision),
+        ] {
+            if !(x.is_finite() && (0.0..=100.0).contains(&x)) {
+                v.push((f, format!("Radar `{f}` {x} must be in [0, 100]")));
+            }
+        }
+        v
+    }
+}
+
 /// The widest `SimpleCnn` first layer and the most blocks: beyond, a typo, not a model.
 pub const SIMPLE_CNN_MAX_WIDTH: i64 = 4096;
 pub const SIMPLE_CNN_MAX_DEPTH: i64 = 10;
@@ -77,13 +237,55 @@ impl Model {
                 }
                 v
             }
+            Model::Radar(r) => r.problems(),
+            Model::Spotter(s) => {
+                let mut v = Vec::new();
+                if !matches!(
+                    *s.backbone,
+                    Model::EfficientNetB0 | Model::EfficientNetB1 | Model::EfficientNetB2 | Model::EfficientNetB3
+                ) {
+                    v.push((
+                        "backbone",
+                        format!("Spotter `backbone` must be EfficientNetB0..B3, not {:?}", s.backbone),
+                    ));
+                }
+                if !(0.0..1.0).contains(&s.dropout) {
+                    v.push(("dropout", format!("Spotter `dropout` {} must be in [0, 1)", s.dropout)));
+                }
+                v
+            }
+            Model::TorchScript { path } if path.trim().is_empty() => {
+                vec![("path", "TorchScript `path` is empty".to_string())]
+            }
             _ => Vec::new(),
+        }
+    }
+
+    /// Whether the model can be a Radar backbone (it exposes feature maps).
+    pub fn is_feature_backbone(&self) -> bool {
+        !matches!(self, Model::Radar(_) | Model::Spotter(_) | Model::TorchScript { .. })
+    }
+
+    /// The pretrained weights file or TorchScript module the model reads, if any.
+    pub fn module_file(&self) -> Option<&str> {
+        match self {
+            Model::TorchScript { path } => Some(path),
+            _ => None,
         }
     }
 
     /// Why the model cannot take `size`-pixel images, if it cannot.
     pub fn size_problem(&self, size: u64) -> Option<String> {
         match self {
+            Model::VitS16 if size % 16 != 0 || size == 0 => Some(format!(
+                "VitS16 cuts images into 16-pixel patches: {size} is not a multiple of 16"
+            )),
+            Model::Radar(r) => r.backbone.size_problem(size).or_else(|| {
+                (r.frequency && size < 8).then(|| format!("Radar frequency evidence needs images of 8 px or more, not {size}"))
+            }),
+            Model::Spotter(s) if s.multiscale && size < 32 => Some(format!(
+                "Spotter's multi-scale features need images of 32 px or more (stride 32), not {size}"
+            )),
             Model::SimpleCnn { depth, .. } if (1..=SIMPLE_CNN_MAX_DEPTH).contains(depth) && size >> depth == 0 => {
                 Some(format!(
                     "SimpleCnn depth {depth} halves {size}-pixel images {depth} times, below 1 pixel: use depth ≤ {}",
@@ -203,6 +405,18 @@ fn d_wd() -> f64 {
 fn d_bs() -> usize {
     32
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn yes() -> bool {
+    true
+}
+fn is_none_filter(f: &InputFilter) -> bool {
+    *f == InputFilter::None
+}
 fn d_one() -> u32 {
     1
 }
@@ -246,6 +460,17 @@ pub struct Train {
     /// bf16/f16 autocast on CUDA.
     #[serde(default)]
     pub mixed_precision: bool,
+    /// Train only the heads (and Radar's evidence/reasoning, Spotter's attention modules);
+    /// the backbone's weights stay as loaded and its batch-norm statistics frozen.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub freeze_backbone: bool,
+    /// `false`: `pretrained` weights may miss or add tensors (PyTorch's `strict=False`);
+    /// what was missing and unused is listed in `meta.json`. Shapes must still agree.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub pretrained_strict: bool,
+    /// A fixed transform of the (normalised) input in front of the model.
+    #[serde(default, skip_serializing_if = "is_none_filter")]
+    pub input_filter: InputFilter,
     #[serde(default)]
     pub device: Device,
 }
@@ -370,6 +595,9 @@ impl StageConfig for Train {
         if let Some(w) = &self.pretrained {
             v.push(Input::path("pretrained", w.clone()));
         }
+        if let Some(m) = self.model.module_file() {
+            v.push(Input::path("module", m.to_string()));
+        }
         v
     }
     fn output(&self) -> PortType {
@@ -387,7 +615,12 @@ impl StageConfig for Train {
         Some("seed")
     }
     fn key_params(&self) -> serde_json::Value {
-        key_params_of(self, &["data", "split", "pretrained", "device"])
+        // A TorchScript `path` is a path input (its content is in the key), not a param.
+        let mut v = key_params_of(self, &["data", "split", "pretrained", "device"]);
+        if let Some(ts) = v.pointer_mut("/model/TorchScript") {
+            *ts = serde_json::json!({});
+        }
+        v
     }
     fn env_facts(&self) -> Vec<(String, String)> {
         torch_env()

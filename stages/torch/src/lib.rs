@@ -10,7 +10,9 @@
 //! * [`optim`]: AdamW with checkpointable state, LR schedules, loss scaling.
 
 pub mod augment;
+pub mod backbones;
 pub mod data;
+pub mod forensic;
 #[cfg(test)]
 mod e2e;
 pub mod infer;

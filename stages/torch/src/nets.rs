@@ -43,17 +43,83 @@ use tch::{Device, Tensor};
 
 use crate::util::{list_some, Context, Res};
 
+/// What a training step needs of a model's forward pass.
+pub struct TrainOut {
+    /// The final logit, `[N]`.
+    pub logit: Tensor,
+    /// The model's own per-sample objective, `[N]` (RADAR's multi-part loss); `None`: the
+    /// stage's `loss` (BCE, focal) applies to `logit`.
+    pub loss: Option<Tensor>,
+}
+
+/// A binary detector. Contract: every method is a pure function of the input and the
+/// variables in the net's `VarStore` (plus dropout/batch-norm mode from `train`); fixed
+/// filters (high-pass, SRM, Sobel) are constants, never variables.
+pub trait Detector: Send {
+    /// Final logits `[N]` of a normalised batch `[N, 3, H, W]`.
+    fn logit(&self, xs: &Tensor, train: bool) -> Tensor;
+    /// The training forward pass (train mode) with targets `y` (`[N]`, 0/1, f32).
+    fn train_forward(&self, xs: &Tensor, _y: &Tensor) -> TrainOut {
+        TrainOut {
+            logit: self.logit(xs, true),
+            loss: None,
+        }
+    }
+    /// Named per-item diagnostics in eval mode, each `[N]` (RADAR: `reasoning_logit`,
+    /// `convergence_delta`). Validation reports them; none by default.
+    fn probes(&self, _xs: &Tensor) -> Vec<(&'static str, Tensor)> {
+        Vec::new()
+    }
+    /// Named scalars of the model as it stands (RADAR: `gating_alpha`); none by default.
+    fn scalars(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+}
+
+/// A tch module ending in `[N, 1]` logits as a [`Detector`].
+pub struct Plain<M: ModuleT + Send>(pub M);
+
+impl<M: ModuleT + Send> Detector for Plain<M> {
+    fn logit(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.0.forward_t(xs, train).view([-1])
+    }
+}
+
 /// A built model: its variables and its forward function.
 pub struct Net {
     pub vs: nn::VarStore,
-    pub module: Box<dyn ModuleT>,
+    pub module: Box<dyn Detector>,
     /// Names of the final classifier's variables.
     pub head: Vec<String>,
+    /// Whether a variable belongs to the backbone (what `freeze_backbone` freezes): for
+    /// plain classifiers every variable but the head; for Radar and Spotter those under
+    /// `backbone.`.
+    pub backbone_prefix: Option<String>,
 }
 
 impl Net {
+    /// Final logits `[N, 1]` (eval or train mode).
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.module.forward_t(xs, train)
+        self.module.logit(xs, train).view([-1, 1])
+    }
+    /// Whether variable `name` is part of the backbone.
+    pub fn is_backbone(&self, name: &str) -> bool {
+        match &self.backbone_prefix {
+            Some(p) => name.starts_with(p.as_str()),
+            None => !self.head.iter().any(|h| h == name),
+        }
+    }
+    /// Stops gradients to the backbone's variables (the optimiser then skips them).
+    /// Returns how many tensors were frozen.
+    pub fn freeze_backbone(&self) -> usize {
+        let mut n = 0;
+        for (name, t) in named(&self.vs) {
+            if self.is_backbone(&name) {
+                let _ = t.set_requires_grad(false);
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -73,40 +139,83 @@ pub fn model_name(m: &Model) -> String {
 /// libtorch's current seed. Batch-norm scales start at 1 (torchvision's init; tch's default
 /// is uniform(0, 1)).
 pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
+    // The same rules `flow check` applies (one definition, in flow-stages).
+    if let Some(p) = model
+        .problems()
+        .into_iter()
+        .map(|(_, m)| m)
+        .next()
+        .or_else(|| model.size_problem(size as u64))
+    {
+        return Err(p);
+    }
     let vs = nn::VarStore::new(device);
     let root = vs.root();
-    let (module, head): (Box<dyn ModuleT>, &str) = match model {
+    let size_i = size as i64;
+    let backbone_of = |m: &Model| -> Res<Box<dyn crate::backbones::Backbone>> {
+        match m {
+            Model::SimpleCnn {
+                width, depth, highpass, ..
+            } => Ok(Box::new(simple_cnn_backbone(&(&root / "backbone"), *width, *depth, *highpass, device))),
+            other => crate::backbones::backbone(&(&root / "backbone"), other, size_i),
+        }
+    };
+    let (module, head, backbone_prefix): (Box<dyn Detector>, Vec<String>, Option<String>) = match model {
         Model::SimpleCnn {
             width,
             depth,
             highpass,
             pool,
-        } => {
-            // The same rules `flow check` applies (one definition, in flow-stages).
-            if let Some(p) = model
-                .problems()
-                .into_iter()
-                .map(|(_, m)| m)
-                .next()
-                .or_else(|| model.size_problem(size as u64))
-            {
-                return Err(p);
-            }
-            (
-                Box::new(simple_cnn(&root, *width, *depth, *highpass, *pool, device)),
-                "fc",
-            )
+        } => (
+            Box::new(Plain(simple_cnn(&root, *width, *depth, *highpass, *pool, device))),
+            head_names("fc"),
+            None,
+        ),
+        Model::ResNet18 => plain(tch::vision::resnet::resnet18(&root, 1), "fc"),
+        Model::ResNet34 => plain(tch::vision::resnet::resnet34(&root, 1), "fc"),
+        Model::ResNet50 => plain(tch::vision::resnet::resnet50(&root, 1), "fc"),
+        Model::EfficientNetB0 => plain(tch::vision::efficientnet::b0(&root, 1), "classifier.1"),
+        Model::EfficientNetB1 => plain(tch::vision::efficientnet::b1(&root, 1), "classifier.1"),
+        Model::EfficientNetB2 => plain(tch::vision::efficientnet::b2(&root, 1), "classifier.1"),
+        Model::EfficientNetB3 => plain(tch::vision::efficientnet::b3(&root, 1), "classifier.1"),
+        Model::MobileNetV2 => plain(tch::vision::mobilenet::v2(&root, 1), "classifier.1"),
+        Model::ConvNeXtTiny | Model::MobileNetV3Small | Model::MobileNetV3Large | Model::VitS16 | Model::MobileNetV4ConvSmall => {
+            let c = crate::backbones::classifier(&root, model, size_i)?;
+            (c.module, c.head, None)
         }
-        Model::ResNet18 => (Box::new(tch::vision::resnet::resnet18(&root, 1)), "fc"),
-        Model::ResNet34 => (Box::new(tch::vision::resnet::resnet34(&root, 1)), "fc"),
-        Model::ResNet50 => (Box::new(tch::vision::resnet::resnet50(&root, 1)), "fc"),
-        Model::EfficientNetB0 => (Box::new(tch::vision::efficientnet::b0(&root, 1)), "classifier.1"),
-        Model::EfficientNetB1 => (Box::new(tch::vision::efficientnet::b1(&root, 1)), "classifier.1"),
-        Model::EfficientNetB2 => (Box::new(tch::vision::efficientnet::b2(&root, 1)), "classifier.1"),
-        Model::EfficientNetB3 => (Box::new(tch::vision::efficientnet::b3(&root, 1)), "classifier.1"),
-        Model::MobileNetV2 => (Box::new(tch::vision::mobilenet::v2(&root, 1)), "classifier.1"),
+        Model::Radar(cfg) => {
+            let b = backbone_of(&cfg.backbone)?;
+            let m = crate::forensic::radar(&root, cfg, b, size_i)?;
+            (m, Vec::new(), Some("backbone.".to_string()))
+        }
+        Model::Spotter(cfg) => {
+            let b = backbone_of(&cfg.backbone)?;
+            let m = crate::forensic::spotter(&root, cfg, b, size_i)?;
+            (m, Vec::new(), Some("backbone.".to_string()))
+        }
+        Model::TorchScript { .. } => {
+            return Err("a TorchScript model is loaded from its file (nets::load_torchscript), not built".into())
+        }
     };
-    // Batch-norm weights to 1, as PyTorch initialises them.
+    init_batch_norm(&vs);
+    Ok(Net {
+        vs,
+        module,
+        head,
+        backbone_prefix,
+    })
+}
+
+fn head_names(prefix: &str) -> Vec<String> {
+    vec![format!("{prefix}.weight"), format!("{prefix}.bias")]
+}
+
+fn plain<M: ModuleT + Send + 'static>(m: M, head: &str) -> (Box<dyn Detector>, Vec<String>, Option<String>) {
+    (Box::new(Plain(m)), head_names(head), None)
+}
+
+/// Batch-norm scales to 1, as PyTorch initialises them (tch's default is uniform(0, 1)).
+fn init_batch_norm(vs: &nn::VarStore) {
     let vars = vs.variables();
     tch::no_grad(|| {
         for name in vars.keys() {
@@ -117,8 +226,6 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
             }
         }
     });
-    let head = vec![format!("{head}.weight"), format!("{head}.bias")];
-    Ok(Net { vs, module, head })
 }
 
 /// The fixed high-pass filter of `SimpleCnn(highpass: true)`: a 3×3 second-derivative
@@ -133,15 +240,18 @@ fn highpass_kernel(device: Device) -> Tensor {
         .to_device(device)
 }
 
-fn simple_cnn(
+/// SimpleCnn's conv blocks under `p / "features"`: `depth` conv-BN-ReLU-maxpool blocks from
+/// `width` channels, doubling. Returns the blocks' forward (every block's output) and the
+/// channels of each.
+fn simple_cnn_blocks(
     p: &nn::Path,
     width: i64,
     depth: i64,
     highpass: bool,
-    pool: GlobalPool,
     device: Device,
-) -> nn::FuncT<'static> {
+) -> (impl Fn(&Tensor, bool) -> Vec<Tensor> + Send, Vec<i64>) {
     let mut layers = Vec::new();
+    let mut chans = Vec::new();
     let hp = highpass.then(|| highpass_kernel(device));
     let (mut c_in, mut c) = (if highpass { 6 } else { 3 }, width);
     for i in 0..depth {
@@ -159,11 +269,11 @@ fn simple_cnn(
         );
         let bn = nn::batch_norm2d(&q / "bn", c, Default::default());
         layers.push((conv, bn));
+        chans.push(c);
         c_in = c;
         c *= 2;
     }
-    let fc = nn::linear(p / "fc", c_in, 1, Default::default());
-    nn::func_t(move |xs, train| {
+    let f = move |xs: &Tensor, train: bool| {
         let mut x = match &hp {
             Some(k) => {
                 let r = xs.conv2d(k, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 3);
@@ -171,15 +281,59 @@ fn simple_cnn(
             }
             None => xs.shallow_clone(),
         };
+        let mut maps = Vec::with_capacity(layers.len());
         for (conv, bn) in &layers {
             x = x.apply(conv).apply_t(bn, train).relu().max_pool2d_default(2);
+            maps.push(x.shallow_clone());
         }
+        maps
+    };
+    (f, chans)
+}
+
+fn simple_cnn(
+    p: &nn::Path,
+    width: i64,
+    depth: i64,
+    highpass: bool,
+    pool: GlobalPool,
+    device: Device,
+) -> nn::FuncT<'static> {
+    let (blocks, chans) = simple_cnn_blocks(p, width, depth, highpass, device);
+    let fc = nn::linear(p / "fc", *chans.last().expect("depth >= 1"), 1, Default::default());
+    nn::func_t(move |xs, train| {
+        let x = blocks(xs, train).pop().expect("depth >= 1");
         let v = match pool {
             GlobalPool::Avg => x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float),
             GlobalPool::Max => x.amax([2i64, 3].as_slice(), false),
         };
         v.apply(&fc)
     })
+}
+
+/// SimpleCnn as a feature backbone (a light Radar/Spotter backbone for small images): its
+/// blocks' maps (the last three), pooled by global average.
+fn simple_cnn_backbone(
+    p: &nn::Path,
+    width: i64,
+    depth: i64,
+    highpass: bool,
+    device: Device,
+) -> crate::backbones::FnBackbone {
+    let (blocks, chans) = simple_cnn_blocks(p, width, depth, highpass, device);
+    let keep = chans.len().min(3);
+    let maps = chans[chans.len() - keep..].to_vec();
+    let pooled = *chans.last().expect("depth >= 1");
+    crate::backbones::FnBackbone {
+        f: Box::new(move |xs, train| {
+            let mut m = blocks(xs, train);
+            let m = m.split_off(m.len() - keep);
+            let pooled = crate::backbones::global_avg(m.last().expect("depth >= 1"));
+            crate::backbones::Features { maps: m, pooled }
+        }),
+        maps,
+        pooled,
+    }
 }
 
 /// Sorted (name, tensor) pairs of a var store.
