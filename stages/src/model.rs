@@ -69,7 +69,9 @@ pub enum Model {
     /// A TorchScript module the user exported from Python (`torch.jit.script`/`trace`),
     /// taking `[N, 3, H, W]` and giving `[N]` or `[N, 1]` logits; trained by flow. Its
     /// content hash is part of the key (a path input).
-    TorchScript { path: String },
+    TorchScript {
+        path: String,
+    },
 }
 
 /// RADAR (seed 003). Defaults are the seed's `RADARConfig` and loss config.
@@ -188,7 +190,12 @@ impl Radar {
             ));
         }
         let unit = |v: &mut Vec<_>, f: &'static str, x: f64, open: bool| {
-            let ok = x.is_finite() && if open { x > 0.0 && x < 1.0 } else { (0.0..1.0).contains(&x) };
+            let ok = x.is_finite()
+                && if open {
+                    x > 0.0 && x < 1.0
+                } else {
+                    (0.0..1.0).contains(&x)
+                };
             if !ok {
                 let l = if open { "(" } else { "[" };
                 v.push((f, format!("Radar `{f}` {x} must be in {l}0, 1)")));
@@ -281,7 +288,8 @@ impl Model {
                 "VitS16 cuts images into 16-pixel patches: {size} is not a multiple of 16"
             )),
             Model::Radar(r) => r.backbone.size_problem(size).or_else(|| {
-                (r.frequency && size < 8).then(|| format!("Radar frequency evidence needs images of 8 px or more, not {size}"))
+                (r.frequency && size < 8)
+                    .then(|| format!("Radar frequency evidence needs images of 8 px or more, not {size}"))
             }),
             Model::Spotter(s) if s.multiscale && size < 32 => Some(format!(
                 "Spotter's multi-scale features need images of 32 px or more (stride 32), not {size}"
@@ -582,6 +590,18 @@ fn train_problems(t: &Train) -> Vec<ConfigProblem> {
     t.augment.check(&mut c);
     for (field, m) in t.model.problems() {
         c.push(field, m);
+    }
+    if matches!(t.model, Model::Radar(_)) && t.loss != Loss::Bce {
+        c.push(
+            "loss",
+            "Radar trains with its own multi-part loss (label-smoothed BCE + branch, orthogonality and deep supervision terms): leave `loss` at Bce".into(),
+        );
+    }
+    if t.freeze_backbone && matches!(t.model, Model::TorchScript { .. }) {
+        c.push(
+            "freeze_backbone",
+            "`freeze_backbone` needs a model whose backbone flow knows, and a TorchScript module is opaque to flow: not supported for TorchScript".into(),
+        );
     }
     c.0
 }

@@ -33,25 +33,67 @@ pub struct HistRow {
     pub val_loss: Option<f64>,
     pub val_auc: Option<f64>,
     pub lr: f64,
+    /// RADAR's diagnostics of the epoch (columns only for models that have them).
+    #[serde(default)]
+    pub val_reasoning_auc: Option<f64>,
+    #[serde(default)]
+    pub val_convergence_delta: Option<f64>,
+    #[serde(default)]
+    pub gating_alpha: Option<f64>,
+}
+
+/// A model's own validation diagnostics (RADAR, seed 003): the AUC of the reasoning path
+/// alone, the mean |σ(last round) − σ(round before)|, and the fusion's gating α.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Diagnostics {
+    pub reasoning_auc: Option<f64>,
+    pub convergence_delta: Option<f64>,
+    pub gating_alpha: Option<f64>,
+}
+
+impl HistRow {
+    pub fn diagnostics(&self) -> Option<Diagnostics> {
+        let d = Diagnostics {
+            reasoning_auc: self.val_reasoning_auc,
+            convergence_delta: self.val_convergence_delta,
+            gating_alpha: self.gating_alpha,
+        };
+        (d != Diagnostics::default()).then_some(d)
+    }
 }
 
 pub fn read_history(dir: &Path) -> Result<Vec<HistRow>, String> {
     super::read_rows(&dir.join(HISTORY), "history file")
 }
 
-/// Losses and AUCs with 6 decimals, the learning rate in `e` notation.
+/// Losses and AUCs with 6 decimals, the learning rate in `e` notation; the diagnostics
+/// columns (`val_reasoning_auc,val_convergence_delta,gating_alpha`) only when a row has one.
 pub fn write_history(dir: &Path, rows: &[HistRow]) -> Result<(), String> {
-    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr\n");
+    let diag = rows.iter().any(|r| r.diagnostics().is_some());
+    let mut s = String::from("epoch,train_loss,val_loss,val_auc,lr");
+    if diag {
+        s.push_str(",val_reasoning_auc,val_convergence_delta,gating_alpha");
+    }
+    s.push('\n');
     let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for r in rows {
         s.push_str(&format!(
-            "{},{:.6},{},{},{:.6e}\n",
+            "{},{:.6},{},{},{:.6e}",
             r.epoch,
             r.train_loss,
             o(r.val_loss),
             o(r.val_auc),
             r.lr,
         ));
+        if diag {
+            s.push_str(&format!(
+                ",{},{},{}",
+                o(r.val_reasoning_auc),
+                o(r.val_convergence_delta),
+                o(r.gating_alpha)
+            ));
+        }
+        s.push('\n');
     }
     let path = dir.join(HISTORY);
     std::fs::write(&path, s).map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -163,6 +205,10 @@ pub struct PretrainedReport {
     pub skipped: Vec<String>,
     /// Tensors of the file the model has no use for.
     pub unused: Vec<String>,
+    /// Tensors of the model the file lacks, left at their fresh initialisation (only with
+    /// `pretrained_strict: false`; otherwise that is an error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 /// `meta.json` of one fold's model.

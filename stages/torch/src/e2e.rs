@@ -281,7 +281,7 @@ fn pretrained_weights_wrong_shapes_are_listed_and_the_head_is_skipped() {
     let good = tmp.path().join("good.safetensors");
     crate::nets::save_tensors(&t, &good).unwrap();
     let net = crate::nets::build(&cnn(8, 3), tch::Device::Cpu, 32).unwrap();
-    let rep = crate::nets::load_pretrained(&net, &good, &cnn(8, 3)).unwrap();
+    let rep = crate::nets::load_pretrained(&net, &good, &cnn(8, 3), true).unwrap();
     assert_eq!(rep.skipped.len(), 1, "{:?}", rep.skipped);
     assert!(rep.skipped[0].starts_with("fc.weight [2, 32]"));
     assert_eq!(rep.unused, vec!["extra.thing".to_string()]);
@@ -291,8 +291,28 @@ fn pretrained_weights_wrong_shapes_are_listed_and_the_head_is_skipped() {
     // A missing tensor is an error too.
     t.retain(|(n, _)| n != "features.1.bn.running_mean");
     crate::nets::save_tensors(&t, &good).unwrap();
-    let e = crate::nets::load_pretrained(&net, &good, &cnn(8, 3)).unwrap_err();
+    let e = crate::nets::load_pretrained(&net, &good, &cnn(8, 3), true).unwrap_err();
     assert!(e.contains("missing: features.1.bn.running_mean"), "{e}");
+    assert!(
+        e.contains("pretrained_strict: false"),
+        "the error names the way out: {e}"
+    );
+    // PyTorch's strict=False: loads what is there and lists what is not.
+    let rep = crate::nets::load_pretrained(&net, &good, &cnn(8, 3), false).unwrap();
+    assert_eq!(rep.missing, vec!["features.1.bn.running_mean".to_string()]);
+    assert_eq!(
+        rep.skipped.len(),
+        1,
+        "the head is still reported as skipped: {:?}",
+        rep.skipped
+    );
+    // Wrong shapes stay an error even then.
+    let e = crate::nets::load_pretrained(&net, &wrong_file(&tmp), &cnn(8, 3), false).unwrap_err();
+    assert!(e.contains("wrong shape"), "{e}");
+}
+
+fn wrong_file(tmp: &tempfile::TempDir) -> std::path::PathBuf {
+    tmp.path().join("small.safetensors")
 }
 
 #[test]
@@ -611,4 +631,130 @@ fn ensemble_uses_trained_models_out_of_fold() {
         differs > 0,
         "the two fold models agree everywhere: the test cannot tell them apart"
     );
+}
+
+/// A small conv net with batch norm, scripted by the venv's torch (`torch.jit.script`).
+const SCRIPTED_NET: &str = r#"
+import sys, torch, torch.nn as nn
+torch.manual_seed(0)
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(16, 1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).amax(dim=(2, 3)))
+torch.jit.save(torch.jit.script(Net()), sys.argv[1])
+"#;
+
+/// Mean of the trained module's first batch-norm running mean, read back by PyTorch.
+const READ_BUFFER: &str = r#"
+import sys, torch
+m = torch.jit.load(sys.argv[1])
+b = dict(m.named_buffers())
+print(float(b["features.1.running_mean"].abs().sum()), int(b["features.1.num_batches_tracked"]))
+"#;
+
+#[test]
+fn a_torchscript_module_trains_deterministically_and_infers_like_its_scores() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = testdata::make(tmp.path(), 40, 32, 2, Normalize::ImageNet, None);
+    let module = tmp.path().join("my_net.pt");
+    testdata::run_python(SCRIPTED_NET, &[module.as_os_str()]);
+    let mut params = train_params(2);
+    params["model"] = json!({"TorchScript": {"path": "models/my_net.pt"}});
+    let with_module = |name: &str, fold: u32| {
+        let mut sp = spec("Train", params.clone(), Some(fold), tmp.path(), name, train_inputs(&s));
+        sp.paths.push(flow_stages::worker::WorkerPath {
+            port: "module".into(),
+            rel: "models/my_net.pt".into(),
+            abs: module.clone(),
+        });
+        sp
+    };
+    let a = with_module("ts_a", 0);
+    run_spec(&a, &Hooks::default()).unwrap();
+    // PyTorch names, parameters only; the whole trained module beside them.
+    let t = crate::nets::read_tensors(&a.out_dir.join("model.safetensors")).unwrap();
+    let mut names: Vec<&String> = t.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "fc.bias",
+            "fc.weight",
+            "features.0.weight",
+            "features.1.bias",
+            "features.1.weight",
+            "features.4.bias",
+            "features.4.weight"
+        ]
+    );
+    let trained = a.out_dir.join("module.pt");
+    let buf = testdata::run_python(READ_BUFFER, &[trained.as_os_str()]);
+    let (mean, batches) = buf.trim().split_once(' ').unwrap();
+    assert!(
+        mean.parse::<f64>().unwrap() > 0.0,
+        "batch-norm statistics were not trained: {buf}"
+    );
+    assert!(batches.parse::<u64>().unwrap() > 0, "{buf}");
+    let h = read_csv(&a.out_dir.join("history.csv"));
+    assert_eq!(h.len(), 2);
+    // Deterministic: a second run gives the same weights.
+    let b = with_module("ts_b", 0);
+    run_spec(&b, &Hooks::default()).unwrap();
+    let bytes = |sp: &flow_stages::worker::WorkerSpec| std::fs::read(sp.out_dir.join("model.safetensors")).unwrap();
+    assert!(
+        bytes(&a) == bytes(&b),
+        "two runs of the same TorchScript training differ"
+    );
+    let meta = json_of(&a.out_dir.join("meta.json"));
+    assert_eq!(meta["model"]["TorchScript"]["path"], "models/my_net.pt");
+
+    // EnsembleInfer rebuilds it from module.pt (buffers included): its probabilities are
+    // the training run's test-set scores.
+    let c = with_module("ts_c", 1);
+    run_spec(&c, &Hooks::default()).unwrap();
+    let mut inputs = train_inputs(&s);
+    inputs.push(input("models", "train@fold0", Some(0), &a.out_dir));
+    inputs.push(input("models", "train@fold1", Some(1), &c.out_dir));
+    let ip = json!({"models": ["train"], "data": "preprocess", "split": "split", "device": "Cpu"});
+    let sp = spec("EnsembleInfer", ip, None, tmp.path(), "ts_inf", inputs);
+    run_spec(&sp, &Hooks::default()).unwrap();
+    let scores: HashMap<String, f64> = [&a, &c]
+        .iter()
+        .flat_map(|t| read_csv(&t.out_dir.join("scores.csv")))
+        .filter(|r| r["role"] == "test")
+        .map(|r| (r["item"].clone(), crate::util::sigmoid(r["logit"].parse().unwrap())))
+        .collect();
+    let rows = read_csv(&sp.out_dir.join("predictions.csv"));
+    let mut compared = 0;
+    for row in rows.iter().filter(|r| scores.contains_key(&r["item"])) {
+        let p: f64 = row["train"].parse().unwrap();
+        assert!((p - scores[&row["item"]]).abs() < 1e-6, "{}: {p}", row["item"]);
+        compared += 1;
+    }
+    assert_eq!(compared, 40, "every item is some fold's test item");
+}
+
+#[test]
+fn a_broken_torchscript_module_is_a_clear_error() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.pt");
+    std::fs::write(&junk, b"not a module").unwrap();
+    let e = crate::nets::load_torchscript(&junk, tch::Device::Cpu, 32)
+        .err()
+        .unwrap();
+    assert!(e.contains("cannot load") && e.contains("torch.jit.save"), "{e}");
+    // Two logits per image is not a binary detector.
+    let two = tmp.path().join("two.pt");
+    testdata::run_python(
+        "import sys, torch\nm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))\nm(torch.zeros(1, 3, 32, 32))\ntorch.jit.save(torch.jit.script(m), sys.argv[1])",
+        &[two.as_os_str()],
+    );
+    let e = crate::nets::load_torchscript(&two, tch::Device::Cpu, 32).err().unwrap();
+    assert!(e.contains("[2, 2]") && e.contains("one logit per image"), "{e}");
 }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use flow_stages::model::{Aggregate, EnsembleInfer, Tta};
+use flow_stages::model::{Aggregate, EnsembleInfer, Model, Tta};
 use flow_stages::ports::calibration::Temperatures;
 use flow_stages::ports::predictions::{
     CascadeInfo, Counts, FoldCounts, FoldModel, InferDoc, MemberInfo, PredictionRow, Predictions,
@@ -80,7 +80,11 @@ fn load_model(dir: &Path, device: Device, ds: &Dataset, from: &str) -> Res<(Net,
             info.image_size, ds.size
         ));
     }
-    let net = nets::build(&info.model, device, ds.size)?;
+    let net = match &info.model {
+        Model::TorchScript { .. } => nets::load_torchscript(&dir.join(nets::MODULE_FILE), device, ds.size)?,
+        m => nets::build(m, device, ds.size)?,
+    };
+    let net = nets::with_input_filter(net, info.train_params.input_filter, device);
     let src = nets::read_tensors(&dir.join("model.safetensors"))?;
     nets::load_exact(&net.vs, &src, &format!("model file of `{from}`"))?;
     Ok((net, info))

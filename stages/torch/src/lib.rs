@@ -12,9 +12,9 @@
 pub mod augment;
 pub mod backbones;
 pub mod data;
-pub mod forensic;
 #[cfg(test)]
 mod e2e;
+pub mod forensic;
 pub mod infer;
 pub mod nets;
 pub mod optim;

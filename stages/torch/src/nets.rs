@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use flow_stages::model::{GlobalPool, Model};
+use flow_stages::model::{GlobalPool, InputFilter, Model};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -74,6 +74,117 @@ pub trait Detector: Send {
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
     }
+    /// Writes the complete module to `path` when the var store does not hold all of its
+    /// state (TorchScript: parameters *and* buffers); `Ok(false)` for every other model.
+    fn save_module(&self, _path: &Path) -> Res<bool> {
+        Ok(false)
+    }
+}
+
+/// The TorchScript module file a models directory holds next to `model.safetensors`.
+pub const MODULE_FILE: &str = "module.pt";
+
+/// A user's TorchScript module. libtorch's module object keeps the train/eval mode, so it
+/// sits behind a mutex with the mode it is in.
+struct Script {
+    m: std::sync::Mutex<(tch::CModule, bool)>,
+}
+
+impl Detector for Script {
+    fn logit(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut g = self.m.lock().unwrap_or_else(|e| e.into_inner());
+        if g.1 != train {
+            if train {
+                g.0.set_train()
+            } else {
+                g.0.set_eval()
+            }
+            g.1 = train;
+        }
+        match g.0.forward_ts(&[xs]) {
+            Ok(t) => t.view([-1]),
+            // Shapes were checked at load; what remains is a bug in the user's module.
+            Err(e) => panic!("the TorchScript module failed: {e}"),
+        }
+    }
+    fn save_module(&self, path: &Path) -> Res<bool> {
+        let g = self.m.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = path.with_extension("tmp.pt");
+        g.0.save(&tmp).ctx(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).ctx(|| format!("cannot rename {}", tmp.display()))?;
+        Ok(true)
+    }
+}
+
+/// Loads a TorchScript module (`torch.jit.save` of a scripted or traced `nn.Module`) for
+/// training: its parameters become the var store's variables under their PyTorch names
+/// (shared storage: the optimiser updates the module itself). The module must map
+/// `[N, 3, size, size]` to `[N]` or `[N, 1]`; that is checked here on a small batch.
+pub fn load_torchscript(path: &Path, device: Device, size: usize) -> Res<Net> {
+    if !path.is_file() {
+        return Err(format!("TorchScript file {} does not exist", path.display()));
+    }
+    let m = tch::CModule::load_on_device(path, device).map_err(|e| {
+        format!(
+            "cannot load {} as a TorchScript module ({}); make it with torch.jit.save(torch.jit.script(model), path)",
+            path.display(),
+            first_line(&e.to_string())
+        )
+    })?;
+    let vs = nn::VarStore::new(device);
+    let params = m
+        .named_parameters()
+        .ctx(|| format!("cannot read the parameters of {}", path.display()))?;
+    if params.is_empty() {
+        return Err(format!(
+            "TorchScript module {} has no parameters to train",
+            path.display()
+        ));
+    }
+    for (name, t) in params {
+        let parts: Vec<&str> = name.split('.').collect();
+        let (last, dirs) = parts.split_last().expect("split gives one part");
+        let mut q = vs.root();
+        for d in dirs {
+            q = q / *d;
+        }
+        let trainable = t.requires_grad();
+        let _ = q.add(last, t, trainable);
+    }
+    let script = Script {
+        m: std::sync::Mutex::new((m, false)),
+    };
+    let probe = Tensor::zeros([2, 3, size as i64, size as i64], (tch::Kind::Float, device));
+    let out = tch::no_grad(|| {
+        let mut g = script.m.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.set_eval();
+        g.0.forward_ts(&[&probe])
+    })
+    .map_err(|e| {
+        format!(
+            "TorchScript module {} fails on a [2, 3, {size}, {size}] batch: {}",
+            path.display(),
+            first_line(&e.to_string())
+        )
+    })?;
+    let shape = out.size();
+    if !(shape == [2] || shape == [2, 1]) {
+        return Err(format!(
+            "TorchScript module {} gives {shape:?} for a [2, 3, {size}, {size}] batch; flow needs one logit per image ([2] or [2, 1])",
+            path.display()
+        ));
+    }
+    Ok(Net {
+        vs,
+        module: Box::new(script),
+        head: Vec::new(),
+        backbone_prefix: None,
+        frozen: 0,
+    })
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim()
 }
 
 /// A tch module ending in `[N, 1]` logits as a [`Detector`].
@@ -95,12 +206,21 @@ pub struct Net {
     /// plain classifiers every variable but the head; for Radar and Spotter those under
     /// `backbone.`.
     pub backbone_prefix: Option<String>,
+    /// How many tensors `freeze_backbone` froze.
+    pub frozen: usize,
 }
 
 impl Net {
     /// Final logits `[N, 1]` (eval or train mode).
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
         self.module.logit(xs, train).view([-1, 1])
+    }
+    /// The same net with its detector wrapped (an input filter in front of it).
+    pub fn wrap(self, f: impl FnOnce(Box<dyn Detector>) -> Box<dyn Detector>) -> Net {
+        Net {
+            module: f(self.module),
+            ..self
+        }
     }
     /// Whether variable `name` is part of the backbone.
     pub fn is_backbone(&self, name: &str) -> bool {
@@ -111,7 +231,7 @@ impl Net {
     }
     /// Stops gradients to the backbone's variables (the optimiser then skips them).
     /// Returns how many tensors were frozen.
-    pub fn freeze_backbone(&self) -> usize {
+    pub fn freeze_backbone(&mut self) -> usize {
         let mut n = 0;
         for (name, t) in named(&self.vs) {
             if self.is_backbone(&name) {
@@ -119,6 +239,7 @@ impl Net {
                 n += 1;
             }
         }
+        self.frozen = n;
         n
     }
 }
@@ -156,7 +277,13 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
         match m {
             Model::SimpleCnn {
                 width, depth, highpass, ..
-            } => Ok(Box::new(simple_cnn_backbone(&(&root / "backbone"), *width, *depth, *highpass, device))),
+            } => Ok(Box::new(simple_cnn_backbone(
+                &(&root / "backbone"),
+                *width,
+                *depth,
+                *highpass,
+                device,
+            ))),
             other => crate::backbones::backbone(&(&root / "backbone"), other, size_i),
         }
     };
@@ -179,7 +306,11 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
         Model::EfficientNetB2 => plain(tch::vision::efficientnet::b2(&root, 1), "classifier.1"),
         Model::EfficientNetB3 => plain(tch::vision::efficientnet::b3(&root, 1), "classifier.1"),
         Model::MobileNetV2 => plain(tch::vision::mobilenet::v2(&root, 1), "classifier.1"),
-        Model::ConvNeXtTiny | Model::MobileNetV3Small | Model::MobileNetV3Large | Model::VitS16 | Model::MobileNetV4ConvSmall => {
+        Model::ConvNeXtTiny
+        | Model::MobileNetV3Small
+        | Model::MobileNetV3Large
+        | Model::VitS16
+        | Model::MobileNetV4ConvSmall => {
             let c = crate::backbones::classifier(&root, model, size_i)?;
             (c.module, c.head, None)
         }
@@ -203,6 +334,7 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
         module,
         head,
         backbone_prefix,
+        frozen: 0,
     })
 }
 
@@ -226,6 +358,49 @@ fn init_batch_norm(vs: &nn::VarStore) {
             }
         }
     });
+}
+
+/// A model behind a fixed input transform (`input_filter`).
+struct Filtered {
+    inner: Box<dyn Detector>,
+    filter: InputFilter,
+    kernel: Tensor,
+}
+
+impl Filtered {
+    fn apply(&self, xs: &Tensor) -> Tensor {
+        match self.filter {
+            InputFilter::None => xs.shallow_clone(),
+            InputFilter::Srm => crate::forensic::srm::apply_srm(xs, &self.kernel),
+        }
+    }
+}
+
+impl Detector for Filtered {
+    fn logit(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.inner.logit(&self.apply(xs), train)
+    }
+    fn train_forward(&self, xs: &Tensor, y: &Tensor) -> TrainOut {
+        self.inner.train_forward(&self.apply(xs), y)
+    }
+    fn probes(&self, xs: &Tensor) -> Vec<(&'static str, Tensor)> {
+        self.inner.probes(&self.apply(xs))
+    }
+    fn scalars(&self) -> Vec<(&'static str, f64)> {
+        self.inner.scalars()
+    }
+    fn save_module(&self, path: &Path) -> Res<bool> {
+        self.inner.save_module(path)
+    }
+}
+
+/// `net` behind its stage's `input_filter` (unchanged for `None`).
+pub fn with_input_filter(net: Net, filter: InputFilter, device: Device) -> Net {
+    if filter == InputFilter::None {
+        return net;
+    }
+    let kernel = crate::forensic::srm::srm_kernel(device);
+    net.wrap(|inner| Box::new(Filtered { inner, filter, kernel }))
 }
 
 /// The fixed high-pass filter of `SimpleCnn(highpass: true)`: a 3×3 second-derivative
@@ -422,8 +597,9 @@ pub fn restore(vs: &nn::VarStore, snap: &HashMap<String, Tensor>) {
 /// workspace-relative name in outputs).
 pub use flow_stages::ports::models::PretrainedReport as Pretrained;
 
-/// Loads a user's pretrained `.safetensors` by name (see the module docs).
-pub fn load_pretrained(net: &Net, path: &Path, model: &Model) -> Res<Pretrained> {
+/// Loads a user's pretrained `.safetensors` by name (see the module docs). With `strict`
+/// false, model tensors the file lacks are listed (`missing`) instead of failing.
+pub fn load_pretrained(net: &Net, path: &Path, model: &Model, strict: bool) -> Res<Pretrained> {
     let file_name = path
         .file_name()
         .map(|f| f.to_string_lossy().to_string())
@@ -432,27 +608,46 @@ pub fn load_pretrained(net: &Net, path: &Path, model: &Model) -> Res<Pretrained>
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
     let mut skipped = Vec::new();
-    let mut loaded = 0;
+    let mut used_names = std::collections::HashSet::new();
     let vars = named(&net.vs);
     let mut use_: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, var) in &vars {
-        let is_head = net.head.contains(name);
-        match src.get(name) {
+        // A plain classifier's head, or a Radar/Spotter module around the backbone: fresh
+        // unless the file has it with the right shape.
+        let is_head = net.head.contains(name) || !net.is_backbone(name);
+        // A backbone checkpoint (timm's `blocks.0…`) fits a model's `backbone.blocks.0…`.
+        let found = src.get_key_value(name.as_str()).or_else(|| {
+            name.strip_prefix(net.backbone_prefix.as_deref().unwrap_or("\0"))
+                .and_then(|n| src.get_key_value(n))
+        });
+        match found {
             None if is_head => skipped.push(name.clone()),
             None => missing.push(name.clone()),
-            Some(t) if t.size() != var.size() => {
+            Some((k, t)) if t.size() != var.size() => {
                 if is_head {
                     skipped.push(format!("{name} {:?} (model {:?})", t.size(), var.size()));
+                } else if let Some(r) = crate::backbones::adapt(name, t, &var.size()) {
+                    // A ViT's position embeddings for another image size: resampled.
+                    used_names.insert(k.clone());
+                    use_.insert(name.clone(), r);
                 } else {
                     wrong.push(format!("{name} {:?} vs {:?}", t.size(), var.size()));
                 }
             }
-            Some(t) if !t.is_floating_point() => wrong.push(format!("{name} has dtype {:?}", t.kind())),
-            Some(t) => {
+            Some((_, t)) if !t.is_floating_point() => wrong.push(format!("{name} has dtype {:?}", t.kind())),
+            Some((k, t)) => {
+                used_names.insert(k.clone());
                 use_.insert(name.clone(), t.shallow_clone());
-                loaded += 1;
             }
         }
+    }
+    if !strict {
+        // PyTorch's strict=False: what the file lacks stays fresh (listed); shapes must agree.
+        skipped.extend(
+            std::mem::take(&mut missing)
+                .into_iter()
+                .map(|m| format!("{m} (missing)")),
+        );
     }
     if !wrong.is_empty() || !missing.is_empty() {
         let mut parts = Vec::new();
@@ -466,31 +661,37 @@ pub fn load_pretrained(net: &Net, path: &Path, model: &Model) -> Res<Pretrained>
         }
         if !missing.is_empty() {
             parts.push(format!(
-                "{} tensor(s) of the model are missing: {}",
+                "{} tensor(s) of the model are missing: {} (`pretrained_strict: false` loads what is there)",
                 missing.len(),
                 list_some(&missing, 10)
             ));
         }
         return Err(format!(
-            "weights file {file_name}: {} (is it a torchvision-named {} checkpoint? see stages/torch/convert_weights.py)",
+            "weights file {file_name}: {} (is it a torchvision/timm-named {} checkpoint? see stages/torch/convert_weights.py)",
             parts.join("; "),
             model_name(model)
         ));
     }
-    let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
     let mut unused: Vec<String> = src
         .keys()
-        .filter(|k| !known.contains(k.as_str()) && !k.ends_with("num_batches_tracked"))
+        .filter(|k| !used_names.contains(*k) && !k.ends_with("num_batches_tracked"))
+        .filter(|k| !vars.iter().any(|(n, _)| n == *k))
         .cloned()
         .collect();
     unused.sort();
+    let (fresh, missing): (Vec<String>, Vec<String>) = skipped.into_iter().partition(|s| !s.ends_with("(missing)"));
+    let loaded = use_.len();
     let map: HashMap<String, Tensor> = use_.into_iter().collect();
     copy_in(&net.vs, &map);
     Ok(Pretrained {
         file: path.display().to_string(),
         loaded,
-        skipped,
+        skipped: fresh,
         unused,
+        missing: missing
+            .into_iter()
+            .map(|m| m.trim_end_matches(" (missing)").to_string())
+            .collect(),
     })
 }
 

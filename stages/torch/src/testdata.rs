@@ -161,3 +161,39 @@ pub fn train_params(epochs: u32) -> serde_json::Value {
         "epochs": epochs, "lr": 3e-3, "batch_size": 8, "seed": 7, "device": "Cpu",
     })
 }
+
+/// The Python the tests compare against (`FLOW_PYTHON`, else the checkout's `.venv`), with
+/// torch (and, for the weight-name tests, torchvision and timm) installed by
+/// `scripts/setup --test-deps`. A missing one fails the test: it must not pass unchecked.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("FLOW_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"));
+    assert!(
+        p.exists(),
+        "no Python at {} (run scripts/setup --test-deps, or set FLOW_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `code` in [`python`] with `args`; panics with its stderr when it fails. The code
+/// runs from a file (`torch.jit.script` reads its source).
+pub fn run_python(code: &str, args: &[&std::ffi::OsStr]) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let script = std::env::temp_dir().join(format!("flow-test-{}-{n}.py", std::process::id()));
+    std::fs::write(&script, code).expect("write script");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("cannot run python");
+    let _ = std::fs::remove_file(&script);
+    assert!(
+        out.status.success(),
+        "python failed (scripts/setup --test-deps installs what the tests need):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use flow_stages::model::{Loss, Retrain, Schedule, Train, Tta};
+use flow_stages::model::{Loss, Model, Retrain, Schedule, Train, Tta};
 use flow_stages::ports::models::{self, ClassCounts, HistRow, ModelMeta, RoleCounts, ScoreRow};
 use flow_stages::ports::split::Role;
 use flow_stages::worker::WorkerSpec;
@@ -292,6 +292,24 @@ pub fn predict(
     device: Device,
     tta: &[Tta],
 ) -> Res<Vec<f64>> {
+    Ok(predict_probed(net, ds, norm, rows, bs, device, tta, false)?.0)
+}
+
+/// Per-item values of the model's probes (`Detector::probes`), by name, in row order.
+pub type Probes = std::collections::BTreeMap<&'static str, Vec<f64>>;
+
+/// [`predict`], and with `probes` the model's probes of the Identity view as well.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_probed(
+    net: &Net,
+    ds: &Dataset,
+    norm: &Norm,
+    rows: &[usize],
+    bs: usize,
+    device: Device,
+    tta: &[Tta],
+    probes: bool,
+) -> Res<(Vec<f64>, Probes)> {
     let s = ds.size as i64;
     let per = (3 * s * s) as usize;
     let reqs: Vec<BatchReq> = rows
@@ -302,7 +320,11 @@ pub fn predict(
         })
         .collect();
     let mut out = Vec::with_capacity(rows.len());
+    let mut probed = Probes::new();
     let _guard = tch::no_grad_guard();
+    let to_vec = |t: &Tensor| -> Res<Vec<f64>> {
+        Vec::<f64>::try_from(&t.view([-1]).to_kind(Kind::Double).to_device(Device::Cpu)).ctx(|| "cannot read logits")
+    };
     prefetch(ds, norm, None, reqs, |_, buf, n| {
         let x = data::batch_tensor(&buf[..n * per], n, s, device);
         let mut acc: Option<Tensor> = None;
@@ -320,11 +342,15 @@ pub fn predict(
             });
         }
         let l = acc.expect("tta is not empty") / tta.len().max(1) as f64;
-        let v = Vec::<f64>::try_from(&l.to_device(Device::Cpu)).ctx(|| "cannot read logits")?;
-        out.extend(v);
+        out.extend(to_vec(&l)?);
+        if probes {
+            for (name, t) in net.module.probes(&x) {
+                probed.entry(name).or_default().extend(to_vec(&t)?);
+            }
+        }
         Ok(())
     })?;
-    Ok(out)
+    Ok((out, probed))
 }
 
 /// One epoch as the checkpoint keeps it: `history.csv`'s row plus the epoch's timings
@@ -341,6 +367,9 @@ struct EpochRow {
     /// optimiser; no validation): what `bench/train` compares with PyTorch.
     #[serde(default)]
     train_images_per_s: f64,
+    /// The model's own validation diagnostics (RADAR's), when it has them.
+    #[serde(default)]
+    diag: Option<models::Diagnostics>,
 }
 
 /// Progress of a run, saved in every checkpoint.
@@ -368,6 +397,8 @@ struct State {
 }
 
 const CKPT_POINTER: &str = "checkpoint.json";
+/// The best epoch's whole TorchScript module, in the resume dir.
+const BEST_MODULE: &str = "best_module.pt";
 
 fn sync_file(p: &Path) {
     if let Ok(f) = std::fs::File::open(p) {
@@ -708,15 +739,42 @@ impl State {
 fn build_model(f: &Fold) -> Res<(Net, Option<nets::Pretrained>)> {
     let (job, p) = (&f.job, &f.job.params);
     tch::manual_seed((f.seed as i64).wrapping_mul(1000).wrapping_add(job.fold as i64));
-    let net = nets::build(&p.model, job.device, job.ds.size)?;
+    let net = match (&p.model, &job.init) {
+        // A TorchScript model starts from the user's module file, or (Retrain) from the
+        // trained module of the base model's directory.
+        (Model::TorchScript { .. }, Init::Fresh { .. }) => {
+            let file = job
+                .spec
+                .paths
+                .iter()
+                .find(|x| x.port == "module")
+                .map(|x| x.abs.clone())
+                .ok_or("the TorchScript module file was not passed to the worker")?;
+            nets::load_torchscript(&file, job.device, job.ds.size)?
+        }
+        (Model::TorchScript { .. }, Init::From(w)) => {
+            let dir = w.parent().unwrap_or(Path::new("."));
+            nets::load_torchscript(&dir.join(nets::MODULE_FILE), job.device, job.ds.size)?
+        }
+        _ => nets::build(&p.model, job.device, job.ds.size)?,
+    };
+    let mut net = nets::with_input_filter(net, p.input_filter, job.device);
     let pretrained = match &job.init {
         Init::Fresh { pretrained: Some(path) } => {
-            let mut rep = nets::load_pretrained(&net, path, &p.model)?;
+            let mut rep = nets::load_pretrained(&net, path, &p.model, p.pretrained_strict)?;
             log(format!(
-                "pretrained {}: {} tensors loaded, skipped {:?}{}",
+                "pretrained {}: {} tensors loaded, skipped {:?}{}{}",
                 path.display(),
                 rep.loaded,
                 rep.skipped,
+                if rep.missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} missing (left fresh: pretrained_strict is false)",
+                        rep.missing.len()
+                    )
+                },
                 if rep.unused.is_empty() {
                     String::new()
                 } else {
@@ -735,6 +793,14 @@ fn build_model(f: &Fold) -> Res<(Net, Option<nets::Pretrained>)> {
             None
         }
     };
+    if p.freeze_backbone {
+        let n = net.freeze_backbone();
+        let left = nets::named(&net.vs).iter().filter(|(_, t)| t.requires_grad()).count();
+        log(format!("freeze_backbone: {n} backbone tensors frozen, {left} trained"));
+        if left == 0 {
+            return Err("freeze_backbone leaves no tensor to train".into());
+        }
+    }
     Ok((net, pretrained))
 }
 
@@ -823,6 +889,7 @@ impl EpochRun<'_> {
 struct Validation {
     loss: Option<f64>,
     auc: Option<f64>,
+    diag: Option<models::Diagnostics>,
 }
 
 /// Epoch `epoch` (0-based): libtorch seeded for it, its batches, the training loop,
@@ -837,6 +904,13 @@ fn run_epoch(f: &Fold, tr: &mut Training, epoch: u32) -> Res<()> {
     let train_loss = ep.loss_sum / ep.seen.max(1) as f64;
     let v = validate(f, &tr.net)?;
     let improved = tr.end_epoch(f, e1, train_loss, &v);
+    if improved {
+        // A TorchScript module's buffers are not in the var store: keep the best epoch's
+        // whole module (a no-op for other models).
+        let dir = &f.job.spec.resume_dir;
+        std::fs::create_dir_all(dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        tr.net.module.save_module(&dir.join(BEST_MODULE))?;
+    }
     let secs = te.elapsed().as_secs_f64();
     tr.st.history.push(EpochRow {
         epoch: e1,
@@ -846,6 +920,7 @@ fn run_epoch(f: &Fold, tr: &mut Training, epoch: u32) -> Res<()> {
         lr: ep.last_lr,
         seconds: secs,
         train_images_per_s: ep.images_per_s(),
+        diag: v.diag.clone(),
     });
     tr.st.opt_step = tr.opt.step;
     save_checkpoint(
@@ -863,8 +938,16 @@ fn run_epoch(f: &Fold, tr: &mut Training, epoch: u32) -> Res<()> {
         &serde_json::to_vec(&note).expect("json"),
     )?;
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
+    let diag = v.diag.as_ref().map_or(String::new(), |d| {
+        format!(
+            " reasoning AUC {} Δ {} α {}",
+            fmt(d.reasoning_auc, 4),
+            fmt(d.convergence_delta, 4),
+            fmt(d.gating_alpha, 3)
+        )
+    });
     let msg = format!(
-        "epoch {e1}/{epochs} loss {train_loss:.4} val loss {} val AUC {} lr {:.3e} {secs:.1} s ({:.0} img/s){}",
+        "epoch {e1}/{epochs} loss {train_loss:.4} val loss {} val AUC {}{diag} lr {:.3e} {secs:.1} s ({:.0} img/s){}",
         fmt(v.loss, 4),
         fmt(v.auc, 4),
         ep.last_lr,
@@ -927,13 +1010,16 @@ fn train_batch(f: &Fold, tr: &mut Training, ep: &mut EpochRun, bi: usize, x: &Te
     let wv: Vec<f32> = chunk.iter().map(|&i| job.weights[i]).collect();
     let y = Tensor::from_slice(&yv).to_device(job.device);
     let w = Tensor::from_slice(&wv).to_device(job.device);
-    let logits = if f.use_amp {
-        tch::autocast(true, || tr.net.forward(x, true))
+    let out = if f.use_amp {
+        tch::autocast(true, || tr.net.module.train_forward(x, &y))
     } else {
-        tr.net.forward(x, true)
+        tr.net.module.train_forward(x, &y)
     };
-    let logits = logits.view([-1]).to_kind(Kind::Float);
-    let mut loss = (per_sample_loss(&logits, &y, p.loss) * &w).sum(Kind::Float) / f.weight_sum(chunk);
+    let per_sample = match out.loss {
+        Some(l) => l.view([-1]).to_kind(Kind::Float),
+        None => per_sample_loss(&out.logit.view([-1]).to_kind(Kind::Float), &y, p.loss),
+    };
+    let mut loss = (per_sample * &w).sum(Kind::Float) / f.weight_sum(chunk);
     if f.hooks.poison == Some((e1, bi + 1)) {
         loss *= f64::NAN;
     }
@@ -1017,12 +1103,26 @@ fn optimizer_step(f: &Fold, tr: &mut Training, e1: u32, bi: usize) -> f64 {
 /// Validation loss and AUC of the current weights (eval mode, Identity view).
 fn validate(f: &Fold, net: &Net) -> Res<Validation> {
     if f.val.is_empty() {
-        return Ok(Validation { loss: None, auc: None });
+        return Ok(Validation {
+            loss: None,
+            auc: None,
+            diag: diagnostics(net, &Probes::new(), &[]),
+        });
     }
     let (job, items) = (&f.job, f.job.items);
     let rows: Vec<usize> = f.val.iter().map(|&i| items[i].row).collect();
-    let logits = f.logits(net, &rows)?;
+    let (logits, probes) = predict_probed(
+        net,
+        job.ds,
+        &job.norm,
+        &rows,
+        job.params.batch_size * 2,
+        job.device,
+        &[Tta::Identity],
+        true,
+    )?;
     let labels: Vec<u8> = f.val.iter().map(|&i| items[i].label).collect();
+    let diag = diagnostics(net, &probes, &labels);
     let lt = Tensor::from_slice(&logits).to_kind(Kind::Float);
     let yt = Tensor::from_slice(&labels.iter().map(|&y| y as f32).collect::<Vec<_>>());
     let vl = per_sample_loss(&lt, &yt, job.params.loss)
@@ -1031,6 +1131,21 @@ fn validate(f: &Fold, net: &Net) -> Res<Validation> {
     Ok(Validation {
         loss: Some(vl),
         auc: util::auc(&logits, &labels),
+        diag,
+    })
+}
+
+/// RADAR's validation diagnostics from its probes and scalars (`None` for models without).
+fn diagnostics(net: &Net, probes: &Probes, labels: &[u8]) -> Option<models::Diagnostics> {
+    let scalars = net.module.scalars();
+    if probes.is_empty() && scalars.is_empty() {
+        return None;
+    }
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Some(models::Diagnostics {
+        reasoning_auc: probes.get("reasoning_logit").and_then(|l| util::auc(l, labels)),
+        convergence_delta: probes.get("convergence_delta").map(mean),
+        gating_alpha: scalars.iter().find(|(n, _)| *n == "gating_alpha").map(|(_, v)| *v),
     })
 }
 
@@ -1082,6 +1197,14 @@ fn write_outputs(f: &Fold, tr: &Training) -> Res<()> {
     let out = &job.spec.out_dir;
     std::fs::create_dir_all(out).ctx(|| format!("cannot create {}", out.display()))?;
     nets::save(&tr.net.vs, &out.join(models::WEIGHTS), Some(st.best_batches))?;
+    // TorchScript: `module.pt`, the trained module of the best epoch (parameters and buffers).
+    let module = out.join(nets::MODULE_FILE);
+    if tr.net.module.save_module(&module)? {
+        let best = job.spec.resume_dir.join(BEST_MODULE);
+        if best.is_file() {
+            std::fs::copy(&best, &module).ctx(|| format!("cannot copy {}", best.display()))?;
+        }
+    }
     let history: Vec<HistRow> = st
         .history
         .iter()
@@ -1091,6 +1214,9 @@ fn write_outputs(f: &Fold, tr: &Training) -> Res<()> {
             val_loss: h.val_loss,
             val_auc: h.val_auc,
             lr: h.lr,
+            val_reasoning_auc: h.diag.as_ref().and_then(|d| d.reasoning_auc),
+            val_convergence_delta: h.diag.as_ref().and_then(|d| d.convergence_delta),
+            gating_alpha: h.diag.as_ref().and_then(|d| d.gating_alpha),
         })
         .collect();
     models::write_history(out, &history)?;
@@ -1123,6 +1249,14 @@ fn write_outputs(f: &Fold, tr: &Training) -> Res<()> {
 fn write_meta(f: &Fold, tr: &Training, pretrained: Option<nets::Pretrained>) -> Res<()> {
     let (job, p, st) = (&f.job, &f.job.params, &tr.st);
     let best_row = st.history.iter().find(|h| h.epoch == st.best_epoch);
+    let mut extra = job.extra_meta.clone();
+    if let Some(d) = best_row.and_then(|h| h.diag.as_ref()) {
+        // RADAR's diagnostics at the best epoch (seed 003's `val_reasoning_auc`, …).
+        extra.insert("diagnostics".into(), serde_json::to_value(d).expect("json"));
+    }
+    if p.freeze_backbone {
+        extra.insert("frozen_tensors".into(), serde_json::json!(tr.net.frozen));
+    }
     ModelMeta {
         kind: job.kind.into(),
         fold: job.fold,
@@ -1153,7 +1287,7 @@ fn write_meta(f: &Fold, tr: &Training, pretrained: Option<nets::Pretrained>) -> 
         libtorch: crate::libtorch_version().into(),
         pretrained,
         seed: f.seed,
-        extra: job.extra_meta.clone(),
+        extra,
     }
     .write(&job.spec.out_dir)
 }

@@ -21,7 +21,12 @@ pub fn radar(p: &nn::Path, cfg: &Radar, backbone: Box<dyn Backbone>, size: i64) 
 }
 
 /// Spotter on an EfficientNet `backbone` built under `p / "backbone"`.
-pub fn spotter(p: &nn::Path, cfg: &Spotter, backbone: Box<dyn Backbone>, size: i64) -> Result<Box<dyn Detector>, String> {
+pub fn spotter(
+    p: &nn::Path,
+    cfg: &Spotter,
+    backbone: Box<dyn Backbone>,
+    size: i64,
+) -> Result<Box<dyn Detector>, String> {
     let _ = (p, cfg, backbone, size);
     Err("Spotter is not built yet".into())
 }
