@@ -32,6 +32,5 @@ pub fn spotter(
     backbone: Box<dyn Backbone>,
     size: i64,
 ) -> Result<Box<dyn Detector>, String> {
-    let _ = (p, cfg, backbone, size);
-    Err("Spotter is not built yet".into())
+    Ok(Box::new(spotter::SpotterNet::new(p, cfg, backbone, size)?))
 }
