@@ -299,6 +299,38 @@ mod tests {
         assert!((hi - 1.0).abs().max().double_value(&[]) < 1e-4);
     }
 
+    /// Values from the same formulas in PyTorch 2.13 (`F.interpolate(bilinear,
+    /// align_corners=False)`, `torch.fft.fft2`, `fftshift`, `F.conv2d`) on
+    /// `x[c, i, j] = sin(0.3 i + 0.7 j + c)`.
+    #[test]
+    fn spectrum_and_sobel_match_pytorch() {
+        let img = |h: i64, w: i64| {
+            let v: Vec<f32> = (0..3 * h * w)
+                .map(|k| {
+                    let (c, i, j) = (k / (h * w), (k / w) % h, k % w);
+                    (0.3 * i as f32 + 0.7 * j as f32 + c as f32).sin()
+                })
+                .collect();
+            Tensor::from_slice(&v).view([1, 3, h, w])
+        };
+        for (h, w, sum, at, nsum, nat) in [
+            (16, 16, 224.548_77, 0.773_428, 78.680_73, 0.269_476),
+            (24, 20, 182.564, 0.810_344, 59.357_32, 0.264_467),
+        ] {
+            let x = img(h, w);
+            let s = highpassed_log_spectrum(&x, 16);
+            let n = frequency_spectrum(&x, 16);
+            let close = |a: f64, b: f64| (a - b).abs() < 1e-3 * b.abs().max(1.0);
+            assert!(close(s.sum(Kind::Float).double_value(&[]), sum), "{h}x{w}");
+            assert!(close(s.double_value(&[0, 0, 3, 5]), at), "{h}x{w}");
+            assert!(close(n.sum(Kind::Float).double_value(&[]), nsum), "{h}x{w}");
+            assert!(close(n.double_value(&[0, 0, 3, 5]), nat), "{h}x{w}");
+        }
+        let e = sobel_edges(&img(16, 16));
+        assert!((e.sum(Kind::Float).double_value(&[]) - 724.661_3).abs() < 1e-2);
+        assert!((e.double_value(&[0, 0, 4, 7]) - 3.643_247).abs() < 1e-4);
+    }
+
     #[test]
     fn highpass_mask_is_low_at_centre_and_high_at_edges() {
         let m = highpass_mask(112, Device::Cpu);

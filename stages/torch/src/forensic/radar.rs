@@ -605,7 +605,7 @@ pub(crate) mod tests {
         let mut opt = nn::Adam::default().build(&vs, 5e-3).unwrap();
         let mean_loss = |m: &RadarNet| m.train_forward(&xs, &y).loss.unwrap().mean(Kind::Float);
         let first = mean_loss(&m).double_value(&[]);
-        for _ in 0..20 {
+        for _ in 0..10 {
             let l = mean_loss(&m);
             opt.backward_step(&l);
         }
