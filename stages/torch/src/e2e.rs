@@ -758,3 +758,93 @@ fn a_broken_torchscript_module_is_a_clear_error() {
     let e = crate::nets::load_torchscript(&two, tch::Device::Cpu, 32).err().unwrap();
     assert!(e.contains("[2, 2]") && e.contains("one logit per image"), "{e}");
 }
+
+/// A RADAR small enough for the tests: a SimpleCnn backbone, a 16-px spectrum.
+fn tiny_radar(extra: serde_json::Value) -> serde_json::Value {
+    let mut r = json!({"backbone": {"SimpleCnn": {"width": 8, "depth": 3}}, "fft_size": 16, "evidence_dim": 16, "heads": 2});
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    json!({ "Radar": r })
+}
+
+#[test]
+fn radar_trains_with_its_loss_and_reports_its_diagnostics() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = testdata::make(tmp.path(), 40, 32, 2, Normalize::ImageNet, None);
+    let mut params = train_params(2);
+    params["model"] = tiny_radar(json!({}));
+    let sp = spec("Train", params, Some(0), tmp.path(), "radar", train_inputs(&s));
+    run_spec(&sp, &Hooks::default()).unwrap();
+    let h = read_csv(&sp.out_dir.join("history.csv"));
+    assert_eq!(h.len(), 2);
+    for r in &h {
+        let alpha: f64 = r["gating_alpha"].parse().unwrap();
+        assert!(alpha > 0.3 && alpha < 0.7, "α moved far in 2 epochs: {alpha}");
+        let delta: f64 = r["val_convergence_delta"].parse().unwrap();
+        assert!((0.0..1.0).contains(&delta), "{delta}");
+        assert!(!r["val_reasoning_auc"].is_empty());
+    }
+    let meta = json_of(&sp.out_dir.join("meta.json"));
+    let d = &meta["diagnostics"];
+    assert!(d["gating_alpha"].is_f64() && d["convergence_delta"].is_f64(), "{meta}");
+    assert!(d["reasoning_auc"].is_f64(), "{meta}");
+    let t = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap();
+    assert!(t.contains_key("gating_logit") && t.contains_key("badm.head.weight") && t.contains_key("aadm.head.weight"));
+    assert!(t.contains_key("backbone.features.0.conv.weight"));
+    // A plain model's history keeps its five columns.
+    let plain = spec("Train", train_params(1), Some(0), tmp.path(), "plain", train_inputs(&s));
+    run_spec(&plain, &Hooks::default()).unwrap();
+    let mut r = csv::Reader::from_path(plain.out_dir.join("history.csv")).unwrap();
+    assert_eq!(r.headers().unwrap().len(), 5);
+}
+
+#[test]
+fn freeze_backbone_trains_only_the_modules_around_it() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = testdata::make(tmp.path(), 32, 32, 2, Normalize::ImageNet, None);
+    let mut params = train_params(1);
+    params["model"] = tiny_radar(json!({"boundary": false}));
+    params["freeze_backbone"] = json!(true);
+    let sp = spec("Train", params.clone(), Some(0), tmp.path(), "frozen", train_inputs(&s));
+    run_spec(&sp, &Hooks::default()).unwrap();
+    // The weights as built before training: the seed rule of build_model (seed·1000 + fold).
+    let p: flow_stages::model::Train = serde_json::from_value(params).unwrap();
+    tch::manual_seed(7 * 1000);
+    let fresh = crate::nets::build(&p.model, tch::Device::Cpu, 32).unwrap();
+    let init: HashMap<String, tch::Tensor> = crate::nets::named(&fresh.vs).into_iter().collect();
+    let t = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap();
+    let same = |n: &str| t[n].equal(&init[n]);
+    assert!(same("backbone.features.1.conv.weight"), "a frozen backbone weight changed");
+    assert!(!same("aadm.head.weight") && !same("erm.head.weight"), "the modules did not train");
+    assert!(!t.keys().any(|k| k.starts_with("badm.")), "boundary: false builds no BADM");
+    let meta = json_of(&sp.out_dir.join("meta.json"));
+    // 3 blocks × (conv weight, bn weight, bn bias, running mean, running var).
+    assert_eq!(meta["frozen_tensors"], json!(3 * 5), "{meta}");
+}
+
+#[test]
+fn the_srm_input_filter_trains_any_backbone() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = testdata::make(tmp.path(), 32, 32, 2, Normalize::ImageNet, None);
+    let mut params = train_params(1);
+    params["input_filter"] = json!("Srm");
+    let sp = spec("Train", params, Some(0), tmp.path(), "srm", train_inputs(&s));
+    run_spec(&sp, &Hooks::default()).unwrap();
+    let base = spec("Train", train_params(1), Some(0), tmp.path(), "nosrm", train_inputs(&s));
+    run_spec(&base, &Hooks::default()).unwrap();
+    let logits = |sp: &flow_stages::worker::WorkerSpec| -> Vec<String> {
+        read_csv(&sp.out_dir.join("scores.csv")).into_iter().map(|r| r["logit"].clone()).collect()
+    };
+    assert_ne!(logits(&sp), logits(&base), "the filter changed nothing");
+    // The filter is fixed: the same variables as without it.
+    let names = |sp: &flow_stages::worker::WorkerSpec| {
+        let mut v: Vec<String> = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap().into_keys().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&sp), names(&base));
+}
