@@ -31,9 +31,12 @@ pub trait Backbone: Send {
     fn pooled_dim(&self) -> i64;
 }
 
+/// A forward function of a batch and the train flag.
+pub type FeaturesFn = Box<dyn Fn(&Tensor, bool) -> Features + Send>;
+
 /// A backbone made of a closure (for small nets and tests).
 pub struct FnBackbone {
-    pub f: Box<dyn Fn(&Tensor, bool) -> Features + Send>,
+    pub f: FeaturesFn,
     pub maps: Vec<i64>,
     pub pooled: i64,
 }
@@ -117,7 +120,7 @@ pub fn classifier(p: &nn::Path, model: &Model, size: i64) -> Result<Classifier, 
 /// A backbone plus a head reading its pooled vector: a one-logit classifier.
 pub struct WithHead {
     pub body: Box<dyn Backbone>,
-    pub head: Box<dyn Fn(&Tensor, bool) -> Tensor + Send>,
+    pub head: Layer,
 }
 
 impl Detector for WithHead {
@@ -128,8 +131,8 @@ impl Detector for WithHead {
 
 // ---- building blocks shared by the nets ----
 
-/// A layer of a sequential trunk.
-pub(crate) type Layer = Box<dyn Fn(&Tensor, bool) -> Tensor + Send>;
+/// A layer (a function of a batch and the train flag).
+pub type Layer = Box<dyn Fn(&Tensor, bool) -> Tensor + Send>;
 
 /// A batch-norm layer with PyTorch's `eps` and `momentum`.
 pub(crate) fn bn(p: nn::Path, c: i64, eps: f64, momentum: f64) -> nn::BatchNorm {
@@ -385,5 +388,125 @@ pub(crate) mod testutil {
             "{} variable(s) without a useful gradient: {bad:?}",
             bad.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn every_plain_model_is_a_backbone_under_its_path() {
+        let _g = crate::torch_serial();
+        tch::manual_seed(0);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let models = [
+            (Model::ResNet18, 512),
+            (Model::ResNet34, 512),
+            (Model::ResNet50, 2048),
+            (Model::EfficientNetB0, 1280),
+            (Model::EfficientNetB1, 1280),
+            (Model::EfficientNetB2, 1408),
+            (Model::EfficientNetB3, 1536),
+            (Model::ConvNeXtTiny, 768),
+            (Model::MobileNetV3Small, 576),
+            (Model::MobileNetV3Large, 960),
+            (Model::VitS16, 384),
+            (Model::MobileNetV4ConvSmall, 1280),
+        ];
+        for (m, pooled) in models {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let b = backbone(&(vs.root() / "backbone"), &m, 32).unwrap();
+            let vars = vs.variables();
+            assert!(vars.keys().all(|k| k.starts_with("backbone.")), "{m:?}");
+            assert_eq!(b.pooled_dim(), pooled, "{m:?}");
+            let f = tch::no_grad(|| b.features(&x, false));
+            let chans: Vec<i64> = f.maps.iter().map(|t| t.size()[1]).collect();
+            assert_eq!(chans, b.map_channels(), "{m:?}");
+            let sides: Vec<i64> = f.maps.iter().map(|t| t.size()[2]).collect();
+            let want: &[i64] = if m == Model::VitS16 { &[2] } else { &[4, 2, 1] };
+            assert_eq!(sides, want, "{m:?}");
+            assert_eq!(f.pooled.size(), [2, pooled], "{m:?}");
+            // Torchvision nets under `features.`, timm's under `blocks.` (ResNets: `layer<i>.`).
+            let trunk = match m {
+                Model::VitS16 | Model::MobileNetV4ConvSmall => "backbone.blocks.",
+                Model::ResNet18 | Model::ResNet34 | Model::ResNet50 => "backbone.layer1.",
+                _ => "backbone.features.",
+            };
+            assert!(vars.keys().any(|k| k.starts_with(trunk)), "{m:?}");
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(backbone(&vs.root(), &Model::MobileNetV2, 32).is_err());
+        assert!(backbone(&vs.root(), &Model::VitS16, 40).is_err());
+    }
+
+    #[test]
+    fn classifiers_build_through_nets() {
+        let _g = crate::torch_serial();
+        tch::manual_seed(0);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        for (m, head) in [
+            (Model::ConvNeXtTiny, "classifier.2.weight"),
+            (Model::MobileNetV3Small, "classifier.3.weight"),
+            (Model::MobileNetV3Large, "classifier.3.weight"),
+            (Model::VitS16, "head.weight"),
+            (Model::MobileNetV4ConvSmall, "classifier.weight"),
+        ] {
+            let net = crate::nets::build(&m, Device::Cpu, 32).unwrap();
+            let vars = net.vs.variables();
+            assert!(net.head.iter().all(|h| vars.contains_key(h)), "{m:?}: {:?}", net.head);
+            assert!(net.head.iter().any(|h| h == head), "{m:?}: {:?}", net.head);
+            assert_eq!(vars[head].size()[0], 1, "{m:?}");
+            let y = tch::no_grad(|| net.forward(&x, false));
+            assert_eq!(y.size(), [2, 1], "{m:?}");
+            assert!(bool::try_from(y.isfinite().all()).unwrap(), "{m:?}");
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(classifier(&vs.root(), &Model::ResNet18, 32).is_err());
+    }
+
+    /// `convert_weights.py` itself (the command line users run) writes a file that loads
+    /// with zero missing and zero unexpected names.
+    #[test]
+    fn convert_weights_random_loads_exactly() {
+        let _g = crate::torch_serial();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.safetensors");
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("convert_weights.py");
+        let r = std::process::Command::new(testutil::python())
+            .arg(&script)
+            .args(["torchvision", "mobilenet_v3_small"])
+            .arg(&out)
+            .args(["--random", "--num-classes", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "convert_weights.py failed (run `scripts/setup --test-deps`):\n{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let file = crate::nets::read_tensors(&out).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _c = classifier(&vs.root(), &Model::MobileNetV3Small, 64).unwrap();
+        testutil::assert_same_names(&vs, &file, |_| false);
+        crate::nets::load_exact(&vs, &file, "mobilenet_v3_small").unwrap();
+    }
+
+    #[test]
+    fn stochastic_depth_drops_whole_items_in_training_only() {
+        let _g = crate::torch_serial();
+        tch::manual_seed(0);
+        let x = Tensor::ones([4000, 2, 3, 3], (Kind::Float, Device::Cpu));
+        assert_eq!(stochastic_depth(&x, 0.25, false), x);
+        assert_eq!(stochastic_depth(&x, 0.0, true), x);
+        let y = stochastic_depth(&x, 0.25, true);
+        // Per item all zeros or all 1/0.75.
+        let per = y.flatten(1, -1);
+        let (lo, hi) = (per.amin([1i64].as_slice(), false), per.amax([1i64].as_slice(), false));
+        assert_eq!(lo, hi);
+        let kept = hi.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!((kept - 0.75).abs() < 0.03, "{kept}");
+        assert!((hi.max().double_value(&[]) - 1.0 / 0.75).abs() < 1e-5);
     }
 }
