@@ -112,7 +112,7 @@ fn inverted_residual(p: &nn::Path, c: Conf) -> Layer {
         y = act(dw.forward(&y, train), hs);
         if let Some((fc1, fc2)) = &se {
             let s = y.adaptive_avg_pool2d([1, 1]).apply(fc1).relu().apply(fc2).hardsigmoid();
-            y *= s;
+            y = y.g_mul(&s);
         }
         y = project.forward(&y, train);
         if residual {
