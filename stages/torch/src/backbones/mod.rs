@@ -31,9 +31,12 @@ pub trait Backbone: Send {
     fn pooled_dim(&self) -> i64;
 }
 
+/// A forward function of a batch and the train flag.
+pub type FeaturesFn = Box<dyn Fn(&Tensor, bool) -> Features + Send>;
+
 /// A backbone made of a closure (for small nets and tests).
 pub struct FnBackbone {
-    pub f: Box<dyn Fn(&Tensor, bool) -> Features + Send>,
+    pub f: FeaturesFn,
     pub maps: Vec<i64>,
     pub pooled: i64,
 }
@@ -76,17 +79,436 @@ pub struct Classifier {
 /// `model` as a feature extractor whose variables live under `p` with the library's names
 /// (`p / "features" / …` for torchvision nets, `p / "blocks" / …` for timm ones), for
 /// `size`-pixel inputs. Err for models that are not plain backbones.
+///
+/// Maps are the outputs of the last layer at strides 8, 16 and 32 (a ViT: its one patch-token
+/// map at stride 16). Besides the trunk, the backbone holds the parts of the library's head
+/// that come before the final linear layer, so `pooled` is what that layer reads:
+/// ConvNeXt's `classifier.0` (LayerNorm2d of the average), MobileNetV4's `conv_head` /
+/// `norm_head`, ViT's `norm`; MobileNetV3's `classifier.*` are all head (not built here).
 pub fn backbone(p: &nn::Path, model: &Model, size: i64) -> Result<Box<dyn Backbone>, String> {
-    let _ = (p, size);
-    Err(format!("{model:?} is not available as a feature backbone yet"))
+    Ok(match model {
+        Model::ResNet18 => Box::new(resnet::ResNet::new(p, resnet::Depth::R18)),
+        Model::ResNet34 => Box::new(resnet::ResNet::new(p, resnet::Depth::R34)),
+        Model::ResNet50 => Box::new(resnet::ResNet::new(p, resnet::Depth::R50)),
+        Model::EfficientNetB0 => Box::new(efficientnet::EfficientNet::new(p, efficientnet::Variant::B0)),
+        Model::EfficientNetB1 => Box::new(efficientnet::EfficientNet::new(p, efficientnet::Variant::B1)),
+        Model::EfficientNetB2 => Box::new(efficientnet::EfficientNet::new(p, efficientnet::Variant::B2)),
+        Model::EfficientNetB3 => Box::new(efficientnet::EfficientNet::new(p, efficientnet::Variant::B3)),
+        Model::ConvNeXtTiny => Box::new(convnext::ConvNeXt::tiny(p)),
+        Model::MobileNetV3Small => Box::new(mobilenetv3::MobileNetV3::new(p, mobilenetv3::Arch::Small)),
+        Model::MobileNetV3Large => Box::new(mobilenetv3::MobileNetV3::new(p, mobilenetv3::Arch::Large)),
+        Model::VitS16 => Box::new(vit::Vit::small16(p, size)?),
+        Model::MobileNetV4ConvSmall => Box::new(mobilenetv4::MobileNetV4::conv_small(p)),
+        other => return Err(format!("{other:?} is not available as a feature backbone")),
+    })
 }
 
 /// `model` as its library's one-logit classifier, variables under `p` (for the models
 /// `nets::build` does not take from `tch::vision`: ConvNeXtTiny, MobileNetV3*, VitS16,
 /// MobileNetV4ConvSmall).
 pub fn classifier(p: &nn::Path, model: &Model, size: i64) -> Result<Classifier, String> {
-    let _ = (p, size);
-    Err(format!("{model:?} is not built yet"))
+    match model {
+        Model::ConvNeXtTiny => Ok(convnext::classifier(p)),
+        Model::MobileNetV3Small => Ok(mobilenetv3::classifier(p, mobilenetv3::Arch::Small)),
+        Model::MobileNetV3Large => Ok(mobilenetv3::classifier(p, mobilenetv3::Arch::Large)),
+        Model::VitS16 => vit::classifier(p, size),
+        Model::MobileNetV4ConvSmall => Ok(mobilenetv4::classifier(p)),
+        other => Err(format!("{other:?} is not built by backbones::classifier")),
+    }
+}
+
+/// A backbone plus a head reading its pooled vector: a one-logit classifier.
+pub struct WithHead {
+    pub body: Box<dyn Backbone>,
+    pub head: Layer,
+}
+
+impl Detector for WithHead {
+    fn logit(&self, xs: &Tensor, train: bool) -> Tensor {
+        (self.head)(&self.body.features(xs, train).pooled, train).view([-1])
+    }
+}
+
+// ---- building blocks shared by the nets ----
+
+/// A layer (a function of a batch and the train flag).
+pub type Layer = Box<dyn Fn(&Tensor, bool) -> Tensor + Send>;
+
+/// A batch-norm layer with PyTorch's `eps` and `momentum`.
+pub(crate) fn bn(p: nn::Path, c: i64, eps: f64, momentum: f64) -> nn::BatchNorm {
+    nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig {
+            eps,
+            momentum,
+            ..Default::default()
+        },
+    )
+}
+
+/// A `k`×`k` convolution with PyTorch's symmetric padding `(k - 1) / 2`.
+pub(crate) fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64, bias: bool) -> nn::Conv2D {
+    nn::conv2d(
+        p,
+        c_in,
+        c_out,
+        k,
+        nn::ConvConfig {
+            stride,
+            padding: (k - 1) / 2,
+            groups,
+            bias,
+            ..Default::default()
+        },
+    )
+}
+
+/// torchvision's `Conv2dNormActivation` / timm's `ConvNormAct` without the activation:
+/// a bias-free conv (`<p>.<conv>`) and a batch norm (`<p>.<norm>`).
+#[derive(Debug)]
+pub(crate) struct ConvBn {
+    pub conv: nn::Conv2D,
+    pub bn: nn::BatchNorm,
+}
+
+/// Batch-norm settings: `(eps, momentum)`.
+pub(crate) type BnCfg = (f64, f64);
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        p: &nn::Path,
+        names: (&str, &str),
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        groups: i64,
+        bn_cfg: BnCfg,
+    ) -> Self {
+        ConvBn {
+            conv: conv(p / names.0, c_in, c_out, k, stride, groups, false),
+            bn: bn(p / names.1, c_out, bn_cfg.0, bn_cfg.1),
+        }
+    }
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply(&self.conv).apply_t(&self.bn, train)
+    }
+}
+
+/// Stochastic depth ("row" mode, torchvision's `stochastic_depth`): in training, zeroes each
+/// item's residual branch with probability `p` and scales the survivors by `1 / (1 - p)`.
+pub(crate) fn stochastic_depth(x: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return x.shallow_clone();
+    }
+    let survival = 1.0 - p;
+    let mut shape = vec![1i64; x.dim()];
+    shape[0] = x.size()[0];
+    let noise = Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(survival);
+    let noise = if survival > 0.0 { noise / survival } else { noise };
+    x * noise
+}
+
+/// A LayerNorm over the channels of a `[N, C, H, W]` map (torchvision's `LayerNorm2d`).
+pub(crate) fn layer_norm2d(x: &Tensor, ln: &nn::LayerNorm) -> Tensor {
+    x.permute([0, 2, 3, 1]).apply(ln).permute([0, 3, 1, 2])
+}
+
+/// A linear layer initialised as timm and torchvision's transformers do: weights
+/// trunc_normal(std 0.02) (truncated at ±2, i.e. ±100 std: a plain normal), biases zero.
+pub(crate) fn linear02(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
+    nn::linear(
+        p,
+        c_in,
+        c_out,
+        nn::LinearConfig {
+            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        },
+    )
+}
+
+/// Runs a sequential trunk whose layer `i` leaves the input at cumulative stride
+/// `strides[i]`: the outputs of the last layer at strides 8, 16 and 32 (those the net
+/// reaches), and the final output.
+pub(crate) fn run_staged(layers: &[Layer], strides: &[i64], xs: &Tensor, train: bool) -> (Vec<Tensor>, Tensor) {
+    let taps = stage_taps(strides);
+    let mut x = xs.shallow_clone();
+    let mut maps = Vec::with_capacity(taps.len());
+    for (i, l) in layers.iter().enumerate() {
+        x = l(&x, train);
+        if taps.contains(&i) {
+            maps.push(x.shallow_clone());
+        }
+    }
+    (maps, x)
+}
+
+/// Indices of the last layer at cumulative strides 8, 16 and 32.
+pub(crate) fn stage_taps(strides: &[i64]) -> Vec<usize> {
+    [8, 16, 32]
+        .iter()
+        .filter_map(|s| strides.iter().rposition(|v| v == s))
+        .collect()
+}
+
+/// Test helpers: reference outputs from torchvision/timm (`stages/torch/tests/backbone_reference.py`).
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::collections::{BTreeMap, HashMap};
+    use std::path::PathBuf;
+
+    use tch::{nn, Kind, Tensor};
+
+    const SETUP: &str = "run `scripts/setup --test-deps` (or set FLOW_PYTHON to a Python with torch, torchvision, timm and safetensors)";
+
+    /// The Python with torch/torchvision/timm: `FLOW_PYTHON`, else the repository's `.venv`.
+    pub fn python() -> PathBuf {
+        let p = match std::env::var_os("FLOW_PYTHON") {
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+        };
+        assert!(p.exists(), "no Python at {}: {SETUP}", p.display());
+        p
+    }
+
+    /// What the reference script wrote: the state_dict (no `__` names) and the references.
+    pub struct Reference {
+        pub weights: HashMap<String, Tensor>,
+        pub refs: HashMap<String, Tensor>,
+    }
+
+    impl Reference {
+        pub fn get(&self, k: &str) -> &Tensor {
+            self.refs.get(k).unwrap_or_else(|| panic!("no reference {k}"))
+        }
+    }
+
+    /// Runs `backbone_reference.py SOURCE NAME OUT SIZE ARGS…` and reads what it wrote.
+    pub fn reference(source: &str, name: &str, size: i64, args: &[&str]) -> Reference {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ref.safetensors");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/backbone_reference.py");
+        let r = std::process::Command::new(python())
+            .arg(&script)
+            .args([source, name])
+            .arg(&out)
+            .arg(size.to_string())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {SETUP}", python().display()));
+        assert!(
+            r.status.success(),
+            "{} {source} {name} failed ({SETUP}):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let all = crate::nets::read_tensors(&out).unwrap();
+        let (refs, weights) = all.into_iter().partition(|(k, _)| k.starts_with("__"));
+        Reference { weights, refs }
+    }
+
+    /// Zero missing and zero unexpected names (but `num_batches_tracked` and names `skip`
+    /// accepts), equal shapes.
+    pub fn assert_same_names(vs: &nn::VarStore, file: &HashMap<String, Tensor>, skip: impl Fn(&str) -> bool) {
+        let ours: BTreeMap<String, Vec<i64>> = vs.variables().into_iter().map(|(k, v)| (k, v.size())).collect();
+        let theirs: BTreeMap<String, Vec<i64>> = file
+            .iter()
+            .filter(|(k, _)| !k.ends_with("num_batches_tracked") && !skip(k))
+            .map(|(k, v)| (k.clone(), v.size()))
+            .collect();
+        let missing: Vec<&String> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+        let unexpected: Vec<&String> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty() && unexpected.is_empty(),
+            "{} missing from flow's model: {missing:?}\n{} unexpected in flow's model: {unexpected:?}",
+            missing.len(),
+            unexpected.len()
+        );
+        let wrong: Vec<String> = ours
+            .iter()
+            .filter(|(k, s)| theirs[*k] != **s)
+            .map(|(k, s)| format!("{k}: flow {s:?}, library {:?}", theirs[k]))
+            .collect();
+        assert!(wrong.is_empty(), "shapes differ: {wrong:?}");
+    }
+
+    /// Largest absolute difference relative to the reference's largest magnitude (at least 1).
+    pub fn rel_diff(ours: &Tensor, theirs: &Tensor) -> f64 {
+        assert_eq!(ours.size(), theirs.size());
+        let d = (ours - theirs).abs().max().double_value(&[]);
+        let m = theirs.abs().max().double_value(&[]).max(1.0);
+        d / m
+    }
+
+    pub fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor, tol: f64) -> f64 {
+        let theirs = theirs.view(ours.size().as_slice());
+        let d = rel_diff(ours, &theirs);
+        let (m, s) = (theirs.abs().max().double_value(&[]), theirs.std(true).double_value(&[]));
+        eprintln!(
+            "{what}: max |flow - library| / max(1, max |library|) = {d:.2e} (library: max |.| {m:.3}, std {s:.3})"
+        );
+        assert!(
+            d <= tol,
+            "{what}: flow differs from the library by {d:.2e} (> {tol:.0e})"
+        );
+        d
+    }
+
+    /// One backward pass of a random projection of `outs`: every trainable variable gets a
+    /// finite, nonzero gradient.
+    pub fn assert_grads(vs: &nn::VarStore, outs: &[Tensor]) {
+        let loss = outs
+            .iter()
+            .map(|t| (t * Tensor::randn_like(t)).sum(Kind::Float))
+            .reduce(|a, b| a + b)
+            .unwrap();
+        loss.backward();
+        let mut bad = Vec::new();
+        for (name, v) in crate::nets::named(vs) {
+            if !v.requires_grad() {
+                continue;
+            }
+            let g = v.grad();
+            if !g.defined() {
+                bad.push(format!("{name}: no gradient"));
+                continue;
+            }
+            let finite = bool::try_from(g.isfinite().all()).unwrap();
+            let nonzero = g.abs().sum(Kind::Float).double_value(&[]) > 0.0;
+            if !finite || !nonzero {
+                bad.push(format!("{name}: finite {finite}, nonzero {nonzero}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} variable(s) without a useful gradient: {bad:?}",
+            bad.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn every_plain_model_is_a_backbone_under_its_path() {
+        let _g = crate::torch_serial();
+        tch::manual_seed(0);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let models = [
+            (Model::ResNet18, 512),
+            (Model::ResNet34, 512),
+            (Model::ResNet50, 2048),
+            (Model::EfficientNetB0, 1280),
+            (Model::EfficientNetB1, 1280),
+            (Model::EfficientNetB2, 1408),
+            (Model::EfficientNetB3, 1536),
+            (Model::ConvNeXtTiny, 768),
+            (Model::MobileNetV3Small, 576),
+            (Model::MobileNetV3Large, 960),
+            (Model::VitS16, 384),
+            (Model::MobileNetV4ConvSmall, 1280),
+        ];
+        for (m, pooled) in models {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let b = backbone(&(vs.root() / "backbone"), &m, 32).unwrap();
+            let vars = vs.variables();
+            assert!(vars.keys().all(|k| k.starts_with("backbone.")), "{m:?}");
+            assert_eq!(b.pooled_dim(), pooled, "{m:?}");
+            let f = tch::no_grad(|| b.features(&x, false));
+            let chans: Vec<i64> = f.maps.iter().map(|t| t.size()[1]).collect();
+            assert_eq!(chans, b.map_channels(), "{m:?}");
+            let sides: Vec<i64> = f.maps.iter().map(|t| t.size()[2]).collect();
+            let want: &[i64] = if m == Model::VitS16 { &[2] } else { &[4, 2, 1] };
+            assert_eq!(sides, want, "{m:?}");
+            assert_eq!(f.pooled.size(), [2, pooled], "{m:?}");
+            // Torchvision nets under `features.`, timm's under `blocks.` (ResNets: `layer<i>.`).
+            let trunk = match m {
+                Model::VitS16 | Model::MobileNetV4ConvSmall => "backbone.blocks.",
+                Model::ResNet18 | Model::ResNet34 | Model::ResNet50 => "backbone.layer1.",
+                _ => "backbone.features.",
+            };
+            assert!(vars.keys().any(|k| k.starts_with(trunk)), "{m:?}");
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(backbone(&vs.root(), &Model::MobileNetV2, 32).is_err());
+        assert!(backbone(&vs.root(), &Model::VitS16, 40).is_err());
+    }
+
+    #[test]
+    fn classifiers_build_through_nets() {
+        let _g = crate::torch_serial();
+        tch::manual_seed(0);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        for (m, head) in [
+            (Model::ConvNeXtTiny, "classifier.2.weight"),
+            (Model::MobileNetV3Small, "classifier.3.weight"),
+            (Model::MobileNetV3Large, "classifier.3.weight"),
+            (Model::VitS16, "head.weight"),
+            (Model::MobileNetV4ConvSmall, "classifier.weight"),
+        ] {
+            let net = crate::nets::build(&m, Device::Cpu, 32).unwrap();
+            let vars = net.vs.variables();
+            assert!(net.head.iter().all(|h| vars.contains_key(h)), "{m:?}: {:?}", net.head);
+            assert!(net.head.iter().any(|h| h == head), "{m:?}: {:?}", net.head);
+            assert_eq!(vars[head].size()[0], 1, "{m:?}");
+            let y = tch::no_grad(|| net.forward(&x, false));
+            assert_eq!(y.size(), [2, 1], "{m:?}");
+            assert!(bool::try_from(y.isfinite().all()).unwrap(), "{m:?}");
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(classifier(&vs.root(), &Model::ResNet18, 32).is_err());
+    }
+
+    /// `convert_weights.py` itself (the command line users run) writes a file that loads
+    /// with zero missing and zero unexpected names.
+    #[test]
+    fn convert_weights_random_loads_exactly() {
+        let _g = crate::torch_serial();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.safetensors");
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("convert_weights.py");
+        let r = std::process::Command::new(testutil::python())
+            .arg(&script)
+            .args(["torchvision", "mobilenet_v3_small"])
+            .arg(&out)
+            .args(["--random", "--num-classes", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "convert_weights.py failed (run `scripts/setup --test-deps`):\n{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let file = crate::nets::read_tensors(&out).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _c = classifier(&vs.root(), &Model::MobileNetV3Small, 64).unwrap();
+        testutil::assert_same_names(&vs, &file, |_| false);
+        crate::nets::load_exact(&vs, &file, "mobilenet_v3_small").unwrap();
+    }
+
+    #[test]
+    fn stochastic_depth_drops_whole_items_in_training_only() {
+        let _g = crate::torch_serial();
+        tch::manual_seed(0);
+        let x = Tensor::ones([4000, 2, 3, 3], (Kind::Float, Device::Cpu));
+        assert_eq!(stochastic_depth(&x, 0.25, false), x);
+        assert_eq!(stochastic_depth(&x, 0.0, true), x);
+        let y = stochastic_depth(&x, 0.25, true);
+        // Per item all zeros or all 1/0.75.
+        let per = y.flatten(1, -1);
+        let (lo, hi) = (per.amin([1i64].as_slice(), false), per.amax([1i64].as_slice(), false));
+        assert_eq!(lo, hi);
+        let kept = hi.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!((kept - 0.75).abs() < 0.03, "{kept}");
+        assert!((hi.max().double_value(&[]) - 1.0 / 0.75).abs() < 1e-5);
+    }
 }
 
 /// A pretrained tensor of another shape that still fits variable `name` (a ViT's
