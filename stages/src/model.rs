@@ -484,7 +484,8 @@ pub struct Train {
 }
 
 // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-inventory::submit! { crate::Kind(|| StageKind::new::<Train>("Train", 2, "train a binary detector per fold (libtorch)")) }
+// 3: EfficientNets built as torchvision builds them (padding, batch-norm eps, stochastic depth).
+inventory::submit! { crate::Kind(|| StageKind::new::<Train>("Train", 3, "train a binary detector per fold (libtorch)")) }
 
 fn torch_env() -> Vec<(String, String)> {
     let info = crate::worker::worker_info();
@@ -709,7 +710,8 @@ pub struct Retrain {
 }
 
 // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-inventory::submit! { crate::Kind(|| StageKind::new::<Retrain>("Retrain", 2, "fine-tune per fold with hard negatives up-weighted (libtorch)")) }
+// 3: EfficientNets built as torchvision builds them (padding, batch-norm eps, stochastic depth).
+inventory::submit! { crate::Kind(|| StageKind::new::<Retrain>("Retrain", 3, "fine-tune per fold with hard negatives up-weighted (libtorch)")) }
 
 impl StageConfig for Retrain {
     fn inputs(&self) -> Vec<Input> {
@@ -814,7 +816,8 @@ pub struct EnsembleInfer {
 }
 
 // 2: no timings or thread counts in history.csv / meta.json / infer.json.
-inventory::submit! { crate::Kind(|| StageKind::new::<EnsembleInfer>("EnsembleInfer", 2, "out-of-fold ensemble predictions with TTA (libtorch)")) }
+// 3: EfficientNets built as torchvision builds them (padding, batch-norm eps, stochastic depth).
+inventory::submit! { crate::Kind(|| StageKind::new::<EnsembleInfer>("EnsembleInfer", 3, "out-of-fold ensemble predictions with TTA (libtorch)")) }
 
 impl StageConfig for EnsembleInfer {
     fn inputs(&self) -> Vec<Input> {

@@ -761,7 +761,8 @@ fn a_broken_torchscript_module_is_a_clear_error() {
 
 /// A RADAR small enough for the tests: a SimpleCnn backbone, a 16-px spectrum.
 fn tiny_radar(extra: serde_json::Value) -> serde_json::Value {
-    let mut r = json!({"backbone": {"SimpleCnn": {"width": 8, "depth": 3}}, "fft_size": 16, "evidence_dim": 16, "heads": 2});
+    let mut r =
+        json!({"backbone": {"SimpleCnn": {"width": 8, "depth": 3}}, "fft_size": 16, "evidence_dim": 16, "heads": 2});
     for (k, v) in extra.as_object().unwrap() {
         r[k] = v.clone();
     }
@@ -817,9 +818,18 @@ fn freeze_backbone_trains_only_the_modules_around_it() {
     let init: HashMap<String, tch::Tensor> = crate::nets::named(&fresh.vs).into_iter().collect();
     let t = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap();
     let same = |n: &str| t[n].equal(&init[n]);
-    assert!(same("backbone.features.1.conv.weight"), "a frozen backbone weight changed");
-    assert!(!same("aadm.head.weight") && !same("erm.head.weight"), "the modules did not train");
-    assert!(!t.keys().any(|k| k.starts_with("badm.")), "boundary: false builds no BADM");
+    assert!(
+        same("backbone.features.1.conv.weight"),
+        "a frozen backbone weight changed"
+    );
+    assert!(
+        !same("aadm.head.weight") && !same("erm.head.weight"),
+        "the modules did not train"
+    );
+    assert!(
+        !t.keys().any(|k| k.starts_with("badm.")),
+        "boundary: false builds no BADM"
+    );
     let meta = json_of(&sp.out_dir.join("meta.json"));
     // 3 blocks × (conv weight, bn weight, bn bias, running mean, running var).
     assert_eq!(meta["frozen_tensors"], json!(3 * 5), "{meta}");
@@ -837,14 +847,97 @@ fn the_srm_input_filter_trains_any_backbone() {
     let base = spec("Train", train_params(1), Some(0), tmp.path(), "nosrm", train_inputs(&s));
     run_spec(&base, &Hooks::default()).unwrap();
     let logits = |sp: &flow_stages::worker::WorkerSpec| -> Vec<String> {
-        read_csv(&sp.out_dir.join("scores.csv")).into_iter().map(|r| r["logit"].clone()).collect()
+        read_csv(&sp.out_dir.join("scores.csv"))
+            .into_iter()
+            .map(|r| r["logit"].clone())
+            .collect()
     };
     assert_ne!(logits(&sp), logits(&base), "the filter changed nothing");
     // The filter is fixed: the same variables as without it.
     let names = |sp: &flow_stages::worker::WorkerSpec| {
-        let mut v: Vec<String> = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap().into_keys().collect();
+        let mut v: Vec<String> = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors"))
+            .unwrap()
+            .into_keys()
+            .collect();
         v.sort();
         v
     };
     assert_eq!(names(&sp), names(&base));
+}
+
+/// A random-init timm `vit_small_patch16_224` (224 px) as flow's pretrained file.
+const VIT_224: &str = r#"
+import sys, timm, torch
+from safetensors.torch import save_file
+torch.manual_seed(0)
+m = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=1000)
+save_file({k: v.contiguous() for k, v in m.state_dict().items()}, sys.argv[1])
+"#;
+
+#[test]
+fn a_224_px_vit_checkpoint_loads_at_64_px_and_into_radars_backbone() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("vit.safetensors");
+    testdata::run_python(VIT_224, &[w.as_os_str()]);
+    let src = crate::nets::read_tensors(&w).unwrap();
+    // The plain classifier: everything but the 1000-class head loads; pos_embed resampled.
+    let net = crate::nets::build(&Model::VitS16, tch::Device::Cpu, 64).unwrap();
+    let rep = crate::nets::load_pretrained(&net, &w, &Model::VitS16, true).unwrap();
+    assert_eq!(rep.skipped.len(), 2, "{:?}", rep.skipped);
+    assert!(rep.skipped.iter().all(|s| s.starts_with("head.")));
+    assert!(rep.unused.is_empty(), "{:?}", rep.unused);
+    let pe = &net.vs.variables()["pos_embed"];
+    assert_eq!(pe.size(), [1, 17, 384]);
+    assert!(
+        pe.get(0).get(0).equal(&src["pos_embed"].get(0).get(0)),
+        "the CLS position is kept"
+    );
+    // RADAR on that backbone: the same file fills `backbone.*`; its own modules stay fresh.
+    let radar: Model = serde_json::from_value(json!({"Radar": {"fft_size": 32}})).unwrap();
+    let net = crate::nets::build(&radar, tch::Device::Cpu, 64).unwrap();
+    let rep = crate::nets::load_pretrained(&net, &w, &radar, true).unwrap();
+    let backbone = crate::nets::named(&net.vs)
+        .iter()
+        .filter(|(n, _)| n.starts_with("backbone."))
+        .count();
+    assert_eq!(rep.loaded, backbone, "every backbone tensor comes from the file");
+    assert!(rep.skipped.iter().any(|s| s.starts_with("badm.")) && rep.skipped.iter().any(|s| s == "gating_logit"));
+    assert!(rep.unused.iter().all(|s| s.starts_with("head.")), "{:?}", rep.unused);
+    let v = net.vs.variables();
+    assert!(v["backbone.blocks.3.attn.qkv.weight"].equal(&src["blocks.3.attn.qkv.weight"]));
+}
+
+#[test]
+fn spotter_trains_its_attention_on_a_frozen_efficientnet() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = testdata::make(tmp.path(), 24, 32, 2, Normalize::ImageNet, None);
+    let mut params = train_params(1);
+    params["model"] = json!({"Spotter": {"backbone": "EfficientNetB0"}});
+    params["freeze_backbone"] = json!(true);
+    let sp = spec(
+        "Train",
+        params.clone(),
+        Some(0),
+        tmp.path(),
+        "spotter",
+        train_inputs(&s),
+    );
+    run_spec(&sp, &Hooks::default()).unwrap();
+    let p: flow_stages::model::Train = serde_json::from_value(params).unwrap();
+    tch::manual_seed(7 * 1000);
+    let fresh = crate::nets::build(&p.model, tch::Device::Cpu, 32).unwrap();
+    let init: HashMap<String, tch::Tensor> = crate::nets::named(&fresh.vs).into_iter().collect();
+    let t = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap();
+    let same = |n: &str| t[n].equal(&init[n]);
+    assert!(
+        same("backbone.features.4.1.block.0.0.weight"),
+        "a frozen backbone weight changed"
+    );
+    assert!(
+        !same("attention.spatial.weight") && !same("classifier.weight"),
+        "attention and head did not train"
+    );
+    assert!(t.contains_key("multiscale.proj.0.weight"));
 }

@@ -301,12 +301,14 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
         Model::ResNet18 => plain(tch::vision::resnet::resnet18(&root, 1), "fc"),
         Model::ResNet34 => plain(tch::vision::resnet::resnet34(&root, 1), "fc"),
         Model::ResNet50 => plain(tch::vision::resnet::resnet50(&root, 1), "fc"),
-        Model::EfficientNetB0 => plain(tch::vision::efficientnet::b0(&root, 1), "classifier.1"),
-        Model::EfficientNetB1 => plain(tch::vision::efficientnet::b1(&root, 1), "classifier.1"),
-        Model::EfficientNetB2 => plain(tch::vision::efficientnet::b2(&root, 1), "classifier.1"),
-        Model::EfficientNetB3 => plain(tch::vision::efficientnet::b3(&root, 1), "classifier.1"),
         Model::MobileNetV2 => plain(tch::vision::mobilenet::v2(&root, 1), "classifier.1"),
-        Model::ConvNeXtTiny
+        // EfficientNets are flow's own (torchvision's padding, batch-norm eps and stochastic
+        // depth: tch::vision's differ, so converted weights would not reproduce torchvision).
+        Model::EfficientNetB0
+        | Model::EfficientNetB1
+        | Model::EfficientNetB2
+        | Model::EfficientNetB3
+        | Model::ConvNeXtTiny
         | Model::MobileNetV3Small
         | Model::MobileNetV3Large
         | Model::VitS16

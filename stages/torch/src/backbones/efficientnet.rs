@@ -157,6 +157,34 @@ impl Backbone for EfficientNet {
     }
 }
 
+/// torchvision's `efficientnet_b0`..`b3` classifier: the features, then
+/// `classifier = Sequential(Dropout(0.2 | 0.2 | 0.3 | 0.3), Linear(C, 1))`, the linear
+/// initialised uniform(±1/√out) as torchvision does.
+pub fn classifier(p: &nn::Path, variant: Variant) -> super::Classifier {
+    let body = EfficientNet::new(p, variant);
+    let dropout = match variant {
+        Variant::B0 | Variant::B1 => 0.2,
+        Variant::B2 | Variant::B3 => 0.3,
+    };
+    let fc = nn::linear(
+        p / "classifier" / 1,
+        body.pooled_dim(),
+        1,
+        nn::LinearConfig {
+            ws_init: nn::Init::Uniform { lo: -1.0, up: 1.0 },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        },
+    );
+    super::Classifier {
+        module: Box::new(super::WithHead {
+            body: Box::new(body),
+            head: Box::new(move |v, train| v.dropout(dropout, train).apply(&fc)),
+        }),
+        head: ["classifier.1.weight", "classifier.1.bias"].map(String::from).to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
@@ -189,6 +217,15 @@ mod tests {
             assert_close(&format!("{name} map {i}"), m, r.get(&format!("__map.{i}")), 1e-4);
         }
         assert_close(&format!("{name} pooled"), &f.pooled, r.get("__pooled"), 1e-4);
+        // The whole classifier (what `Train(model: EfficientNetB0)` builds): same names, head
+        // included, and torchvision's logit.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let c = classifier(&vs.root(), variant);
+        assert_eq!(c.head, ["classifier.1.weight", "classifier.1.bias"]);
+        assert_same_names(&vs, &r.weights, |_| false);
+        crate::nets::load_exact(&vs, &r.weights, name).unwrap();
+        let y = tch::no_grad(|| c.module.logit(r.get("__input"), false));
+        assert_close(&format!("{name} logit"), &y, r.get("__output"), 1e-4);
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub fn classifier(p: &nn::Path, model: &Model, size: i64) -> Result<Classifier, 
         Model::MobileNetV3Large => Ok(mobilenetv3::classifier(p, mobilenetv3::Arch::Large)),
         Model::VitS16 => vit::classifier(p, size),
         Model::MobileNetV4ConvSmall => Ok(mobilenetv4::classifier(p)),
+        Model::EfficientNetB0 => Ok(efficientnet::classifier(p, efficientnet::Variant::B0)),
+        Model::EfficientNetB1 => Ok(efficientnet::classifier(p, efficientnet::Variant::B1)),
+        Model::EfficientNetB2 => Ok(efficientnet::classifier(p, efficientnet::Variant::B2)),
+        Model::EfficientNetB3 => Ok(efficientnet::classifier(p, efficientnet::Variant::B3)),
         other => Err(format!("{other:?} is not built by backbones::classifier")),
     }
 }
@@ -514,6 +518,19 @@ mod tests {
 /// A pretrained tensor of another shape that still fits variable `name` (a ViT's
 /// `pos_embed` made for another image size, resampled), if there is one.
 pub fn adapt(name: &str, t: &Tensor, want: &[i64]) -> Option<Tensor> {
-    let _ = (name, t, want);
-    None
+    let have = t.size();
+    let square = |n: i64| {
+        let g = ((n - 1) as f64).sqrt().round() as i64;
+        (n > 1 && g * g == n - 1).then_some(g)
+    };
+    if !(name == "pos_embed" || name.ends_with(".pos_embed")) || have.len() != 3 || want.len() != 3 {
+        return None;
+    }
+    if have[0] != 1 || want[0] != 1 || have[2] != want[2] {
+        return None;
+    }
+    let (Some(_), Some(grid)) = (square(have[1]), square(want[1])) else {
+        return None;
+    };
+    Some(vit::resize_pos_embed(&t.to_kind(tch::Kind::Float), grid))
 }
