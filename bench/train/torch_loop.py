@@ -1,12 +1,13 @@
 """The same training loop as flow's Train stage, written the way a researcher would in PyTorch.
 
-Reads the Preprocess stage's u8 shard (not timed), then trains torchvision's ResNet18 with one
-logit: per batch, u8 HWC -> float, normalise (ImageNet), random horizontal flip (p=0.5),
+Reads the Preprocess stage's u8 shard (not timed), then trains MODEL (torchvision's resnet18,
+convnext_tiny, mobilenet_v3_small, efficientnet_b0, or timm's vit_small_patch16_224 /
+mobilenetv4_conv_small, written `timm/<name>`) with one logit: per batch, u8 HWC -> float, normalise (ImageNet), random horizontal flip (p=0.5),
 NCHW, forward, BCE-with-logits, backward, AdamW (torch's default implementation), cosine lr.
 Batches are built in the training process, vectorised (no per-image Python), which is the
 fast way to write it. Prints one JSON line: images/s of each epoch's training loop.
 
-usage: torch_loop.py PREPROCESS_DIR ROWS_CSV THREADS EPOCHS BATCH
+usage: torch_loop.py PREPROCESS_DIR ROWS_CSV THREADS EPOCHS BATCH [MODEL]
   ROWS_CSV: the rows (of the shard) to train on, one per line, in flow's epoch-1 order is not
   required; the loop shuffles with its own seed.
 """
@@ -17,6 +18,15 @@ import time
 import numpy as np
 import torch
 import torchvision
+
+
+def build(name, size):
+    if name.startswith("timm/"):
+        import timm
+
+        kw = {"img_size": size} if "vit" in name else {}
+        return timm.create_model(name[5:], pretrained=False, num_classes=1, **kw)
+    return torchvision.models.get_model(name, weights=None, num_classes=1)
 
 
 def main():
@@ -38,7 +48,7 @@ def main():
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
-    model = torchvision.models.resnet18(num_classes=1)
+    model = build(sys.argv[6] if len(sys.argv) > 6 else "resnet18", s)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     steps = epochs * ((n + bs - 1) // bs)

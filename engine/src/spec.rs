@@ -307,8 +307,11 @@ impl<'de> Visitor<'de> for ParamsVisitor {
     }
 }
 
+/// RON as pipeline files are read: `implicit_some` (`grad_clip: 1.0` for `Some(1.0)`) and
+/// `unwrap_variant_newtypes` (`model: Radar(iterations: 1)` for `Radar((iterations: 1))`).
 pub(crate) fn ron_options() -> ron::Options {
-    ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+    use ron::extensions::Extensions;
+    ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME | Extensions::UNWRAP_VARIANT_NEWTYPES)
 }
 
 /// Load a pipeline file (and the files it extends) and check every stage's params.

@@ -659,10 +659,14 @@ impl StageConfig for Train {
                 continue;
             };
             if let Some(m) = self.model.size_problem(size) {
+                let needle = match &self.model {
+                    Model::SimpleCnn { .. } => "depth:",
+                    _ => "model:",
+                };
                 v.push(ConfigProblem {
                     code: Code::InvalidValue,
                     message: format!("{m} (`{}` makes {size}-pixel images)", self.data),
-                    needle: Some("depth:".into()),
+                    needle: Some(needle.into()),
                     help: None,
                 });
             }
