@@ -259,6 +259,26 @@ pub(crate) fn stage_taps(strides: &[i64]) -> Vec<usize> {
         .collect()
 }
 
+/// A pretrained tensor of another shape that still fits variable `name` (a ViT's
+/// `pos_embed` made for another image size, resampled), if there is one.
+pub fn adapt(name: &str, t: &Tensor, want: &[i64]) -> Option<Tensor> {
+    let have = t.size();
+    let square = |n: i64| {
+        let g = ((n - 1) as f64).sqrt().round() as i64;
+        (n > 1 && g * g == n - 1).then_some(g)
+    };
+    if !(name == "pos_embed" || name.ends_with(".pos_embed")) || have.len() != 3 || want.len() != 3 {
+        return None;
+    }
+    if have[0] != 1 || want[0] != 1 || have[2] != want[2] {
+        return None;
+    }
+    let (Some(_), Some(grid)) = (square(have[1]), square(want[1])) else {
+        return None;
+    };
+    Some(vit::resize_pos_embed(&t.to_kind(tch::Kind::Float), grid))
+}
+
 /// Test helpers: reference outputs from torchvision/timm (`stages/torch/tests/backbone_reference.py`).
 #[cfg(test)]
 pub(crate) mod testutil {
@@ -400,6 +420,42 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
+    /// Same seed, same input: the same logits and the same gradients, dropout and stochastic
+    /// depth included (training mode), for every classifier built here.
+    #[test]
+    fn classifiers_are_deterministic_in_training_mode() {
+        let _g = crate::torch_serial();
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0.0f32, 1.0]);
+        for m in [
+            Model::ConvNeXtTiny,
+            Model::MobileNetV3Small,
+            Model::MobileNetV3Large,
+            Model::VitS16,
+            Model::MobileNetV4ConvSmall,
+            Model::EfficientNetB0,
+        ] {
+            let run = || {
+                tch::manual_seed(11);
+                let net = crate::nets::build(&m, Device::Cpu, 32).unwrap();
+                let z = net.module.logit(&x, true);
+                let loss = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean);
+                loss.backward();
+                let grads: Vec<Tensor> = crate::nets::named(&net.vs)
+                    .into_iter()
+                    .filter(|(_, t)| t.requires_grad())
+                    .map(|(_, t)| t.grad().copy())
+                    .collect();
+                (z.detach(), grads)
+            };
+            let (z1, g1) = run();
+            let (z2, g2) = run();
+            assert!(z1.equal(&z2), "{m:?}: logits differ between two seeded runs");
+            assert_eq!(g1.len(), g2.len());
+            assert!(g1.iter().zip(&g2).all(|(a, b)| a.equal(b)), "{m:?}: gradients differ");
+        }
+    }
+
     #[test]
     fn every_plain_model_is_a_backbone_under_its_path() {
         let _g = crate::torch_serial();
@@ -513,24 +569,4 @@ mod tests {
         assert!((kept - 0.75).abs() < 0.03, "{kept}");
         assert!((hi.max().double_value(&[]) - 1.0 / 0.75).abs() < 1e-5);
     }
-}
-
-/// A pretrained tensor of another shape that still fits variable `name` (a ViT's
-/// `pos_embed` made for another image size, resampled), if there is one.
-pub fn adapt(name: &str, t: &Tensor, want: &[i64]) -> Option<Tensor> {
-    let have = t.size();
-    let square = |n: i64| {
-        let g = ((n - 1) as f64).sqrt().round() as i64;
-        (n > 1 && g * g == n - 1).then_some(g)
-    };
-    if !(name == "pos_embed" || name.ends_with(".pos_embed")) || have.len() != 3 || want.len() != 3 {
-        return None;
-    }
-    if have[0] != 1 || want[0] != 1 || have[2] != want[2] {
-        return None;
-    }
-    let (Some(_), Some(grid)) = (square(have[1]), square(want[1])) else {
-        return None;
-    };
-    Some(vit::resize_pos_embed(&t.to_kind(tch::Kind::Float), grid))
 }
