@@ -891,3 +891,58 @@ impl StageConfig for EnsembleInfer {
         crate::worker::run_in_worker("EnsembleInfer", self, ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(model: &str) -> Train {
+        ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES)
+            .from_str(&format!("(data: \"p\", split: \"s\", model: {model}, epochs: 1)"))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_torchscript_module_is_a_path_input_and_its_path_is_not_in_the_key() {
+        let a = train("TorchScript(path: \"models/a.pt\")");
+        let b = train("TorchScript(path: \"elsewhere/b.pt\")");
+        assert_eq!(a.key_params(), b.key_params());
+        let module: Vec<_> = a.inputs().into_iter().filter(|i| i.port == "module").collect();
+        assert_eq!(module.len(), 1, "the module file is an input: its content is hashed");
+        // Other models keep their params in the key.
+        assert_ne!(
+            train("Radar(iterations: 1)").key_params(),
+            train("Radar()").key_params()
+        );
+    }
+
+    #[test]
+    fn new_train_fields_leave_existing_keys_alone() {
+        let k = train("ResNet18").key_params();
+        for f in ["freeze_backbone", "pretrained_strict", "input_filter"] {
+            assert!(k.get(f).is_none(), "{f} at its default must not enter the key: {k}");
+        }
+        let mut t = train("ResNet18");
+        t.freeze_backbone = true;
+        assert_eq!(t.key_params()["freeze_backbone"], true);
+    }
+
+    #[test]
+    fn radar_ablation_switches_are_checked() {
+        let bad = |m: &str| {
+            train(m)
+                .model
+                .problems()
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bad("Radar(boundary: false, frequency: false)"), ["frequency"]);
+        assert_eq!(bad("Radar(heads: 3)"), ["heads"]);
+        assert_eq!(bad("Radar(backbone: Spotter())"), ["backbone"]);
+        assert_eq!(bad("Radar(gating_init: 1.0)"), ["gating_init"]);
+        assert!(bad("Radar(backbone: SimpleCnn(width: 4, depth: 2), iterations: 5)").is_empty());
+        assert!(Model::VitS16.size_problem(64).is_none() && Model::VitS16.size_problem(60).is_some());
+    }
+}
