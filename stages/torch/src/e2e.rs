@@ -941,3 +941,51 @@ fn spotter_trains_its_attention_on_a_frozen_efficientnet() {
     );
     assert!(t.contains_key("multiscale.proj.0.weight"));
 }
+
+#[test]
+fn a_killed_torchscript_run_resumes_with_its_trained_buffers() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = testdata::make(tmp.path(), 32, 32, 2, Normalize::ImageNet, None);
+    // No validation set: the lowest training loss picks the best epoch, i.e. (as asserted
+    // below) the last, whose module the resumed run must have trained from the checkpoint's.
+    let mut w = csv::Writer::from_path(s.split.join("folds.csv")).unwrap();
+    for r in &s.rows {
+        let mut r = r.clone();
+        r.val_for = None;
+        w.serialize(r).unwrap();
+    }
+    w.flush().unwrap();
+    let module = tmp.path().join("my_net.pt");
+    testdata::run_python(SCRIPTED_NET, &[module.as_os_str()]);
+    let mut params = train_params(3);
+    params["model"] = json!({"TorchScript": {"path": "my_net.pt"}});
+    let with_module = |name: &str| {
+        let mut sp = spec("Train", params.clone(), Some(0), tmp.path(), name, train_inputs(&s));
+        sp.paths.push(flow_stages::worker::WorkerPath {
+            port: "module".into(),
+            rel: "my_net.pt".into(),
+            abs: module.clone(),
+        });
+        sp
+    };
+    let a = with_module("whole");
+    run_spec(&a, &Hooks::default()).unwrap();
+    assert_eq!(json_of(&a.out_dir.join("meta.json"))["best_epoch"], 3);
+    let b = with_module("killed");
+    assert!(run_spec(&b, &kill_after(2)).is_err());
+    let (hooks, seen) = record_epochs();
+    run_spec(&b, &hooks).unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![3], "the rerun resumes after epoch 2");
+    let bytes = |sp: &flow_stages::worker::WorkerSpec| std::fs::read(sp.out_dir.join("model.safetensors")).unwrap();
+    assert!(bytes(&a) == bytes(&b), "parameters differ from an uninterrupted run");
+    let buffers = |sp: &flow_stages::worker::WorkerSpec| {
+        let m = sp.out_dir.join("module.pt");
+        testdata::run_python(READ_BUFFER, &[m.as_os_str()])
+    };
+    assert_eq!(
+        buffers(&a),
+        buffers(&b),
+        "batch-norm statistics differ from an uninterrupted run"
+    );
+}

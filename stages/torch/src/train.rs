@@ -408,6 +408,8 @@ fn sync_file(p: &Path) {
 
 /// The files of one checkpoint directory (all hashed into `checkpoint.json`).
 const CKPT_FILES: [&str; 3] = ["weights.safetensors", "optim.safetensors", "best.safetensors"];
+/// A TorchScript model's whole module in a checkpoint (parameters and buffers).
+const MODULE_CKPT: &str = "module.pt";
 
 fn save_checkpoint(
     root: &Path,
@@ -446,7 +448,8 @@ fn save_checkpoint(
         }
     }
     st.files.clear();
-    for f in CKPT_FILES {
+    let module = net.module.save_module(&d.join(MODULE_CKPT))?;
+    for f in CKPT_FILES.iter().chain(module.then_some(&MODULE_CKPT)) {
         sync_file(&d.join(f));
         let h = flow_cache::Hash::of_file(&d.join(f)).map_err(|e| e.to_string())?;
         st.files.insert(f.to_string(), h.to_hex());
@@ -494,7 +497,12 @@ fn load_checkpoint(root: &Path, fingerprint: &str) -> Option<Loaded> {
         return None;
     }
     let d = root.join(&st.dir);
-    for f in CKPT_FILES {
+    let listed: Vec<&str> = st.files.keys().map(String::as_str).collect();
+    for f in CKPT_FILES
+        .iter()
+        .copied()
+        .chain(listed.into_iter().filter(|f| !CKPT_FILES.contains(f)))
+    {
         let got = flow_cache::Hash::of_file(&d.join(f)).map(|h| h.to_hex()).ok();
         if got.is_none() || st.files.get(f) != got.as_ref() {
             log(format!(
@@ -809,11 +817,23 @@ fn build_model(f: &Fold) -> Res<(Net, Option<nets::Pretrained>)> {
 /// checkpoint was taken after.
 fn start_or_resume(f: &Fold, net: Net) -> Res<(Training, Option<u32>)> {
     let job = &f.job;
-    let opt = AdamW::new(&net.vs, job.params.weight_decay);
     let fingerprint = serde_json::to_string(&serde_json::json!({
         "v": 1, "kind": job.kind, "params": job.spec.params, "fold": job.fold, "items": job.items.len(),
     }))
     .expect("json");
+    let ckpt = load_checkpoint(&job.spec.resume_dir, &fingerprint);
+    // A TorchScript module resumes from the checkpoint's whole module (its buffers too).
+    let net = match ckpt
+        .as_ref()
+        .map(|c| job.spec.resume_dir.join(&c.0.dir).join(MODULE_CKPT))
+    {
+        Some(m) if m.is_file() => {
+            let n = nets::load_torchscript(&m, job.device, job.ds.size)?;
+            nets::with_input_filter(n, job.params.input_filter, job.device)
+        }
+        _ => net,
+    };
+    let opt = AdamW::new(&net.vs, job.params.weight_decay);
     let mut tr = Training {
         net,
         opt,
@@ -822,7 +842,7 @@ fn start_or_resume(f: &Fold, net: Net) -> Res<(Training, Option<u32>)> {
         best_on_disk: None,
     };
     let mut resumed_from = None;
-    if let Some((s0, w, o, b)) = load_checkpoint(&job.spec.resume_dir, &fingerprint) {
+    if let Some((s0, w, o, b)) = ckpt {
         nets::load_exact(&tr.net.vs, &w, "checkpoint weights")?;
         tr.opt.load_state(&o, s0.opt_step)?;
         tr.best = b.into_iter().map(|(n, t)| (n, t.to_device(job.device))).collect();
