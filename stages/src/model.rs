@@ -284,6 +284,10 @@ impl Model {
     /// Why the model cannot take `size`-pixel images, if it cannot.
     pub fn size_problem(&self, size: u64) -> Option<String> {
         match self {
+            // Stem ÷4, then three ÷2 downsampling layers with 2×2 kernels.
+            Model::ConvNeXtTiny if size < 32 => Some(format!(
+                "ConvNeXtTiny downsamples by 32 (a 4-pixel stem, three 2×2 stride-2 layers): {size}-pixel images are too small, use 32 or more"
+            )),
             Model::VitS16 if size % 16 != 0 || size == 0 => Some(format!(
                 "VitS16 cuts images into 16-pixel patches: {size} is not a multiple of 16"
             )),
@@ -468,8 +472,9 @@ pub struct Train {
     /// bf16/f16 autocast on CUDA.
     #[serde(default)]
     pub mixed_precision: bool,
-    /// Train only the heads (and Radar's evidence/reasoning, Spotter's attention modules);
-    /// the backbone's weights stay as loaded and its batch-norm statistics frozen.
+    /// Train only the heads (and Radar's evidence/reasoning, Spotter's attention modules):
+    /// the backbone's weights stay as loaded (its batch-norm running statistics still update
+    /// in training mode, as with PyTorch's `requires_grad_(False)`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub freeze_backbone: bool,
     /// `false`: `pretrained` weights may miss or add tensors (PyTorch's `strict=False`);
@@ -904,7 +909,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torchscript_module_is_a_path_input_and_its_path_is_not_in_the_key() {
+    fn a_torchscript_module_is_a_path_input_and_not_a_key_param() {
         let a = train("TorchScript(path: \"models/a.pt\")");
         let b = train("TorchScript(path: \"elsewhere/b.pt\")");
         assert_eq!(a.key_params(), b.key_params());
@@ -944,5 +949,8 @@ mod tests {
         assert_eq!(bad("Radar(gating_init: 1.0)"), ["gating_init"]);
         assert!(bad("Radar(backbone: SimpleCnn(width: 4, depth: 2), iterations: 5)").is_empty());
         assert!(Model::VitS16.size_problem(64).is_none() && Model::VitS16.size_problem(60).is_some());
+        assert!(Model::ConvNeXtTiny.size_problem(24).is_some() && Model::ConvNeXtTiny.size_problem(32).is_none());
+        assert!(bad("Radar(backbone: ConvNeXtTiny)").is_empty());
+        assert!(train("Radar(backbone: ConvNeXtTiny)").model.size_problem(16).is_some());
     }
 }

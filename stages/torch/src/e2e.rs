@@ -309,6 +309,21 @@ fn pretrained_weights_wrong_shapes_are_listed_and_the_head_is_skipped() {
     // Wrong shapes stay an error even then.
     let e = crate::nets::load_pretrained(&net, &wrong_file(&tmp), &cnn(8, 3), false).unwrap_err();
     assert!(e.contains("wrong shape"), "{e}");
+    // Another model's file (no name in common) is an error, not a silent fresh start.
+    let other = tmp.path().join("other.safetensors");
+    let t = vec![(
+        "blocks.0.conv.weight".to_string(),
+        tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)),
+    )];
+    crate::nets::save_tensors(&t, &other).unwrap();
+    for strict in [true, false] {
+        let e = crate::nets::load_pretrained(&net, &other, &cnn(8, 3), strict).unwrap_err();
+        assert!(e.contains("none of its 1 tensors"), "{e}");
+    }
+    // Not a safetensors file at all.
+    std::fs::write(&other, b"PK\x03\x04 a zip, say").unwrap();
+    let e = crate::nets::load_pretrained(&net, &other, &cnn(8, 3), true).unwrap_err();
+    assert!(e.contains("as a .safetensors weights file"), "{e}");
 }
 
 fn wrong_file(tmp: &tempfile::TempDir) -> std::path::PathBuf {
@@ -745,6 +760,10 @@ fn a_broken_torchscript_module_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk.pt");
     std::fs::write(&junk, b"not a module").unwrap();
+    let e = crate::nets::load_torchscript(tmp.path(), tch::Device::Cpu, 32)
+        .err()
+        .unwrap();
+    assert!(e.contains("is a directory"), "{e}");
     let e = crate::nets::load_torchscript(&junk, tch::Device::Cpu, 32)
         .err()
         .unwrap();

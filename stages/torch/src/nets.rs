@@ -121,6 +121,12 @@ impl Detector for Script {
 /// (shared storage: the optimiser updates the module itself). The module must map
 /// `[N, 3, size, size]` to `[N]` or `[N, 1]`; that is checked here on a small batch.
 pub fn load_torchscript(path: &Path, device: Device, size: usize) -> Res<Net> {
+    if path.is_dir() {
+        return Err(format!(
+            "TorchScript path {} is a directory, not a module file",
+            path.display()
+        ));
+    }
     if !path.is_file() {
         return Err(format!("TorchScript file {} does not exist", path.display()));
     }
@@ -543,7 +549,12 @@ pub fn read_tensors(path: &Path) -> Res<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(format!("weights file {} does not exist", path.display()));
     }
-    let v = Tensor::read_safetensors(path).ctx(|| format!("cannot read weights file {}", path.display()))?;
+    let v = Tensor::read_safetensors(path).ctx(|| {
+        format!(
+            "cannot read {} as a .safetensors weights file (make one with stages/torch/convert_weights.py)",
+            path.display()
+        )
+    })?;
     Ok(v.into_iter().collect())
 }
 
@@ -642,6 +653,14 @@ pub fn load_pretrained(net: &Net, path: &Path, model: &Model, strict: bool) -> R
                 use_.insert(name.clone(), t.shallow_clone());
             }
         }
+    }
+    if use_.is_empty() && wrong.is_empty() {
+        // Nothing fits: not a partial checkpoint of this model but another model's weights.
+        return Err(format!(
+            "weights file {file_name}: none of its {} tensors is a tensor of {} (another model's checkpoint? see stages/torch/convert_weights.py)",
+            src.len(),
+            model_name(model)
+        ));
     }
     if !strict {
         // PyTorch's strict=False: what the file lacks stays fresh (listed); shapes must agree.
