@@ -517,3 +517,84 @@ fn a_crop_step_between_ingest_and_preprocess() {
     let s = ws.run("examples/facecrop.ron", 0);
     assert_eq!(s.executed, set(&["crop", "preprocess"]));
 }
+
+/// The luminance quantisation table (DQT, table 0, 8-bit) of a baseline JPEG.
+fn jpeg_luma_table(b: &[u8]) -> Option<Vec<u8>> {
+    if !b.starts_with(&[0xff, 0xd8]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 4 <= b.len() && b[i] == 0xff {
+        let (marker, len) = (b[i + 1], u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize);
+        if marker == 0xdb {
+            // Several tables may share one segment: a Pq/Tq byte, then 64 values.
+            let seg = b.get(i + 4..i + 2 + len)?;
+            return seg
+                .chunks(65)
+                .find(|t| t.len() == 65 && t[0] == 0)
+                .map(|t| t[1..].to_vec());
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+#[test]
+fn jpeg_demo_compresses_reals_and_fakes_alike() {
+    use image::ImageEncoder;
+    // The quality of each file is read back from its quantisation table, matched against the
+    // tables of the `image` crate's encoder at every quality (independent of how the generator
+    // draws it). Tables tie only at the top end (where every entry clamps to 1); iterating
+    // downwards keeps the lowest quality of a tie, and the range below stays clear of ties.
+    let mut tables: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
+    for q in (1..=100u8).rev() {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q)
+            .write_image(&[128u8; 8 * 8 * 3], 8, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        tables.insert(jpeg_luma_table(&out).expect("a DQT segment"), q);
+    }
+    let (lo, hi) = (50u8, 95u8);
+    let ws = Ws::new();
+    ws.write(
+        "p.ron",
+        &pipeline(
+            &format!("Ingest(source: Demo(count: 40, size: 32, seed: 3, jpeg: (min: {lo}, max: {hi})))"),
+            r#""preprocess": Preprocess(dataset: "ingest", size: 32),"#,
+        ),
+    );
+    ws.run("p.ron", 0);
+    let m = rows(&ws, "out/d/ingest/manifest.csv");
+    assert_eq!(m.len(), 40);
+    let mut quality: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in &m {
+        // No format, extension or encoder difference by label.
+        assert_eq!(r["format"], "jpeg", "{}", r["path"]);
+        assert!(r["path"].ends_with(".jpg"), "{}", r["path"]);
+        let bytes = std::fs::read(ws.path().join("out/d/ingest").join(&r["path"])).unwrap();
+        let q = jpeg_luma_table(&bytes)
+            .and_then(|t| tables.get(&t).copied())
+            .unwrap_or_else(|| panic!("{}: not a JPEG of the image crate's encoder", r["path"]));
+        assert!((lo..=hi).contains(&q), "{}: quality {q}", r["path"]);
+        quality.entry(r["label"].as_str()).or_default().push(f64::from(q));
+    }
+    let (reals, fakes) = (&quality["0"], &quality["1"]);
+    assert_eq!((reals.len(), fakes.len()), (20, 20));
+    // Same distribution: the two-sample Kolmogorov–Smirnov distance stays below its 0.1 %
+    // critical value for 20 + 20 (1.95 · sqrt(2/20) = 0.62). Fakes all at one quality, or
+    // from a different range, would exceed it.
+    let cdf = |v: &[f64], x: f64| v.iter().filter(|&&q| q <= x).count() as f64 / v.len() as f64;
+    let ks = (lo..=hi)
+        .map(|x| (cdf(reals, f64::from(x)) - cdf(fakes, f64::from(x))).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        ks < 0.62,
+        "quality distributions differ by label: KS {ks:.2}\nreals {reals:?}\nfakes {fakes:?}"
+    );
+    for v in [reals, fakes] {
+        let distinct: BTreeSet<u64> = v.iter().map(|&q| q as u64).collect();
+        assert!(distinct.len() >= 5, "qualities are drawn per item: {v:?}");
+    }
+    // The JPEGs decode downstream.
+    assert_eq!(rows(&ws, "out/d/preprocess/index.csv").len(), 40);
+}

@@ -3,6 +3,7 @@
 //!
 //! ```ron
 //! "ingest": Ingest(source: Demo(count: 480, size: 64, seed: 7)),
+//! "ingest": Ingest(source: Demo(count: 480, size: 64, seed: 7, jpeg: (min: 70, max: 95))), // every item JPEG
 //! "ingest": Ingest(source: Folder(root: "data", layout: ImageFolder)),  // data/{real,fake}/<source>/…
 //! "ingest": Ingest(source: Folder(root: "kaggle", layout: PreSplit)),   // {train,val,test}/{real,fake}/…
 //! "ingest": Ingest(source: Folder(root: "data", layout: Manifest("labels.csv"))), // path,label[,source][,group][,split]
@@ -65,9 +66,22 @@ pub enum Source {
         seed: Option<u64>,
         #[serde(default)]
         sources: Option<Vec<String>>,
+        /// JPEG-encode every item, real and fake, at a quality drawn per item from the range
+        /// (`.jpg` files); absent: PNG. Left out of the key when absent, so PNG keys stay.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jpeg: Option<Jpeg>,
     },
     /// A folder of the workspace.
     Folder { root: String, layout: Layout },
+}
+
+/// `jpeg: (min: 70, max: 95)` (or `Jpeg(min: 70, max: 95)`): the quality range of a JPEG demo
+/// set, both ends in 1..=100.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Jpeg {
+    pub min: u32,
+    pub max: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -161,8 +175,22 @@ impl StageConfig for Ingest {
                 }
             }
             Source::Demo {
-                count, size, sources, ..
+                count,
+                size,
+                sources,
+                jpeg,
+                ..
             } => {
+                if let Some(j) = jpeg {
+                    if let Err((field, m)) = demo::validate_jpeg(j.min, j.max) {
+                        v.push(ConfigProblem {
+                            code: Code::InvalidValue,
+                            message: m,
+                            needle: Some(format!("{field}:")),
+                            help: Some("e.g. `jpeg: (min: 70, max: 95)`".into()),
+                        });
+                    }
+                }
                 if *count < 4 {
                     v.push(ConfigProblem {
                         code: Code::InvalidValue,
@@ -224,7 +252,8 @@ impl StageConfig for Ingest {
                 size,
                 seed,
                 sources,
-            } => ingest_demo(self, ctx, *count, *size, seed.unwrap_or(0), sources.as_deref()),
+                jpeg,
+            } => ingest_demo(self, ctx, *count, *size, seed.unwrap_or(0), sources.as_deref(), *jpeg),
             Source::Folder { root, layout } => ingest_folder(self, ctx, root, layout),
         }
     }
@@ -298,30 +327,40 @@ fn ingest_demo(
     size: u32,
     seed: u64,
     sources: Option<&[String]>,
+    jpeg: Option<Jpeg>,
 ) -> Result<(), StageError> {
+    // Checked by `validate`; a range outside u8 is refused there.
+    let jpeg = match jpeg {
+        None => None,
+        Some(j) => Some(demo::JpegRange {
+            min: u8::try_from(j.min).map_err(|_| StageError::msg("demo data: jpeg `min` out of range"))?,
+            max: u8::try_from(j.max).map_err(|_| StageError::msg("demo data: jpeg `max` out of range"))?,
+        }),
+    };
     let sources: Vec<String> = match sources {
         Some(s) => s.to_vec(),
         None => demo::DEFAULT_SOURCES.iter().map(|s| s.to_string()).collect(),
     };
     (ctx.progress)(-1.0, "generating demo images");
     let items =
-        demo::generate_with_threads(count, size, seed, &sources, ctx.threads.max(1)).map_err(StageError::msg)?;
+        demo::generate_with_threads(count, size, seed, &sources, jpeg, ctx.threads.max(1)).map_err(StageError::msg)?;
     let mut out = Vec::with_capacity(items.len());
     for it in items {
-        let rel = format!("images/{}/{}.png", it.source, it.name);
+        let item = format!("images/{}/{}", it.source, it.name);
+        let rel = format!("{item}.{}", it.ext);
         let dest = ctx.out_dir.join(&rel);
         std::fs::create_dir_all(dest.parent().expect("parent"))?;
-        std::fs::write(&dest, &it.png)?;
+        std::fs::write(&dest, &it.bytes)?;
         out.push(Item {
-            item: rel.trim_end_matches(".png").to_string(),
+            item,
             path: rel,
-            hash: blake3::hash(&it.png).to_hex().to_string(),
+            hash: blake3::hash(&it.bytes).to_hex().to_string(),
             label: it.label,
             source: it.source,
             group: it.group,
             width: size,
             height: size,
-            format: "png".into(),
+            format: it.format.into(),
             split: String::new(),
         });
     }
