@@ -78,9 +78,9 @@ pub enum Model {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Radar {
-    /// The feature extractor: `VitS16` (the seed's), or any other backbone of this enum but
-    /// Radar/Spotter/TorchScript (a CNN's last feature map stands in for the patch tokens,
-    /// its global average for the CLS token).
+    /// The feature extractor: `VitS16` (the seed's), or any other model of this enum but
+    /// Radar, Spotter, TorchScript and MobileNetV2 (a CNN's last feature map stands in for the
+    /// patch tokens, its pooled vector for the CLS token).
     pub backbone: Box<Model>,
     /// Boundary evidence (BADM: Sobel edges → CNN, plus pooled patch features).
     pub boundary: bool,
@@ -268,12 +268,15 @@ impl Model {
         }
     }
 
-    /// Whether the model can be a Radar backbone (it exposes feature maps).
+    /// Whether the model can be a Radar backbone (flow builds it as a feature extractor).
     pub fn is_feature_backbone(&self) -> bool {
-        !matches!(self, Model::Radar(_) | Model::Spotter(_) | Model::TorchScript { .. })
+        !matches!(
+            self,
+            Model::Radar(_) | Model::Spotter(_) | Model::TorchScript { .. } | Model::MobileNetV2
+        )
     }
 
-    /// The pretrained weights file or TorchScript module the model reads, if any.
+    /// The workspace file the model itself is (a TorchScript module), if any.
     pub fn module_file(&self) -> Option<&str> {
         match self {
             Model::TorchScript { path } => Some(path),
@@ -946,6 +949,7 @@ mod tests {
         assert_eq!(bad("Radar(boundary: false, frequency: false)"), ["frequency"]);
         assert_eq!(bad("Radar(heads: 3)"), ["heads"]);
         assert_eq!(bad("Radar(backbone: Spotter())"), ["backbone"]);
+        assert_eq!(bad("Radar(backbone: MobileNetV2)"), ["backbone"]);
         assert_eq!(bad("Radar(gating_init: 1.0)"), ["gating_init"]);
         assert!(bad("Radar(backbone: SimpleCnn(width: 4, depth: 2), iterations: 5)").is_empty());
         assert!(Model::VitS16.size_problem(64).is_none() && Model::VitS16.size_problem(60).is_some());
