@@ -1,12 +1,15 @@
-//! Backbones, weight files and pretrained weights.
+//! Building models ([`build`], [`load_torchscript`]), the [`Detector`] seam every model
+//! is trained and scored through, weight files and pretrained weights.
 //!
-//! Every model ends in one logit. Variable names are torchvision's (`tch::vision` uses them):
-//! ResNet `conv1.weight`, `layer1.0.bn1.running_mean`, …, head `fc.*`; EfficientNet and
-//! MobileNetV2 `features.…`, head `classifier.1.*`. SimpleCnn: `features.<i>.conv.weight`,
-//! `features.<i>.bn.*`, head `fc.*`.
+//! Every model ends in one logit. Variable names are the library's whose checkpoints the
+//! model loads (the table is `docs/models.md`): torchvision's for ResNet (`conv1.weight`,
+//! `layer1.0.bn1.running_mean`, …, head `fc.*`), EfficientNet, MobileNetV2/V3 and ConvNeXt
+//! (`features.…`, heads `classifier.*`); timm's for ViT-S/16 and MobileNetV4 (`blocks.…`);
+//! `backbone.…` plus the modules' own names for Radar and Spotter; a TorchScript module's
+//! own. SimpleCnn: `features.<i>.conv.weight`, `features.<i>.bn.*`, head `fc.*`.
 //!
 //! `model.safetensors` holds every variable (f32, CPU) plus a `num_batches_tracked` (i64
-//! scalar) per batch-norm layer, so it loads into the matching torchvision model with
+//! scalar) per batch-norm layer, so it loads into the matching torchvision/timm model with
 //! `strict=True`, e.g. `torchvision.models.resnet18(num_classes=1)`.
 //!
 //! # Pretrained weights
@@ -30,9 +33,8 @@
 //! save_file({k: v.contiguous() for k, v in m.state_dict().items()}, "resnet18.safetensors")
 //! ```
 //!
-//! timm models use other names (`conv_stem`, `blocks.…`) than torchvision's, so a timm
-//! checkpoint only fits a model whose names it shares (ResNets: timm's `resnet18` uses
-//! torchvision's names).
+//! A timm checkpoint fits the timm-named models (VitS16, MobileNetV4ConvSmall) and those
+//! whose names timm shares with torchvision (timm's `resnet18` uses torchvision's names).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
