@@ -820,6 +820,22 @@ fn radar_trains_with_its_loss_and_reports_its_diagnostics() {
     assert_eq!(r.headers().unwrap().len(), 5);
 }
 
+/// The fold-0 weights `params` start from (build_model's seed rule: seed·1000 + fold, seed 7,
+/// 32 px) and the weights the run `sp` of them wrote.
+fn fresh_and_trained(
+    params: serde_json::Value,
+    sp: &flow_stages::worker::WorkerSpec,
+) -> (HashMap<String, tch::Tensor>, HashMap<String, tch::Tensor>) {
+    let p: flow_stages::model::Train = serde_json::from_value(params).unwrap();
+    tch::manual_seed(7 * 1000);
+    let fresh = crate::nets::build(&p.model, tch::Device::Cpu, 32).unwrap();
+    let init = crate::nets::named(&fresh.vs).into_iter().collect();
+    (
+        init,
+        crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap(),
+    )
+}
+
 #[test]
 fn freeze_backbone_trains_only_the_modules_around_it() {
     let _g = serial();
@@ -830,12 +846,7 @@ fn freeze_backbone_trains_only_the_modules_around_it() {
     params["freeze_backbone"] = json!(true);
     let sp = spec("Train", params.clone(), Some(0), tmp.path(), "frozen", train_inputs(&s));
     run_spec(&sp, &Hooks::default()).unwrap();
-    // The weights as built before training: the seed rule of build_model (seed·1000 + fold).
-    let p: flow_stages::model::Train = serde_json::from_value(params).unwrap();
-    tch::manual_seed(7 * 1000);
-    let fresh = crate::nets::build(&p.model, tch::Device::Cpu, 32).unwrap();
-    let init: HashMap<String, tch::Tensor> = crate::nets::named(&fresh.vs).into_iter().collect();
-    let t = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap();
+    let (init, t) = fresh_and_trained(params, &sp);
     let same = |n: &str| t[n].equal(&init[n]);
     assert!(
         same("backbone.features.1.conv.weight"),
@@ -944,11 +955,7 @@ fn spotter_trains_its_attention_on_a_frozen_efficientnet() {
         train_inputs(&s),
     );
     run_spec(&sp, &Hooks::default()).unwrap();
-    let p: flow_stages::model::Train = serde_json::from_value(params).unwrap();
-    tch::manual_seed(7 * 1000);
-    let fresh = crate::nets::build(&p.model, tch::Device::Cpu, 32).unwrap();
-    let init: HashMap<String, tch::Tensor> = crate::nets::named(&fresh.vs).into_iter().collect();
-    let t = crate::nets::read_tensors(&sp.out_dir.join("model.safetensors")).unwrap();
+    let (init, t) = fresh_and_trained(params, &sp);
     let same = |n: &str| t[n].equal(&init[n]);
     assert!(
         same("backbone.features.4.1.block.0.0.weight"),

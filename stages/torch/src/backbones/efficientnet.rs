@@ -212,11 +212,7 @@ mod tests {
         let b = EfficientNet::new(&vs.root(), variant);
         assert_same_names(&vs, &r.weights, |k| k.starts_with("classifier."));
         crate::nets::load_exact(&vs, &r.weights, name).unwrap();
-        let f = tch::no_grad(|| b.features(r.get("__input"), false));
-        for (i, m) in f.maps.iter().enumerate() {
-            assert_close(&format!("{name} map {i}"), m, r.get(&format!("__map.{i}")), 1e-4);
-        }
-        assert_close(&format!("{name} pooled"), &f.pooled, r.get("__pooled"), 1e-4);
+        assert_features_match(&b, &r, name);
         // The whole classifier (what `Train(model: EfficientNetB0)` builds): same names, head
         // included, and torchvision's logit.
         let vs = nn::VarStore::new(Device::Cpu);

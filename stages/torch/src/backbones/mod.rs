@@ -289,14 +289,9 @@ pub(crate) mod testutil {
 
     const SETUP: &str = "run `scripts/setup --test-deps` (or set FLOW_PYTHON to a Python with torch, torchvision, timm and safetensors)";
 
-    /// The Python with torch/torchvision/timm: `FLOW_PYTHON`, else the repository's `.venv`.
+    /// The Python with torch/torchvision/timm (one definition: `testdata::python`).
     pub fn python() -> PathBuf {
-        let p = match std::env::var_os("FLOW_PYTHON") {
-            Some(p) => PathBuf::from(p),
-            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
-        };
-        assert!(p.exists(), "no Python at {}: {SETUP}", p.display());
-        p
+        crate::testdata::python()
     }
 
     /// What the reference script wrote: the state_dict (no `__` names) and the references.
@@ -384,6 +379,16 @@ pub(crate) mod testutil {
 
     /// One backward pass of a random projection of `outs`: every trainable variable gets a
     /// finite, nonzero gradient.
+    /// `b`'s maps and pooled vector on the reference input equal PyTorch's (`__map.<i>`,
+    /// `__pooled`) to 1e-4.
+    pub fn assert_features_match(b: &dyn super::Backbone, r: &Reference, name: &str) {
+        let f = tch::no_grad(|| b.features(r.get("__input"), false));
+        for (i, m) in f.maps.iter().enumerate() {
+            assert_close(&format!("{name} map {i}"), m, r.get(&format!("__map.{i}")), 1e-4);
+        }
+        assert_close(&format!("{name} pooled"), &f.pooled, r.get("__pooled"), 1e-4);
+    }
+
     pub fn assert_grads(vs: &nn::VarStore, outs: &[Tensor]) {
         let loss = outs
             .iter()
