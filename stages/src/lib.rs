@@ -12,6 +12,7 @@
 pub mod calibrate;
 pub mod data;
 pub mod exec;
+pub mod explain;
 pub mod metrics;
 pub mod model;
 pub mod ports;
@@ -57,6 +58,7 @@ mod tests {
                 "Calibrate",
                 "EnsembleInfer",
                 "Exec",
+                "Explain",
                 "Ingest",
                 "MineHardNegatives",
                 "Preprocess",

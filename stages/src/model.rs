@@ -223,6 +223,40 @@ pub const SIMPLE_CNN_MAX_WIDTH: i64 = 4096;
 pub const SIMPLE_CNN_MAX_DEPTH: i64 = 10;
 
 impl Model {
+    /// The layers Grad-CAM can target, shallow to deep, with the library's module names:
+    /// the outputs of the last layer at strides 8, 16 and 32 (what `Explain` calls
+    /// `layer`; the deepest is the default, and `MultiScale` fuses all three). A ViT has one:
+    /// `blocks.11.norm1`, the normalised input of its last block (after the last block only
+    /// the CLS token reaches the head, so later patch tokens carry no gradient), its patch
+    /// tokens laid out on the 16-px grid. `None`: the model declares none (`MobileNetV2`,
+    /// which is `tch::vision`'s closed module, and `TorchScript`, whose layers flow cannot
+    /// see). The worker checks its taps against this list, one definition for `flow check`
+    /// and the run.
+    pub fn cam_layers(&self) -> Option<Vec<String>> {
+        let v = |names: &[&str]| Some(names.iter().map(|s| s.to_string()).collect());
+        match self {
+            Model::SimpleCnn { depth, .. } => {
+                let d = (*depth).clamp(1, SIMPLE_CNN_MAX_DEPTH);
+                Some(((d - d.min(3))..d).map(|i| format!("features.{i}")).collect())
+            }
+            Model::ResNet18 | Model::ResNet34 | Model::ResNet50 => v(&["layer2", "layer3", "layer4"]),
+            Model::EfficientNetB0 | Model::EfficientNetB1 | Model::EfficientNetB2 | Model::EfficientNetB3 => {
+                v(&["features.3", "features.5", "features.8"])
+            }
+            Model::ConvNeXtTiny => v(&["features.3", "features.5", "features.7"]),
+            Model::MobileNetV3Small => v(&["features.3", "features.8", "features.12"]),
+            Model::MobileNetV3Large => v(&["features.6", "features.12", "features.16"]),
+            Model::MobileNetV4ConvSmall => v(&["blocks.1", "blocks.2", "blocks.4"]),
+            Model::VitS16 => v(&["blocks.11.norm1"]),
+            Model::Radar(Radar { backbone, .. }) | Model::Spotter(Spotter { backbone, .. }) => backbone
+                .cam_layers()
+                .map(|l| l.into_iter().map(|n| format!("backbone.{n}")).collect()),
+            Model::MobileNetV2 | Model::TorchScript { .. } => None,
+        }
+    }
+}
+
+impl Model {
     /// What is wrong with the model's own params (the worker builds only models without
     /// problems; `flow check` reports the same).
     /// Each names the param (`width`) and says what is wrong.
@@ -495,7 +529,7 @@ pub struct Train {
 // 3: EfficientNets built as torchvision builds them (padding, batch-norm eps, stochastic depth).
 inventory::submit! { crate::Kind(|| StageKind::new::<Train>("Train", 3, "train a binary detector per fold (libtorch)")) }
 
-fn torch_env() -> Vec<(String, String)> {
+pub(crate) fn torch_env() -> Vec<(String, String)> {
     let info = crate::worker::worker_info();
     vec![(
         "libtorch".into(),
@@ -504,7 +538,7 @@ fn torch_env() -> Vec<(String, String)> {
 }
 
 /// A libtorch stage's resources: the threads it is given, and a GPU unless it runs on the CPU.
-fn torch_resources(device: Device) -> Resources {
+pub(crate) fn torch_resources(device: Device) -> Resources {
     Resources {
         threads: 0,
         gpu: device != Device::Cpu,
@@ -512,7 +546,7 @@ fn torch_resources(device: Device) -> Resources {
 }
 
 /// Train and Retrain: one instance per fold of the `split` stage.
-fn per_fold(split: &str) -> FanOut {
+pub(crate) fn per_fold(split: &str) -> FanOut {
     FanOut::PerFold {
         split: split.to_string(),
     }
@@ -634,6 +668,10 @@ impl StageConfig for Train {
     }
     fn fan_out(&self) -> FanOut {
         per_fold(&self.split)
+    }
+    /// The model, for consumers that depend on its kind (Explain's Grad-CAM layers).
+    fn output_facts(&self) -> serde_json::Value {
+        serde_json::json!({ "model": self.model })
     }
     fn resolve_defaults(&mut self, d: &Defaults) {
         if self.seed.is_none() {

@@ -526,7 +526,7 @@ fn unit(v: f64, lo: f64, hi: f64) -> f64 {
 /// matplotlib's viridis at `t` in [0, 1], quantised to its 256 levels: a degree-6 polynomial
 /// fit per channel (Matt Zucker's public-domain fit, within 1.5 % of the table) — 21 numbers
 /// instead of a crate or a 256-entry table.
-fn viridis(t: f64) -> [u8; 3] {
+pub fn viridis(t: f64) -> [u8; 3] {
     const C: [[f64; 3]; 7] = [
         [
             0.277_727_327_223_417_7,

@@ -106,6 +106,7 @@ fn key_params_of_every_stage_kind_are_pinned() {
         "examples/facecrop.ron",
         "examples/weak.ron",
         "examples/study/phase2.ron",
+        "examples/explain.ron",
     ];
     for file in files {
         let dag = flow_engine::load_dag(&root.join(file), &registry).unwrap_or_else(|d| panic!("{file}: {d:?}"));

@@ -14,6 +14,7 @@
 //! | `predictions`    | [`predictions`]      | `predictions.csv`, `infer.json`                    |
 //! | `report`         | [`report`]           | `metrics.json`, `report.md`, `index.html`, `plots/` |
 //! | `spectrum`       | [`spectrum`]         | `spectrum.json`, `mean-*.png`, `diff-*.png`, `azimuthal.svg\|png` |
+//! | `explanations`   | [`explanations`]     | `explain.json`, `maps.npy`, `overlays/`, `localisation.csv` |
 //! | `study`          | `crate::study`       | `study.json`, `study.md`, `study.tex`, `index.html`, `plots/` |
 //!
 //! This module is a leaf: it imports no stage kind, so stage modules may all import it. The
@@ -29,6 +30,7 @@ use serde::Serialize;
 
 pub mod calibration;
 pub mod dataset;
+pub mod explanations;
 pub mod hard_negatives;
 pub mod models;
 pub mod predictions;
@@ -68,6 +70,8 @@ port_types! {
     SPECTRUM = "spectrum",
     /// A study's comparison of its variants.
     STUDY = "study",
+    /// Class-activation maps, overlays and localisation scores per fold.
+    EXPLANATIONS = "explanations",
 }
 
 /// The rows of the CSV file at `path` (header names select the columns). Errors name the file

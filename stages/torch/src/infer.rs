@@ -72,7 +72,7 @@ fn members_of(spec: &WorkerSpec, port: &str, order: &[String]) -> Res<Vec<Member
     Ok(v)
 }
 
-fn load_model(dir: &Path, device: Device, ds: &Dataset, from: &str) -> Res<(Net, ModelInfo)> {
+pub(crate) fn load_model(dir: &Path, device: Device, ds: &Dataset, from: &str) -> Res<(Net, ModelInfo)> {
     let info = read_model_info(dir)?;
     if info.image_size != ds.size {
         log(format!(

@@ -11,9 +11,11 @@
 
 pub mod augment;
 pub mod backbones;
+pub mod cam;
 pub mod data;
 #[cfg(test)]
 mod e2e;
+pub mod explain;
 pub mod forensic;
 pub mod infer;
 pub mod nets;

@@ -81,6 +81,11 @@ pub trait Detector: Send {
     fn save_module(&self, _path: &Path) -> Res<bool> {
         Ok(false)
     }
+    /// The model's own spatial attention in eval mode, `[N, 1, h, w]` in `[0, 1]` (Spotter's
+    /// spatial attention), for explanations; `None` for models without one.
+    fn attention(&self, _xs: &Tensor) -> Option<Tensor> {
+        None
+    }
 }
 
 /// The TorchScript module file a models directory holds next to `model.safetensors`.
@@ -188,6 +193,7 @@ pub fn load_torchscript(path: &Path, device: Device, size: usize) -> Res<Net> {
         head: Vec::new(),
         backbone_prefix: None,
         frozen: 0,
+        tap: None,
     })
 }
 
@@ -216,6 +222,9 @@ pub struct Net {
     pub backbone_prefix: Option<String>,
     /// How many tensors `freeze_backbone` froze.
     pub frozen: usize,
+    /// Where the backbone leaves its Grad-CAM activations (`Model::cam_layers`); `None` for
+    /// the models that declare none.
+    pub tap: Option<crate::backbones::TapHandle>,
 }
 
 impl Net {
@@ -281,35 +290,60 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
     let vs = nn::VarStore::new(device);
     let root = vs.root();
     let size_i = size as i64;
-    let backbone_of = |m: &Model| -> Res<Box<dyn crate::backbones::Backbone>> {
-        match m {
+    let backbone_of = |m: &Model| -> Res<(Box<dyn crate::backbones::Backbone>, crate::backbones::TapHandle)> {
+        let b: Box<dyn crate::backbones::Backbone> = match m {
             Model::SimpleCnn {
                 width, depth, highpass, ..
-            } => Ok(Box::new(simple_cnn_backbone(
+            } => Box::new(simple_cnn_backbone(
                 &(&root / "backbone"),
                 *width,
                 *depth,
                 *highpass,
                 device,
-            ))),
-            other => crate::backbones::backbone(&(&root / "backbone"), other, size_i),
-        }
+            )),
+            other => crate::backbones::backbone(&(&root / "backbone"), other, size_i)?,
+        };
+        Ok(crate::backbones::tapped(b))
     };
-    let (module, head, backbone_prefix): (Box<dyn Detector>, Vec<String>, Option<String>) = match model {
+    let classified = |c: crate::backbones::Classifier| (c.module, c.head, None, Some(c.tap));
+    type Parts = (
+        Box<dyn Detector>,
+        Vec<String>,
+        Option<String>,
+        Option<crate::backbones::TapHandle>,
+    );
+    let (module, head, backbone_prefix, tap): Parts = match model {
         Model::SimpleCnn {
             width,
             depth,
             highpass,
             pool,
-        } => (
-            Box::new(Plain(simple_cnn(&root, *width, *depth, *highpass, *pool, device))),
-            head_names("fc"),
-            None,
-        ),
-        Model::ResNet18 => plain(tch::vision::resnet::resnet18(&root, 1), "fc"),
-        Model::ResNet34 => plain(tch::vision::resnet::resnet34(&root, 1), "fc"),
-        Model::ResNet50 => plain(tch::vision::resnet::resnet50(&root, 1), "fc"),
-        Model::MobileNetV2 => plain(tch::vision::mobilenet::v2(&root, 1), "classifier.1"),
+        } => classified(simple_cnn(&root, *width, *depth, *highpass, *pool, device)),
+        // flow's ResNet (torchvision's names; the same variables, initialisers and creation
+        // order as `tch::vision::resnet`, so the same seed gives the same weights), for its taps.
+        Model::ResNet18 | Model::ResNet34 | Model::ResNet50 => {
+            let depth = match model {
+                Model::ResNet18 => crate::backbones::resnet::Depth::R18,
+                Model::ResNet34 => crate::backbones::resnet::Depth::R34,
+                _ => crate::backbones::resnet::Depth::R50,
+            };
+            let body = crate::backbones::resnet::ResNet::new(&root, depth);
+            let fc = nn::linear(
+                &root / "fc",
+                crate::backbones::Backbone::pooled_dim(&body),
+                1,
+                Default::default(),
+            );
+            classified(crate::backbones::Classifier::with_head(
+                Box::new(body),
+                Box::new(move |v, _| v.apply(&fc)),
+                head_names("fc"),
+            ))
+        }
+        Model::MobileNetV2 => {
+            let (m, h, b) = plain(tch::vision::mobilenet::v2(&root, 1), "classifier.1");
+            (m, h, b, None)
+        }
         // EfficientNets are flow's own (torchvision's padding, batch-norm eps and stochastic
         // depth: tch::vision's differ, so converted weights would not reproduce torchvision).
         Model::EfficientNetB0
@@ -320,19 +354,16 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
         | Model::MobileNetV3Small
         | Model::MobileNetV3Large
         | Model::VitS16
-        | Model::MobileNetV4ConvSmall => {
-            let c = crate::backbones::classifier(&root, model, size_i)?;
-            (c.module, c.head, None)
-        }
+        | Model::MobileNetV4ConvSmall => classified(crate::backbones::classifier(&root, model, size_i)?),
         Model::Radar(cfg) => {
-            let b = backbone_of(&cfg.backbone)?;
+            let (b, tap) = backbone_of(&cfg.backbone)?;
             let m = crate::forensic::radar(&root, cfg, b, size_i)?;
-            (m, Vec::new(), Some("backbone.".to_string()))
+            (m, Vec::new(), Some("backbone.".to_string()), Some(tap))
         }
         Model::Spotter(cfg) => {
-            let b = backbone_of(&cfg.backbone)?;
+            let (b, tap) = backbone_of(&cfg.backbone)?;
             let m = crate::forensic::spotter(&root, cfg, b, size_i)?;
-            (m, Vec::new(), Some("backbone.".to_string()))
+            (m, Vec::new(), Some("backbone.".to_string()), Some(tap))
         }
         Model::TorchScript { .. } => {
             return Err("a TorchScript model is loaded from its file (nets::load_torchscript), not built".into())
@@ -345,6 +376,7 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
         head,
         backbone_prefix,
         frozen: 0,
+        tap,
     })
 }
 
@@ -357,7 +389,7 @@ fn plain<M: ModuleT + Send + 'static>(m: M, head: &str) -> (Box<dyn Detector>, V
 }
 
 /// Batch-norm scales to 1, as PyTorch initialises them (tch's default is uniform(0, 1)).
-fn init_batch_norm(vs: &nn::VarStore) {
+pub(crate) fn init_batch_norm(vs: &nn::VarStore) {
     let vars = vs.variables();
     tch::no_grad(|| {
         for name in vars.keys() {
@@ -401,6 +433,9 @@ impl Detector for Filtered {
     }
     fn save_module(&self, path: &Path) -> Res<bool> {
         self.inner.save_module(path)
+    }
+    fn attention(&self, xs: &Tensor) -> Option<Tensor> {
+        self.inner.attention(&self.apply(xs))
     }
 }
 
@@ -476,6 +511,8 @@ fn simple_cnn_blocks(
     (f, chans)
 }
 
+/// SimpleCnn's classifier: its blocks, `pool` over the last map, `fc`. The backbone's maps
+/// (its Grad-CAM taps) are the last three blocks' outputs.
 fn simple_cnn(
     p: &nn::Path,
     width: i64,
@@ -483,17 +520,26 @@ fn simple_cnn(
     highpass: bool,
     pool: GlobalPool,
     device: Device,
-) -> nn::FuncT<'static> {
+) -> crate::backbones::Classifier {
     let (blocks, chans) = simple_cnn_blocks(p, width, depth, highpass, device);
-    let fc = nn::linear(p / "fc", *chans.last().expect("depth >= 1"), 1, Default::default());
-    nn::func_t(move |xs, train| {
-        let x = blocks(xs, train).pop().expect("depth >= 1");
-        let v = match pool {
-            GlobalPool::Avg => x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float),
-            GlobalPool::Max => x.amax([2i64, 3].as_slice(), false),
-        };
-        v.apply(&fc)
-    })
+    let last = *chans.last().expect("depth >= 1");
+    let fc = nn::linear(p / "fc", last, 1, Default::default());
+    let keep = chans.len().min(3);
+    let body = crate::backbones::FnBackbone {
+        f: Box::new(move |xs, train| {
+            let mut m = blocks(xs, train);
+            let m = m.split_off(m.len() - keep);
+            let x = m.last().expect("depth >= 1");
+            let pooled = match pool {
+                GlobalPool::Avg => x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float),
+                GlobalPool::Max => x.amax([2i64, 3].as_slice(), false),
+            };
+            crate::backbones::Features { maps: m, pooled }
+        }),
+        maps: chans[chans.len() - keep..].to_vec(),
+        pooled: last,
+    };
+    crate::backbones::Classifier::with_head(Box::new(body), Box::new(move |v, _| v.apply(&fc)), head_names("fc"))
 }
 
 /// SimpleCnn as a feature backbone (a light Radar/Spotter backbone for small images): its

@@ -32,8 +32,9 @@ pub fn run_spec(spec: &WorkerSpec, hooks: &Hooks) -> Res<()> {
         "Train" => crate::train::run_train(spec, &params::<Train>(spec)?, hooks),
         "Retrain" => crate::train::run_retrain(spec, &params::<Retrain>(spec)?, hooks),
         "EnsembleInfer" => crate::infer::run_infer(spec, &params::<EnsembleInfer>(spec)?),
+        "Explain" => crate::explain::run_explain(spec, &params::<flow_stages::explain::Explain>(spec)?),
         other => Err(format!(
-            "flow-worker cannot run `{other}` (it runs Train, Retrain and EnsembleInfer)"
+            "flow-worker cannot run `{other}` (it runs Train, Retrain, EnsembleInfer and Explain)"
         )),
     }
 }

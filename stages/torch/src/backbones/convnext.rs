@@ -6,9 +6,7 @@
 
 use tch::{nn, Tensor};
 
-use super::{
-    global_avg, layer_norm2d, linear02, run_staged, stochastic_depth, Backbone, Classifier, Features, Layer, WithHead,
-};
+use super::{global_avg, layer_norm2d, linear02, run_staged, stochastic_depth, Backbone, Classifier, Features, Layer};
 
 /// torchvision's default stochastic depth for `convnext_tiny` (linearly increasing per block).
 const STOCHASTIC_DEPTH: f64 = 0.1;
@@ -144,13 +142,11 @@ impl Backbone for ConvNeXt {
 pub fn classifier(p: &nn::Path) -> Classifier {
     let body = ConvNeXt::tiny(p);
     let fc = linear02(p / "classifier" / 2, body.pooled_dim(), 1);
-    Classifier {
-        module: Box::new(WithHead {
-            body: Box::new(body),
-            head: Box::new(move |v, _| v.apply(&fc)),
-        }),
-        head: vec!["classifier.2.weight".into(), "classifier.2.bias".into()],
-    }
+    Classifier::with_head(
+        Box::new(body),
+        Box::new(move |v, _| v.apply(&fc)),
+        vec!["classifier.2.weight".into(), "classifier.2.bias".into()],
+    )
 }
 
 #[cfg(test)]

@@ -176,13 +176,11 @@ pub fn classifier(p: &nn::Path, variant: Variant) -> super::Classifier {
             bias: true,
         },
     );
-    super::Classifier {
-        module: Box::new(super::WithHead {
-            body: Box::new(body),
-            head: Box::new(move |v, train| v.dropout(dropout, train).apply(&fc)),
-        }),
-        head: ["classifier.1.weight", "classifier.1.bias"].map(String::from).to_vec(),
-    }
+    super::Classifier::with_head(
+        Box::new(body),
+        Box::new(move |v, train| v.dropout(dropout, train).apply(&fc)),
+        ["classifier.1.weight", "classifier.1.bias"].map(String::from).to_vec(),
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use tch::{nn, Tensor};
 
-use super::{global_avg, run_staged, Backbone, BnCfg, Classifier, ConvBn, Features, Layer, WithHead};
+use super::{global_avg, run_staged, Backbone, BnCfg, Classifier, ConvBn, Features, Layer};
 
 /// torchvision's `BatchNorm2d(eps=0.001, momentum=0.01)`.
 const BN: BnCfg = (0.001, 0.01);
@@ -198,12 +198,10 @@ pub fn classifier(p: &nn::Path, arch: Arch) -> Classifier {
     let body = MobileNetV3::new(p, arch);
     let fc0 = linear01(p / "classifier" / 0, body.pooled_dim(), body.last_channel);
     let fc3 = linear01(p / "classifier" / 3, body.last_channel, 1);
-    Classifier {
-        module: Box::new(WithHead {
-            body: Box::new(body),
-            head: Box::new(move |v, train| v.apply(&fc0).hardswish().dropout(0.2, train).apply(&fc3)),
-        }),
-        head: [
+    Classifier::with_head(
+        Box::new(body),
+        Box::new(move |v, train| v.apply(&fc0).hardswish().dropout(0.2, train).apply(&fc3)),
+        [
             "classifier.0.weight",
             "classifier.0.bias",
             "classifier.3.weight",
@@ -211,7 +209,7 @@ pub fn classifier(p: &nn::Path, arch: Arch) -> Classifier {
         ]
         .map(String::from)
         .to_vec(),
-    }
+    )
 }
 
 #[cfg(test)]

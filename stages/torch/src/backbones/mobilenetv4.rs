@@ -8,7 +8,7 @@
 
 use tch::{nn, Tensor};
 
-use super::{run_staged, Backbone, BnCfg, Classifier, ConvBn, Features, Layer, WithHead};
+use super::{run_staged, Backbone, BnCfg, Classifier, ConvBn, Features, Layer};
 
 const BN: BnCfg = (1e-5, 0.1);
 const STEM: i64 = 32;
@@ -175,13 +175,11 @@ impl Backbone for MobileNetV4 {
 pub fn classifier(p: &nn::Path) -> Classifier {
     let body = MobileNetV4::conv_small(p);
     let fc = nn::linear(p / "classifier", HEAD, 1, Default::default());
-    Classifier {
-        module: Box::new(WithHead {
-            body: Box::new(body),
-            head: Box::new(move |v, _| v.apply(&fc)),
-        }),
-        head: vec!["classifier.weight".into(), "classifier.bias".into()],
-    }
+    Classifier::with_head(
+        Box::new(body),
+        Box::new(move |v, _| v.apply(&fc)),
+        vec!["classifier.weight".into(), "classifier.bias".into()],
+    )
 }
 
 #[cfg(test)]

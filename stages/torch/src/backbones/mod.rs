@@ -29,6 +29,85 @@ pub trait Backbone: Send {
     fn map_channels(&self) -> Vec<i64>;
     /// Width of `features().pooled`.
     fn pooled_dim(&self) -> i64;
+    /// [`Backbone::features`] and the activations Grad-CAM targets, in the order of
+    /// `Model::cam_layers` (flow-stages): tensors of the very graph that `features` returns,
+    /// each `[N, C, h, w]`, so gradients of anything computed from the features reach them.
+    /// Default: the maps themselves.
+    fn cam_features(&self, xs: &Tensor, train: bool) -> (Features, Vec<Tensor>) {
+        let f = self.features(xs, train);
+        let taps = f.maps.iter().map(Tensor::shallow_clone).collect();
+        (f, taps)
+    }
+}
+
+/// Where a [`Tapped`] backbone leaves its Grad-CAM activations: armed before a forward pass,
+/// read after it (one forward at a time: a net is owned by one worker thread).
+#[derive(Clone, Default)]
+pub struct TapHandle(std::sync::Arc<std::sync::Mutex<TapState>>);
+
+#[derive(Default)]
+struct TapState {
+    armed: bool,
+    taps: Vec<Tensor>,
+}
+
+impl TapHandle {
+    /// Makes the next forward pass record its activations.
+    pub fn arm(&self) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.armed = true;
+        g.taps.clear();
+    }
+    /// The activations of the last armed pass (empty if none ran), disarming.
+    pub fn take(&self) -> Vec<Tensor> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.armed = false;
+        std::mem::take(&mut g.taps)
+    }
+}
+
+/// A backbone that records [`Backbone::cam_features`]' activations when its handle is armed;
+/// otherwise exactly the backbone it wraps.
+pub struct Tapped {
+    inner: Box<dyn Backbone>,
+    handle: TapHandle,
+}
+
+impl Tapped {
+    pub fn new(inner: Box<dyn Backbone>) -> (Tapped, TapHandle) {
+        let handle = TapHandle::default();
+        (
+            Tapped {
+                inner,
+                handle: handle.clone(),
+            },
+            handle,
+        )
+    }
+}
+
+impl Backbone for Tapped {
+    fn features(&self, xs: &Tensor, train: bool) -> Features {
+        let armed = self.handle.0.lock().unwrap_or_else(|e| e.into_inner()).armed;
+        if !armed {
+            return self.inner.features(xs, train);
+        }
+        let (f, taps) = self.inner.cam_features(xs, train);
+        self.handle.0.lock().unwrap_or_else(|e| e.into_inner()).taps = taps;
+        f
+    }
+    fn map_channels(&self) -> Vec<i64> {
+        self.inner.map_channels()
+    }
+    fn pooled_dim(&self) -> i64 {
+        self.inner.pooled_dim()
+    }
+}
+
+/// `b` behind a [`Tapped`] wrapper, boxed.
+pub fn tapped(b: Box<dyn Backbone>) -> (Box<dyn Backbone>, TapHandle) {
+    let (t, h) = Tapped::new(b);
+    (Box::new(t), h)
 }
 
 /// A forward function of a batch and the train flag.
@@ -70,10 +149,24 @@ use tch::nn;
 
 use crate::nets::Detector;
 
-/// A classifier as its library builds it: the detector and the names of its head's variables.
+/// A classifier as its library builds it: the detector, the names of its head's variables
+/// and where its backbone leaves Grad-CAM activations.
 pub struct Classifier {
     pub module: Box<dyn Detector>,
     pub head: Vec<String>,
+    pub tap: TapHandle,
+}
+
+impl Classifier {
+    /// A backbone plus `head` reading its pooled vector; `head_names` are the head's variables.
+    pub fn with_head(body: Box<dyn Backbone>, head: Layer, head_names: Vec<String>) -> Classifier {
+        let (body, tap) = tapped(body);
+        Classifier {
+            module: Box::new(WithHead { body, head }),
+            head: head_names,
+            tap,
+        }
+    }
 }
 
 /// `model` as a feature extractor whose variables live under `p` with the library's names

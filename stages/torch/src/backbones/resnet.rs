@@ -39,7 +39,8 @@ fn cb(p: &nn::Path, conv: &str, bn: &str, c_in: i64, c_out: i64, k: i64, stride:
 /// A BasicBlock (expansion 1) or a Bottleneck (expansion 4, stride on the 3×3 conv).
 fn block(p: &nn::Path, c_in: i64, planes: i64, stride: i64, expansion: i64) -> Layer {
     let c_out = planes * expansion;
-    let down = (stride != 1 || c_in != c_out).then(|| cb(&(p / "downsample"), "0", "1", c_in, c_out, 1, stride));
+    // Variables in `tch::vision::resnet`'s creation order (the downsample last), so a seed
+    // gives the weights it gave.
     let convs: Vec<ConvBn> = if expansion == 1 {
         vec![
             cb(p, "conv1", "bn1", c_in, planes, 3, stride),
@@ -52,6 +53,7 @@ fn block(p: &nn::Path, c_in: i64, planes: i64, stride: i64, expansion: i64) -> L
             cb(p, "conv3", "bn3", planes, c_out, 1, 1),
         ]
     };
+    let down = (stride != 1 || c_in != c_out).then(|| cb(&(p / "downsample"), "0", "1", c_in, c_out, 1, stride));
     Box::new(move |x, train| {
         let mut y = x.shallow_clone();
         for (i, c) in convs.iter().enumerate() {

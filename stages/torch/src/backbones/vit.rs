@@ -6,7 +6,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::{linear02, Backbone, Classifier, Features, WithHead};
+use super::{linear02, Backbone, Classifier, Features};
 
 const EPS: f64 = 1e-6;
 const PATCH: i64 = 16;
@@ -45,11 +45,12 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// The block's output and its `norm1` output (the tensor Grad-CAM targets).
+    fn forward_tap(&self, x: &Tensor) -> (Tensor, Tensor) {
         let (b, n, d) = x.size3().unwrap();
         let hd = d / self.heads;
-        let qkv = x
-            .apply(&self.norm1)
+        let normed = x.apply(&self.norm1);
+        let qkv = normed
             .apply(&self.qkv)
             .reshape([b, n, 3, self.heads, hd])
             .permute([2, 0, 3, 1, 4]);
@@ -60,7 +61,7 @@ impl Block {
             .apply(&self.proj);
         let x = x + a;
         let m = x.apply(&self.norm2).apply(&self.fc1).gelu("none").apply(&self.fc2);
-        x + m
+        (x + m, normed)
     }
 }
 
@@ -120,21 +121,30 @@ impl Vit {
 }
 
 impl Backbone for Vit {
-    fn features(&self, xs: &Tensor, _train: bool) -> Features {
+    fn features(&self, xs: &Tensor, train: bool) -> Features {
+        self.cam_features(xs, train).0
+    }
+    /// The tap is the last block's `norm1` output (timm users' `blocks[-1].norm1`), its patch
+    /// tokens reshaped to the grid as pytorch-grad-cam's `reshape_transform` does.
+    fn cam_features(&self, xs: &Tensor, _train: bool) -> (Features, Vec<Tensor>) {
         let t = xs.apply(&self.patch);
         let (b, d, gh, gw) = t.size4().unwrap();
         let t = t.flatten(2, 3).transpose(1, 2);
         let mut x = Tensor::cat(&[self.cls.expand([b, 1, d], false), t], 1) + &self.pos;
+        let grid = |x: &Tensor| x.narrow(1, 1, gh * gw).transpose(1, 2).reshape([b, d, gh, gw]);
+        let mut tap = None;
         for blk in &self.blocks {
-            x = blk.forward(&x);
+            let (y, normed) = blk.forward_tap(&x);
+            tap = Some(normed);
+            x = y;
         }
         let x = x.apply(&self.norm);
         let pooled = x.select(1, 0);
-        let map = x.narrow(1, 1, gh * gw).transpose(1, 2).reshape([b, d, gh, gw]);
-        Features {
-            maps: vec![map],
+        let f = Features {
+            maps: vec![grid(&x)],
             pooled,
-        }
+        };
+        (f, tap.iter().map(grid).collect())
     }
     fn map_channels(&self) -> Vec<i64> {
         vec![self.dim]
@@ -148,13 +158,11 @@ impl Backbone for Vit {
 pub fn classifier(p: &nn::Path, size: i64) -> Result<Classifier, String> {
     let body = Vit::small16(p, size)?;
     let head = linear02(p / "head", body.dim, 1);
-    Ok(Classifier {
-        module: Box::new(WithHead {
-            body: Box::new(body),
-            head: Box::new(move |v, _| v.apply(&head)),
-        }),
-        head: vec!["head.weight".into(), "head.bias".into()],
-    })
+    Ok(Classifier::with_head(
+        Box::new(body),
+        Box::new(move |v, _| v.apply(&head)),
+        vec!["head.weight".into(), "head.bias".into()],
+    ))
 }
 
 /// A ViT position embedding `[1, 1 + g·g, D]` (one CLS token) resampled to a `grid`×`grid`

@@ -163,6 +163,9 @@ impl Detector for SpotterNet {
     fn logit(&self, xs: &Tensor, train: bool) -> Tensor {
         self.forward_all(xs, train).0
     }
+    fn attention(&self, xs: &Tensor) -> Option<Tensor> {
+        Some(tch::no_grad(|| self.attention_map(xs)))
+    }
 }
 
 #[cfg(test)]
