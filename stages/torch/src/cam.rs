@@ -336,3 +336,79 @@ mod reference {
         }
     }
 }
+
+#[cfg(test)]
+mod evidence {
+    use flow_stages::explain::{CamMethod, CamTarget};
+    use flow_stages::ports::tensors::Normalize;
+    use serde_json::json;
+    use tch::Device;
+
+    use crate::data::{self, BatchReq, Dataset};
+    use crate::run::run_spec;
+    use crate::testdata::{self, input, spec};
+    use crate::train::Hooks;
+
+    /// A model trained on fakes whose evidence (a checkerboard) sits in the top-left quadrant
+    /// only must point there: the maps' maximum and most of their mass in that quadrant.
+    #[test]
+    fn maps_of_a_model_trained_on_quadrant_evidence_peak_in_that_quadrant() {
+        let _g = crate::torch_serial();
+        let tmp = tempfile::tempdir().unwrap();
+        let s = testdata::make_in(tmp.path(), 96, 32, 2, Normalize::ImageNet, None, [0, 0, 16, 16]);
+        let params = json!({"data": "preprocess", "split": "split",
+                            "model": {"SimpleCnn": {"width": 8, "depth": 3}},
+                            "epochs": 6, "lr": 3e-3, "batch_size": 8, "seed": 7, "device": "Cpu"});
+        let ins = vec![
+            input("data", "preprocess", None, &s.data),
+            input("split", "split", None, &s.split),
+        ];
+        let tr = spec("Train", params, Some(0), tmp.path(), "train", ins);
+        run_spec(&tr, &Hooks::default()).unwrap();
+        let ds = Dataset::open(&s.data).unwrap();
+        let (net, info) = crate::infer::load_model(&tr.out_dir, Device::Cpu, &ds, "train@fold0").unwrap();
+        let fakes: Vec<usize> = s
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.fold == 0 && r.label == 1)
+            .map(|(i, _)| i)
+            .collect();
+        let mask: Vec<u8> = (0..32 * 32)
+            .map(|i| if i / 32 < 16 && i % 32 < 16 { 255 } else { 0 })
+            .collect();
+        let methods = [CamMethod::GradCam, CamMethod::GradCamPlusPlus, CamMethod::MultiScale];
+        let mut hits = [0usize; 3];
+        let mut energy = [0f64; 3];
+        let req = vec![BatchReq {
+            rows: fakes.clone(),
+            seeds: None,
+        }];
+        data::prefetch(&ds, &info.normalize, None, req, |_, buf, n| {
+            let x = data::batch_tensor(&buf[..n * 3 * 32 * 32], n, 32, Device::Cpu);
+            let c = super::cams(&net, &x, 2, &methods, CamTarget::Fake)?;
+            for (m, maps) in c.maps.iter().enumerate() {
+                for j in 0..n {
+                    let v = Vec::<f32>::try_from(maps.get(j as i64).view([-1])).unwrap();
+                    let (e, h) = super::localise(&v, &mask);
+                    energy[m] += e / n as f64;
+                    hits[m] += usize::from(h);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        for (m, method) in methods.iter().enumerate() {
+            let rate = hits[m] as f64 / fakes.len() as f64;
+            assert!(
+                rate >= 0.8,
+                "{method:?}: maximum in the quadrant for {rate:.2} of fakes"
+            );
+            assert!(
+                energy[m] > 0.5,
+                "{method:?}: {:.2} of the mass in the quadrant (chance 0.25)",
+                energy[m]
+            );
+        }
+    }
+}

@@ -20,6 +20,20 @@ pub struct Synth {
 /// real/fake pair its own group) and fold (i / 2) % folds; every 5th item is in the inner
 /// validation set of the next fold. `fake_fold`: put every fake in that fold (its training set has no fakes).
 pub fn make(root: &Path, n: usize, size: usize, folds: u32, normalize: Normalize, fake_fold: Option<u32>) -> Synth {
+    make_in(root, n, size, folds, normalize, fake_fold, [0, 0, size, size])
+}
+
+/// [`make`] with the fakes' checkerboard only inside `region` (`[x0, y0, x1, y1]`, pixels):
+/// evidence in a known place, for the explanation tests.
+pub fn make_in(
+    root: &Path,
+    n: usize,
+    size: usize,
+    folds: u32,
+    normalize: Normalize,
+    fake_fold: Option<u32>,
+    region: [usize; 4],
+) -> Synth {
     let data = root.join("data");
     let split = root.join("split");
     std::fs::create_dir_all(&data).unwrap();
@@ -41,7 +55,12 @@ pub fn make(root: &Path, n: usize, size: usize, folds: u32, normalize: Normalize
         for y in 0..size {
             for x in 0..size {
                 let smooth = 0.15 * ((x as f32 / size as f32 * std::f32::consts::TAU + i as f32).sin());
-                let check = if label == 1 && (x + y) % 2 == 0 { 0.25 } else { 0.0 };
+                let inside = (region[0]..region[2]).contains(&x) && (region[1]..region[3]).contains(&y);
+                let check = if label == 1 && inside && (x + y) % 2 == 0 {
+                    0.25
+                } else {
+                    0.0
+                };
                 for b in [br, bg, bb] {
                     let v = (b + smooth + check + 0.05 * (rnd() - 0.5)).clamp(0.0, 1.0);
                     px.push((v * 255.0).round() as u8);
