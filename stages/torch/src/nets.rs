@@ -327,7 +327,7 @@ pub fn build(model: &Model, device: Device, size: usize) -> Res<Net> {
                 Model::ResNet34 => crate::backbones::resnet::Depth::R34,
                 _ => crate::backbones::resnet::Depth::R50,
             };
-            let body = crate::backbones::resnet::ResNet::new(&root, depth);
+            let body = crate::backbones::resnet::ResNet::tch_order(&root, depth);
             let fc = nn::linear(
                 &root / "fc",
                 crate::backbones::Backbone::pooled_dim(&body),

@@ -37,10 +37,17 @@ fn cb(p: &nn::Path, conv: &str, bn: &str, c_in: i64, c_out: i64, k: i64, stride:
 }
 
 /// A BasicBlock (expansion 1) or a Bottleneck (expansion 4, stride on the 3×3 conv).
-fn block(p: &nn::Path, c_in: i64, planes: i64, stride: i64, expansion: i64) -> Layer {
+/// `order` decides when the downsample's variables are created, which is what a seed's
+/// random draws follow.
+fn block(p: &nn::Path, c_in: i64, planes: i64, stride: i64, expansion: i64, order: Order) -> Layer {
     let c_out = planes * expansion;
-    // Variables in `tch::vision::resnet`'s creation order (the downsample last), so a seed
-    // gives the weights it gave.
+    let make_down =
+        || (stride != 1 || c_in != c_out).then(|| cb(&(p / "downsample"), "0", "1", c_in, c_out, 1, stride));
+    let early = if order == Order::DownsampleFirst {
+        make_down()
+    } else {
+        None
+    };
     let convs: Vec<ConvBn> = if expansion == 1 {
         vec![
             cb(p, "conv1", "bn1", c_in, planes, 3, stride),
@@ -53,7 +60,11 @@ fn block(p: &nn::Path, c_in: i64, planes: i64, stride: i64, expansion: i64) -> L
             cb(p, "conv3", "bn3", planes, c_out, 1, 1),
         ]
     };
-    let down = (stride != 1 || c_in != c_out).then(|| cb(&(p / "downsample"), "0", "1", c_in, c_out, 1, stride));
+    let down = if order == Order::DownsampleFirst {
+        early
+    } else {
+        make_down()
+    };
     Box::new(move |x, train| {
         let mut y = x.shallow_clone();
         for (i, c) in convs.iter().enumerate() {
@@ -70,6 +81,13 @@ fn block(p: &nn::Path, c_in: i64, planes: i64, stride: i64, expansion: i64) -> L
     })
 }
 
+/// When a block's downsample variables are created.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    DownsampleFirst,
+    DownsampleLast,
+}
+
 pub struct ResNet {
     layers: Vec<Layer>,
     strides: Vec<i64>,
@@ -77,7 +95,18 @@ pub struct ResNet {
 }
 
 impl ResNet {
+    /// The backbone (Radar's, Spotter's): downsample variables created first, as it always did.
     pub fn new(p: &nn::Path, depth: Depth) -> Self {
+        Self::with_order(p, depth, Order::DownsampleFirst)
+    }
+
+    /// `tch::vision::resnet`'s creation order (the downsample last), for the classifiers
+    /// `nets::build` used to take from `tch::vision`: a seed gives the weights it gave.
+    pub fn tch_order(p: &nn::Path, depth: Depth) -> Self {
+        Self::with_order(p, depth, Order::DownsampleLast)
+    }
+
+    fn with_order(p: &nn::Path, depth: Depth, order: Order) -> Self {
         let stem = cb(p, "conv1", "bn1", 3, 64, 7, 2);
         let mut layers: Vec<Layer> = vec![Box::new(move |x, train| {
             stem.forward(x, train)
@@ -94,7 +123,7 @@ impl ResNet {
             let q = p / format!("layer{}", i + 1);
             let blocks: Vec<Layer> = (0..n)
                 .map(|j| {
-                    let b = block(&(&q / j), c_in, planes, if j == 0 { stride } else { 1 }, e);
+                    let b = block(&(&q / j), c_in, planes, if j == 0 { stride } else { 1 }, e, order);
                     c_in = planes * e;
                     b
                 })
