@@ -272,11 +272,13 @@ pub struct Why {
 /// twice appears once with both reasons. Deterministic in its inputs.
 pub fn select(cands: &[Candidate], p: &Explain) -> Vec<(usize, Why)> {
     let mut out: Vec<(usize, Why)> = Vec::new();
-    let mut add = |i: usize, f: &dyn Fn(&mut Why)| match out.iter_mut().find(|(j, _)| *j == i) {
-        Some((_, w)) => f(w),
+    let mut at: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let mut add = |i: usize, f: &dyn Fn(&mut Why)| match at.get(&i) {
+        Some(&k) => f(&mut out[k].1),
         None => {
             let mut w = Why::default();
             f(&mut w);
+            at.insert(i, out.len());
             out.push((i, w));
         }
     };

@@ -74,7 +74,8 @@ pub fn run_explain(spec: &WorkerSpec, p: &Explain) -> Res<()> {
     let masks = MaskSet::open(&ds)?;
     // The gallery first, then the masked items not in it.
     let mut work: Vec<usize> = chosen.iter().map(|(i, _)| *i).collect();
-    work.extend((0..held.len()).filter(|&i| masks.get(held[i].row).is_some() && !chosen.iter().any(|(j, _)| *j == i)));
+    let in_gallery: std::collections::HashSet<usize> = work.iter().copied().collect();
+    work.extend((0..held.len()).filter(|&i| masks.get(held[i].row).is_some() && !in_gallery.contains(&i)));
     progress(
         0.05,
         format!("fold {k}: {} held-out items, explaining {}", held.len(), work.len()),
